@@ -1,0 +1,600 @@
+//! Server configuration: load, merge the environment, validate.
+//!
+//! Sources, later wins: built-in defaults → `config.json` (or `.toml`) →
+//! `RELAYAPI_*` environment variables. Field names keep the shape existing
+//! RelayAPI deployments already use (`server.*`, `rate_limit.*`, `log.*`) and
+//! add the sections this server needs (`upstream`, `usage`, `cors`,
+//! `providers`).
+//!
+//! Validation collects *every* problem before failing, and each message names
+//! the file, the field path and the fix (see [`ConfigError`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub rate_limit: RateLimitSettings,
+    pub upstream: UpstreamSettings,
+    pub usage: UsageSettings,
+    pub cors: CorsSettings,
+    /// Provider entries that extend or override the built-in registry, by id.
+    pub providers: BTreeMap<String, crate::providers::ProviderOverride>,
+    /// Request logging (sinks arrive with the logging pipeline). Accepted as
+    /// written so existing `config.json` files load unchanged.
+    pub log: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Interface to bind. Loopback by default: expose it on purpose.
+    pub host: String,
+    /// TCP port; 0 binds a free port (printed on the first stdout line).
+    pub port: u16,
+    /// Path prefix every relayed request starts with.
+    pub base_path: String,
+    /// Seconds a client may take to send the request head.
+    #[serde(with = "secs")]
+    pub read_timeout: Duration,
+    /// Accepted for compatibility. A total write deadline would cut long
+    /// streams, so it is not applied to relayed bodies (see `upstream.idle_timeout`).
+    #[serde(with = "secs")]
+    pub write_timeout: Duration,
+    /// Largest request head (request line + headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Verbose (debug-level) logs.
+    pub debug: bool,
+    /// Seconds in-flight requests (streams included) get to finish on shutdown.
+    #[serde(with = "secs")]
+    pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (CIDR list).
+    pub trusted_proxies: Vec<String>,
+    /// Largest JSON body the relay will parse when a token enforces `model`/`models`.
+    pub max_parsed_body_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8840,
+            base_path: "/relayapi/".into(),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            debug: false,
+            shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            max_parsed_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Traffic limits, applied before any token work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Global sustained rate; 0 disables the global limit.
+    pub requests_per_second: f64,
+    /// Global burst.
+    pub burst: u32,
+    /// Per-client-IP limit (`null` disables it).
+    pub ip_limit: Option<IpLimitSettings>,
+    /// Most client IPs tracked at once (bounds memory under floods).
+    pub max_tracked_ips: usize,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 10_000.0,
+            burst: 20_000,
+            ip_limit: Some(IpLimitSettings::default()),
+            max_tracked_ips: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpLimitSettings {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for IpLimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 1_000.0,
+            burst: 2_000,
+        }
+    }
+}
+
+/// How the relay talks to providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Seconds to establish a TCP (+TLS) connection.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Seconds until the provider's response head arrives.
+    #[serde(with = "secs")]
+    pub first_byte_timeout: Duration,
+    /// Seconds allowed between two body chunks (either direction of a stream
+    /// can be long; only silence is cut).
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    /// Seconds an unused pooled connection is kept.
+    #[serde(with = "secs")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per provider host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(120),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// Where `max_calls` counters live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageSettings {
+    /// `sqlite` (a single durable file, default) or `memory` (tests; lost on exit).
+    pub store: String,
+    /// The SQLite file.
+    pub path: PathBuf,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            store: "sqlite".into(),
+            path: PathBuf::from("relayapi-usage.db"),
+        }
+    }
+}
+
+/// Browser access. The token is the credential, so any origin is allowed by default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    pub enabled: bool,
+    /// Exact origins, or `"*"` for any.
+    pub allowed_origins: Vec<String>,
+    /// Seconds browsers may cache a preflight answer.
+    pub max_age: u64,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_origins: vec!["*".into()],
+            max_age: 600,
+        }
+    }
+}
+
+/// Every problem found in a config, each naming the file, field and fix.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} has {} problem(s):", self.file, self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Environment variables as (name, value) pairs; passed in so tests never
+/// touch the process environment.
+pub type Env = Vec<(String, String)>;
+
+pub fn process_env() -> Env {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("RELAYAPI_"))
+        .collect()
+}
+
+impl Config {
+    /// Loads `path` (JSON, or TOML when it ends in `.toml`), or the built-in
+    /// defaults when `path` is `None` or a default path that does not exist;
+    /// then applies `RELAYAPI_*` overrides and validates.
+    pub fn load(path: Option<&Path>, must_exist: bool, env: &Env) -> Result<Config, ConfigError> {
+        let (label, mut tree) = match path {
+            Some(p) if p.exists() => {
+                let label = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: label.clone(),
+                    problems: vec![format!("cannot read the file: {e}")],
+                })?;
+                (label.clone(), parse_tree(&label, p, &text)?)
+            }
+            Some(p) if must_exist => {
+                return Err(ConfigError {
+                    file: p.display().to_string(),
+                    problems: vec![
+                        "file not found; check the path, or omit --config to use built-in defaults"
+                            .into(),
+                    ],
+                })
+            }
+            _ => (
+                "built-in defaults".to_string(),
+                Value::Object(Default::default()),
+            ),
+        };
+        let mut problems = Vec::new();
+        apply_env(&mut tree, env, &mut problems);
+        let config: Config = match serde_path_to_error::deserialize(tree) {
+            Ok(c) => c,
+            Err(e) => {
+                let field = e.path().to_string();
+                problems.push(format!("{field}: {}", explain_serde(e.inner())));
+                return Err(ConfigError {
+                    file: label,
+                    problems,
+                });
+            }
+        };
+        config.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: label,
+                problems,
+            })
+        }
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        let s = &self.server;
+        if !s.base_path.starts_with('/')
+            || !s.base_path.ends_with('/')
+            || s.base_path.contains("//")
+        {
+            problems.push(format!(
+                "server.base_path: must start and end with '/' (got {:?}); e.g. \"/relayapi/\"",
+                s.base_path
+            ));
+        }
+        if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
+            problems.push(format!(
+                "server.host: must be an IP address to bind, like \"127.0.0.1\" or \"0.0.0.0\" (got {:?})",
+                s.host
+            ));
+        }
+        if s.max_header_bytes < 1024 {
+            problems.push("server.max_header_bytes: must be at least 1024".into());
+        }
+        for (i, net) in s.trusted_proxies.iter().enumerate() {
+            if parse_net(net).is_none() {
+                problems.push(format!(
+                    "server.trusted_proxies[{i}]: {net:?} is not an IP or CIDR network; write e.g. \"10.0.0.0/8\" or \"127.0.0.1\""
+                ));
+            }
+        }
+        let r = &self.rate_limit;
+        if !(r.requests_per_second >= 0.0 && r.requests_per_second.is_finite()) {
+            problems.push(
+                "rate_limit.requests_per_second: must be ≥ 0 (0 disables the global limit)".into(),
+            );
+        }
+        if r.requests_per_second > 0.0 && r.burst == 0 {
+            problems.push("rate_limit.burst: must be ≥ 1 when requests_per_second is set".into());
+        }
+        if let Some(ip) = &r.ip_limit {
+            if !(ip.requests_per_second > 0.0 && ip.requests_per_second.is_finite())
+                || ip.burst == 0
+            {
+                problems.push(
+                    "rate_limit.ip_limit: requests_per_second must be > 0 and burst ≥ 1; set it to null to disable per-IP limits".into(),
+                );
+            }
+        }
+        if r.max_tracked_ips == 0 {
+            problems.push("rate_limit.max_tracked_ips: must be ≥ 1".into());
+        }
+        let u = &self.upstream;
+        for (name, d) in [
+            ("connect_timeout", u.connect_timeout),
+            ("first_byte_timeout", u.first_byte_timeout),
+            ("idle_timeout", u.idle_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(format!("upstream.{name}: must be > 0 seconds"));
+            }
+        }
+        if !matches!(self.usage.store.as_str(), "sqlite" | "memory") {
+            problems.push(format!(
+                "usage.store: unknown store {:?}; use \"sqlite\" (durable file) or \"memory\"",
+                self.usage.store
+            ));
+        }
+        for (i, o) in self.cors.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                problems.push(format!(
+                    "cors.allowed_origins[{i}]: {o:?} is not an origin; write \"https://app.example.com\" or \"*\""
+                ));
+            }
+        }
+        crate::providers::validate_overrides(&self.providers, problems);
+    }
+
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .filter_map(|s| parse_net(s))
+            .collect()
+    }
+}
+
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn parse_tree(label: &str, path: &Path, text: &str) -> Result<Value, ConfigError> {
+    let is_toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let parsed = if is_toml {
+        toml::from_str::<Value>(text).map_err(|e| format!("not valid TOML: {}", e.message()))
+    } else {
+        serde_json::from_str::<Value>(text).map_err(|e| {
+            format!(
+                "not valid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            )
+        })
+    };
+    match parsed {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(ConfigError {
+            file: label.into(),
+            problems: vec!["the top level must be an object like {\"server\": {...}}".into()],
+        }),
+        Err(p) => Err(ConfigError {
+            file: label.into(),
+            problems: vec![p],
+        }),
+    }
+}
+
+fn explain_serde(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if msg.starts_with("unknown field") {
+        format!("{msg} (remove it or fix the spelling)")
+    } else {
+        msg
+    }
+}
+
+/// Applies `RELAYAPI_SECTION_FIELD=value` overrides, e.g.
+/// `RELAYAPI_SERVER_PORT=9000`, `RELAYAPI_RATE_LIMIT_IP_LIMIT_BURST=10`,
+/// `RELAYAPI_USAGE_STORE=memory`. Names are matched against the known
+/// field tree (so underscores inside field names work); values are parsed
+/// as JSON when they parse, else taken as strings.
+fn apply_env(tree: &mut Value, env: &Env, problems: &mut Vec<String>) {
+    // The defaults, serialised, are the map of known fields.
+    let known = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("RELAYAPI_") else {
+            continue;
+        };
+        // Variables that the CLI reads itself.
+        if matches!(rest, "CONFIG" | "RAI" | "LOG" | "LOG_FORMAT") {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        match resolve_env_path(&known, &rest) {
+            Some(path) => {
+                let value = serde_json::from_str::<Value>(raw)
+                    .unwrap_or_else(|_| Value::String(raw.clone()));
+                set_path(tree, &path, value);
+            }
+            None => problems.push(format!(
+                "environment variable {name}: no such setting; names look like RELAYAPI_SERVER_PORT or RELAYAPI_RATE_LIMIT_BURST"
+            )),
+        }
+    }
+}
+
+fn resolve_env_path(known: &Value, rest: &str) -> Option<Vec<String>> {
+    let Value::Object(map) = known else {
+        return None;
+    };
+    // Longest key first so `rate_limit` wins over a hypothetical `rate`.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for key in keys {
+        if rest == key.as_str() {
+            return Some(vec![key.clone()]);
+        }
+        if let Some(tail) = rest
+            .strip_prefix(key.as_str())
+            .and_then(|t| t.strip_prefix('_'))
+        {
+            let child = &map[key.as_str()];
+            // `ip_limit` defaults to an object; `null` children cannot be walked.
+            if let Some(mut sub) = resolve_env_path(child, tail) {
+                sub.insert(0, key.clone());
+                return Some(sub);
+            }
+        }
+    }
+    None
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) {
+    let mut node = tree;
+    for (i, key) in path.iter().enumerate() {
+        if !node.is_object() {
+            *node = Value::Object(Default::default());
+        }
+        let Value::Object(map) = node else { return };
+        if i + 1 == path.len() {
+            map.insert(key.clone(), value);
+            return;
+        }
+        node = map
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// Durations are written as seconds (`30`, `0.5`) or humantime strings (`"30s"`, `"2m"`).
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) if n >= 0.0 && n.is_finite() && n < 1e9 => Ok(Duration::from_secs_f64(n)),
+            Raw::Num(n) => Err(serde::de::Error::custom(format!(
+                "{n} is not a valid number of seconds"
+            ))),
+            Raw::Text(t) => humantime::parse_duration(&t).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration; write seconds (30) or \"30s\", \"2m\""
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn load_str(name: &str, text: &str, env: &Env) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        Config::load(Some(&p), true, env)
+    }
+
+    #[test]
+    fn existing_relayapi_config_loads_unchanged() {
+        let text = r#"{
+          "server": {"host": "0.0.0.0", "port": 8080, "read_timeout": 30, "write_timeout": 30,
+                     "max_header_bytes": 1048576, "debug": false},
+          "log": {"console": true, "database": {"enabled": true, "type": "postgres",
+                  "connection_string": "user=postgres password=postgres"},
+                  "web": {"enabled": false, "callback_url": "http://example.com/log"},
+                  "parquet": {"enabled": false, "file_path": "/tmp/x.parquet"}},
+          "rate_limit": {"requests_per_second": 10, "burst": 20,
+                         "ip_limit": {"requests_per_second": 2, "burst": 4}}
+        }"#;
+        let c = load_str("config.json", text, &vec![]).unwrap();
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.rate_limit.burst, 20);
+        assert_eq!(c.rate_limit.ip_limit.unwrap().burst, 4);
+    }
+
+    #[test]
+    fn toml_and_env_overrides() {
+        let env = vec![
+            ("RELAYAPI_SERVER_PORT".to_string(), "9001".to_string()),
+            (
+                "RELAYAPI_RATE_LIMIT_IP_LIMIT_BURST".to_string(),
+                "7".to_string(),
+            ),
+            ("RELAYAPI_USAGE_STORE".to_string(), "memory".to_string()),
+            (
+                "RELAYAPI_UPSTREAM_IDLE_TIMEOUT".to_string(),
+                "5s".to_string(),
+            ),
+        ];
+        let c = load_str("c.toml", "[server]\nport = 1234\n", &env).unwrap();
+        assert_eq!(c.server.port, 9001);
+        assert_eq!(c.rate_limit.ip_limit.unwrap().burst, 7);
+        assert_eq!(c.usage.store, "memory");
+        assert_eq!(c.upstream.idle_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_file_field_and_fix_and_are_all_collected() {
+        let text = r#"{"server": {"base_path": "relay", "trusted_proxies": ["nope"]},
+                       "usage": {"store": "redis-ish"}, "cors": {"allowed_origins": ["example.com"]}}"#;
+        let err = load_str(
+            "bad.json",
+            text,
+            &vec![("RELAYAPI_NOPE".into(), "1".into())],
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bad.json"), "{msg}");
+        for needle in [
+            "server.base_path",
+            "server.trusted_proxies[0]",
+            "usage.store",
+            "cors.allowed_origins[0]",
+            "RELAYAPI_NOPE",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_its_path() {
+        let err = load_str("c.json", r#"{"server": {"prot": 1}}"#, &vec![]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("server") && msg.contains("prot"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let err = load_str("c.json", "{\n  \"server\": ,\n}", &vec![]).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_default_path_is_not() {
+        let p = Path::new("/nonexistent/relayapi-config.json");
+        assert!(Config::load(Some(p), true, &vec![]).is_err());
+        assert!(Config::load(Some(p), false, &vec![]).is_ok());
+    }
+}

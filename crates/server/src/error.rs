@@ -1,0 +1,163 @@
+//! Every error the relay itself answers with, and its one mapping to HTTP.
+//!
+//! The body is OpenAI-shaped (`{"error":{"message","type","code"}}`) so the
+//! official SDKs surface it naturally; `code` is stable and documented in
+//! `docs/errors.md`. Messages are fixed strings: nothing from a token, a key
+//! or an internal error ever reaches a client. Provider errors are not
+//! `ApiError`s: they pass through untouched.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiError {
+    TokenMissing,
+    /// One variant for every way a token can fail to decode: nothing can be learned from it.
+    TokenInvalid,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenExhausted,
+    ModelNotAllowed,
+    RateLimited(Duration),
+    ProviderUnknown,
+    PayloadTooLarge,
+    InvalidBody,
+    NotFound,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    ServiceUnavailable,
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ApiError::TokenMissing
+            | ApiError::TokenInvalid
+            | ApiError::TokenExpired
+            | ApiError::TokenNotYetValid => StatusCode::UNAUTHORIZED,
+            ApiError::TokenExhausted | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ModelNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::ProviderUnknown | ApiError::InvalidBody => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ApiError::TokenMissing => "token_missing",
+            ApiError::TokenInvalid => "token_invalid",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::TokenNotYetValid => "token_not_yet_valid",
+            ApiError::TokenExhausted => "token_exhausted",
+            ApiError::ModelNotAllowed => "model_not_allowed",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::ProviderUnknown => "provider_unknown",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::InvalidBody => "invalid_body",
+            ApiError::NotFound => "not_found",
+            ApiError::UpstreamUnreachable => "upstream_unreachable",
+            ApiError::UpstreamTimeout => "upstream_timeout",
+            ApiError::ServiceUnavailable => "service_unavailable",
+            ApiError::Internal => "internal_error",
+        }
+    }
+
+    /// OpenAI's `type` field: who should act on it.
+    fn kind(self) -> &'static str {
+        match self {
+            ApiError::TokenMissing
+            | ApiError::TokenInvalid
+            | ApiError::TokenExpired
+            | ApiError::TokenNotYetValid => "authentication_error",
+            ApiError::ModelNotAllowed => "permission_error",
+            ApiError::TokenExhausted | ApiError::RateLimited(_) => "rate_limit_error",
+            ApiError::ProviderUnknown
+            | ApiError::PayloadTooLarge
+            | ApiError::InvalidBody
+            | ApiError::NotFound => "invalid_request_error",
+            ApiError::UpstreamUnreachable | ApiError::UpstreamTimeout => "upstream_error",
+            ApiError::ServiceUnavailable | ApiError::Internal => "server_error",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ApiError::TokenMissing => "No RelayAPI token was provided. Put it in the URL path after the base path, or pass it as the API key.",
+            ApiError::TokenInvalid => "The RelayAPI token is invalid.",
+            ApiError::TokenExpired => "The RelayAPI token has expired. Ask your backend for a new one.",
+            ApiError::TokenNotYetValid => "The RelayAPI token is not valid yet.",
+            ApiError::TokenExhausted => "The RelayAPI token has used all of its calls.",
+            ApiError::ModelNotAllowed => "This token may not use the requested model.",
+            ApiError::RateLimited(_) => "Too many requests. Retry after the time given in the Retry-After header.",
+            ApiError::ProviderUnknown => "The token names a provider this relay does not serve.",
+            ApiError::PayloadTooLarge => "The request body is larger than this relay accepts.",
+            ApiError::InvalidBody => "The request body is not the JSON object this token requires.",
+            ApiError::NotFound => "No such route. Relayed requests start with the relay's base path.",
+            ApiError::UpstreamUnreachable => "The provider could not be reached.",
+            ApiError::UpstreamTimeout => "The provider did not answer in time.",
+            ApiError::ServiceUnavailable => "The relay is temporarily unable to serve this request.",
+            ApiError::Internal => "Internal relay error.",
+        }
+    }
+
+    pub fn body(self) -> Bytes {
+        let body = serde_json::json!({
+            "error": {"message": self.message(), "type": self.kind(), "code": self.code()}
+        });
+        Bytes::from(body.to_string())
+    }
+
+    pub fn retry_after(self) -> Option<HeaderValue> {
+        match self {
+            ApiError::RateLimited(d) => {
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                Some(HeaderValue::from(secs.max(1)))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<relayapi_token::TokenError> for ApiError {
+    fn from(e: relayapi_token::TokenError) -> Self {
+        match e {
+            relayapi_token::TokenError::Expired => ApiError::TokenExpired,
+            relayapi_token::TokenError::NotYetValid => ApiError::TokenNotYetValid,
+            _ => ApiError::TokenInvalid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped_with_stable_code() {
+        let v: serde_json::Value = serde_json::from_slice(&ApiError::TokenInvalid.body()).unwrap();
+        assert_eq!(v["error"]["code"], "token_invalid");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert!(v["error"]["message"].is_string());
+        assert_eq!(ApiError::TokenInvalid.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let e = ApiError::RateLimited(Duration::from_millis(1200));
+        assert_eq!(e.retry_after().unwrap(), "2");
+        assert_eq!(
+            ApiError::RateLimited(Duration::ZERO).retry_after().unwrap(),
+            "1"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The request path, top to bottom, written once.
+//!
+//! Every request goes through [`handle`] in this order; each step may answer
+//! early with an [`ApiError`] and nothing below it runs:
+//!
+//! 1. **accept** — request id (`x-request-id`), client IP;
+//! 2. **CORS preflight** — answered here, without a token;
+//! 3. **unauthenticated routes** — `GET /health` (the complete list);
+//! 4. **traffic limits** — global and per-IP buckets, before any crypto;
+//! 5. **token** — located, decrypted, claims validated;
+//! 6. **policy** — provider known, `model`/`models`, `max_calls` reserved;
+//! 7. **forward** — provider URL, credential injected, bodies streamed;
+//! 8. **respond** — provider status and headers, body streamed with a
+//!    finish hook; our `x-request-id` and CORS headers on every answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use relayapi_token::Keyring;
+
+use crate::auth;
+use crate::client_ip::client_ip;
+use crate::config::Config;
+use crate::cors::Cors;
+use crate::error::ApiError;
+use crate::limits::{RateSpec, TrafficLimiter};
+use crate::providers::Registry;
+use crate::proxy::{self, full, Finish, FinishReason, IdleTimeout, RelayBody};
+use crate::usage::{Admission, UsageStore};
+
+/// Counters for `/health`; relaxed atomics, they are statistics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Every request received.
+    pub requests: AtomicU64,
+    /// Requests forwarded to a provider.
+    pub relayed: AtomicU64,
+    /// Requests the relay refused or failed itself (an `ApiError`).
+    pub rejected: AtomicU64,
+    /// Relayed responses still streaming.
+    pub in_flight: AtomicU64,
+}
+
+/// Everything the request path needs, shared by all connections.
+pub struct AppState {
+    pub config: Config,
+    pub keyring: Keyring,
+    pub registry: Registry,
+    pub limiter: TrafficLimiter,
+    pub usage: UsageStore,
+    pub client: proxy::HttpsClient,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub cors: Cors,
+    pub stats: Stats,
+    pub started: Instant,
+    /// Request ids are `<random process prefix>-<counter>`: unique, no syscall per request.
+    id_prefix: String,
+    id_counter: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: Config, keyring: Keyring, usage: UsageStore) -> AppState {
+        let rl = &config.rate_limit;
+        let global = (rl.requests_per_second > 0.0).then(|| RateSpec {
+            per_second: rl.requests_per_second,
+            burst: rl.burst.max(1),
+        });
+        let per_ip = rl.ip_limit.as_ref().map(|ip| RateSpec {
+            per_second: ip.requests_per_second,
+            burst: ip.burst.max(1),
+        });
+        let mut prefix = [0u8; 4];
+        // Uniqueness across restarts is nice to have, not a safety property.
+        let _ = getrandom::getrandom(&mut prefix);
+        AppState {
+            limiter: TrafficLimiter::new(global, per_ip, rl.max_tracked_ips),
+            registry: Registry::new(&config.providers),
+            client: proxy::build_client(&config.upstream),
+            trusted_proxies: config.trusted_proxies(),
+            cors: Cors::new(&config.cors),
+            stats: Stats::default(),
+            started: Instant::now(),
+            id_prefix: hex::encode(prefix),
+            id_counter: AtomicU64::new(0),
+            keyring,
+            usage,
+            config,
+        }
+    }
+
+    fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
+        // A caller's own id is kept when it is short and plain, so traces join up.
+        if let Some(v) = headers.get("x-request-id") {
+            let ok = v.len() <= 128
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+            if ok && !v.is_empty() {
+                return v.clone();
+            }
+        }
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("req_{}{:010x}", self.id_prefix, n))
+            .unwrap_or(HeaderValue::from_static("req_unknown"))
+    }
+}
+
+/// The whole request path. Never fails: errors become responses.
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, Infallible> {
+    // 1. accept
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let request_id = state.request_id(req.headers());
+    let origin = req.headers().get(header::ORIGIN).cloned();
+
+    // 2. CORS preflight: no token, no limits below.
+    let mut resp = if state.cors.is_preflight(req.method(), req.headers()) {
+        state.cors.preflight(req.headers())
+    } else if req.uri().path() == "/health" && req.method() == Method::GET {
+        // 3. the unauthenticated routes
+        health(&state)
+    } else {
+        match relay(state.clone(), peer, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                state.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                error_response(e)
+            }
+        }
+    };
+
+    // 8. what every answer carries
+    let headers = resp.headers_mut();
+    headers.insert("x-request-id", request_id);
+    state.cors.decorate(origin.as_ref(), headers);
+    Ok(resp)
+}
+
+/// Steps 4–8 for a request under the base path.
+async fn relay(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, ApiError> {
+    // 4. traffic limits, before any crypto
+    let ip = client_ip(peer, req.headers(), &state.trusted_proxies);
+    state
+        .limiter
+        .check(ip, Instant::now())
+        .map_err(|retry| ApiError::RateLimited(retry.0))?;
+
+    let base = state.config.server.base_path.as_str();
+    let path = req.uri().path();
+    let rest = match path.strip_prefix(base) {
+        Some(rest) => rest,
+        None if path == base.trim_end_matches('/') => "",
+        None => return Err(ApiError::NotFound),
+    };
+
+    // 5. token
+    let located = auth::locate(rest, req.uri().query(), req.headers());
+    let claims = auth::authenticate(&state.keyring, located.token.as_deref(), auth::unix_now())?;
+    let mut rest = located.rest.to_string();
+    let query = located.query;
+
+    // 6. policy
+    let provider = state
+        .registry
+        .get(&claims.provider)
+        .filter(|p| p.configured)
+        .ok_or(ApiError::ProviderUnknown)?
+        .clone();
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    let idle = state.config.upstream.idle_timeout;
+    let mut body: RelayBody = IdleTimeout::new(body, idle).boxed();
+    if proxy::needs_model_policy(&claims) {
+        let cap = state.config.server.max_parsed_body_bytes;
+        let bytes = proxy::read_capped(body, cap).await?;
+        let (new_rest, new_body) = proxy::apply_model_policy(&claims, &rest, &bytes)?;
+        rest = new_rest;
+        let bytes = new_body.unwrap_or(bytes);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        body = full(bytes);
+    }
+    let calls_remaining = match claims.max_calls {
+        None => None,
+        Some(max) => match state.usage.reserve_call(&claims.jti, max, claims.exp).await {
+            Ok(Admission::Admitted { remaining, .. }) => Some(remaining),
+            Ok(Admission::Exhausted { .. }) => return Err(ApiError::TokenExhausted),
+            Err(e) => {
+                tracing::error!(error = %e, "usage store failed; refusing the call");
+                return Err(ApiError::ServiceUnavailable);
+            }
+        },
+    };
+
+    // 7. forward
+    let url = provider.upstream_url(&rest, &query);
+    let headers = proxy::upstream_headers(headers, &provider, claims.api_key.expose())?;
+    let mut upstream_req = Request::new(body);
+    *upstream_req.method_mut() = parts.method;
+    *upstream_req.uri_mut() = url.parse().map_err(|_| ApiError::NotFound)?;
+    *upstream_req.headers_mut() = headers;
+    let started = Instant::now();
+    let upstream = proxy::send(
+        &state.client,
+        upstream_req,
+        state.config.upstream.first_byte_timeout,
+    )
+    .await?;
+    state.stats.relayed.fetch_add(1, Ordering::Relaxed);
+
+    // 8. respond: status and headers as the provider sent them, body streamed
+    let (mut rparts, rbody) = upstream.into_parts();
+    proxy::downstream_headers(&mut rparts.headers);
+    if let Some(n) = calls_remaining {
+        rparts
+            .headers
+            .insert("x-relayapi-calls-remaining", HeaderValue::from(n));
+    }
+    let status = rparts.status;
+    state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let finish_state = state.clone();
+    let provider_id = provider.id.clone();
+    let body = Finish::new(
+        IdleTimeout::new(rbody, idle),
+        move |reason: FinishReason| {
+            finish_state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(
+                provider = %provider_id,
+                status = status.as_u16(),
+                ?reason,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request finished"
+            );
+        },
+    );
+    let mut resp = Response::new(body.boxed());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = rparts.headers;
+    Ok(resp)
+}
+
+pub fn error_response(e: ApiError) -> Response<RelayBody> {
+    let mut resp = Response::new(full(e.body()));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(ra) = e.retry_after() {
+        h.insert(header::RETRY_AFTER, ra);
+    }
+    resp
+}
+
+fn health(state: &AppState) -> Response<RelayBody> {
+    let s = &state.stats;
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "keys": state.keyring.len(),
+        "requests": {
+            "total": s.requests.load(Ordering::Relaxed),
+            "relayed": s.relayed.load(Ordering::Relaxed),
+            "rejected": s.rejected.load(Ordering::Relaxed),
+            "in_flight": s.in_flight.load(Ordering::Relaxed),
+        }
+    });
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

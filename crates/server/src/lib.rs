@@ -1,0 +1,73 @@
+//! RelayAPI server: a streaming relay between front ends holding capability
+//! tokens and AI providers holding the real keys.
+//!
+//! Layout, one module per concern (the request path is in [`http`], top to
+//! bottom):
+//! - [`config`]: `config.json`/TOML + `RELAYAPI_*` env, validated with
+//!   messages that name file, field and fix;
+//! - [`keyfile`]: `.rai` client configs → the keyring;
+//! - [`auth`]: where the token is, and decoding it;
+//! - [`limits`], [`client_ip`]: traffic limits before any crypto;
+//! - [`usage`]: the `max_calls` store (SQLite file or memory);
+//! - [`providers`]: the registry (compiled-in data + config overrides);
+//! - [`proxy`]: upstream client, header rules, streaming bodies;
+//! - [`cors`], [`error`]: browser access and the one error → HTTP mapping;
+//! - [`server`]: listener and graceful shutdown; [`cli`]: the commands.
+
+pub mod auth;
+pub mod cli;
+pub mod client_ip;
+pub mod config;
+pub mod cors;
+pub mod error;
+pub mod http;
+pub mod keyfile;
+pub mod limits;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+pub mod usage;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A relay running inside the current runtime (tests, embedding).
+pub struct RunningRelay {
+    pub addr: SocketAddr,
+    pub state: Arc<http::AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRelay {
+    /// Binds `config.server.host:port` and serves until [`RunningRelay::stop`].
+    pub async fn start(
+        config: config::Config,
+        keyring: relayapi_token::Keyring,
+        usage: usage::UsageStore,
+    ) -> std::io::Result<RunningRelay> {
+        let listener =
+            tokio::net::TcpListener::bind((config.server.host.as_str(), config.server.port))
+                .await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(http::AppState::new(config, keyring, usage));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Ok(RunningRelay {
+            addr,
+            state,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Graceful stop: drains in-flight requests, closes the usage store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -1,0 +1,404 @@
+//! The provider registry: where each provider lives and how it wants its key.
+//!
+//! Built-in entries come from `providers.json`, compiled into the binary; the
+//! server config's `providers` section overrides fields of an entry or adds
+//! new ones. A token only ever *names* an entry (by id or alias): a token can
+//! never point the relay at a URL of its choosing.
+//!
+//! Each entry's `base_url` is the default base URL of that provider's
+//! official SDK, so a front end swaps that SDK's `baseURL` for the relay URL
+//! and every path the SDK appends maps 1:1 onto the provider.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+/// How a provider expects its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI and most compatible APIs).
+    #[serde(rename = "bearer")]
+    Bearer,
+    /// `x-api-key: KEY` (Anthropic).
+    #[serde(rename = "x-api-key")]
+    XApiKey,
+    /// `x-goog-api-key: KEY` (Gemini).
+    #[serde(rename = "x-goog-api-key")]
+    XGoogApiKey,
+    /// `api-key: KEY` (Azure OpenAI).
+    #[serde(rename = "api-key")]
+    ApiKey,
+}
+
+impl AuthStyle {
+    pub fn header_name(self) -> HeaderName {
+        match self {
+            AuthStyle::Bearer => http::header::AUTHORIZATION,
+            AuthStyle::XApiKey => HeaderName::from_static("x-api-key"),
+            AuthStyle::XGoogApiKey => HeaderName::from_static("x-goog-api-key"),
+            AuthStyle::ApiKey => HeaderName::from_static("api-key"),
+        }
+    }
+
+    /// The header value carrying `key`, marked sensitive so it is never
+    /// printed by `Debug` of the request.
+    pub fn header_value(self, key: &str) -> Option<HeaderValue> {
+        let mut v = match self {
+            AuthStyle::Bearer => HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
+            _ => HeaderValue::from_str(key).ok()?,
+        };
+        v.set_sensitive(true);
+        Some(v)
+    }
+}
+
+/// Azure OpenAI addresses deployments, and wants an `api-version` on every call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureSettings {
+    /// Fills `{resource}` in the base URL.
+    pub resource: Option<String>,
+    /// Prefixes `deployments/<name>/` when the client path has none (plain OpenAI SDKs).
+    pub deployment: Option<String>,
+    /// Added as `api-version` when the client sent none.
+    pub api_version: Option<String>,
+}
+
+/// One entry as written in `providers.json` or in the server config. In the
+/// config every field is optional: present fields replace the built-in ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderOverride {
+    pub base_url: Option<String>,
+    pub auth: Option<AuthStyle>,
+    pub aliases: Option<Vec<String>>,
+    pub default_headers: Option<BTreeMap<String, String>>,
+    pub azure: Option<AzureSettings>,
+}
+
+#[derive(Deserialize)]
+struct BuiltinEntry {
+    id: String,
+    #[serde(flatten)]
+    fields: ProviderOverride,
+}
+
+/// A resolved provider, ready for the hot path.
+#[derive(Debug)]
+pub struct Provider {
+    pub id: String,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    /// True when `base_url` ends in `/v1` (then a client path `v1/...` is de-duplicated).
+    pub base_ends_in_v1: bool,
+    pub auth: AuthStyle,
+    pub default_headers: Vec<(HeaderName, HeaderValue)>,
+    pub azure: Option<AzureSettings>,
+    /// False while the base URL still has a `{placeholder}` (e.g. Azure without a resource).
+    pub configured: bool,
+}
+
+impl Provider {
+    /// The upstream URL for the client's `rest` path (after base path and
+    /// token) and query string (credentials already removed).
+    pub fn upstream_url(&self, rest: &str, query: &str) -> String {
+        let mut rest = rest.trim_start_matches('/');
+        if self.base_ends_in_v1 {
+            if let Some(stripped) = rest.strip_prefix("v1/") {
+                rest = stripped;
+            } else if rest == "v1" {
+                rest = "";
+            }
+        }
+        let mut url = String::with_capacity(self.base_url.len() + rest.len() + query.len() + 48);
+        url.push_str(&self.base_url);
+        url.push('/');
+        if let Some(az) = &self.azure {
+            if let Some(dep) = &az.deployment {
+                if !rest.starts_with("deployments/") {
+                    url.push_str("deployments/");
+                    url.push_str(dep);
+                    url.push('/');
+                }
+            }
+        }
+        url.push_str(rest);
+        let mut sep = '?';
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+            sep = '&';
+        }
+        if let Some(version) = self.azure.as_ref().and_then(|a| a.api_version.as_deref()) {
+            let has_version = query
+                .split('&')
+                .any(|kv| kv.split('=').next() == Some("api-version"));
+            if !has_version {
+                url.push(sep);
+                url.push_str("api-version=");
+                url.push_str(version);
+            }
+        }
+        url
+    }
+}
+
+/// Providers by id and alias (lower-case).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    by_name: HashMap<String, Arc<Provider>>,
+    ids: Vec<String>,
+}
+
+const BUILTIN: &str = include_str!("providers.json");
+
+fn builtin_entries() -> Vec<BuiltinEntry> {
+    // The file is compiled in and covered by a test, so a parse failure here
+    // is a build defect; fall back to an empty list rather than panic.
+    serde_json::from_str(BUILTIN).unwrap_or_default()
+}
+
+impl Registry {
+    /// The built-in registry with `overrides` applied.
+    pub fn new(overrides: &BTreeMap<String, ProviderOverride>) -> Registry {
+        let mut merged: BTreeMap<String, ProviderOverride> = BTreeMap::new();
+        for e in builtin_entries() {
+            merged.insert(e.id, e.fields);
+        }
+        for (id, o) in overrides {
+            let entry = merged.entry(id.to_ascii_lowercase()).or_default();
+            if o.base_url.is_some() {
+                entry.base_url.clone_from(&o.base_url);
+            }
+            if o.auth.is_some() {
+                entry.auth = o.auth;
+            }
+            if o.aliases.is_some() {
+                entry.aliases.clone_from(&o.aliases);
+            }
+            if let Some(h) = &o.default_headers {
+                entry
+                    .default_headers
+                    .get_or_insert_with(BTreeMap::new)
+                    .extend(h.clone());
+            }
+            if let Some(az) = &o.azure {
+                let cur = entry.azure.get_or_insert_with(AzureSettings::default);
+                if az.resource.is_some() {
+                    cur.resource.clone_from(&az.resource);
+                }
+                if az.deployment.is_some() {
+                    cur.deployment.clone_from(&az.deployment);
+                }
+                if az.api_version.is_some() {
+                    cur.api_version.clone_from(&az.api_version);
+                }
+            }
+        }
+        let mut by_name = HashMap::new();
+        let mut ids = Vec::new();
+        for (id, e) in merged {
+            let Some(provider) = resolve(&id, &e) else {
+                continue;
+            };
+            let provider = Arc::new(provider);
+            for alias in e.aliases.iter().flatten() {
+                by_name
+                    .entry(alias.to_ascii_lowercase())
+                    .or_insert_with(|| provider.clone());
+            }
+            // Ids win over aliases of other entries.
+            by_name.insert(id.clone(), provider);
+            ids.push(id);
+        }
+        Registry { by_name, ids }
+    }
+
+    /// Looks up an id or alias, case-insensitively.
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        if let Some(p) = self.by_name.get(name) {
+            return Some(p);
+        }
+        self.by_name.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+}
+
+fn resolve(id: &str, e: &ProviderOverride) -> Option<Provider> {
+    let mut base = e.base_url.clone()?;
+    if let Some(res) = e.azure.as_ref().and_then(|a| a.resource.as_deref()) {
+        base = base.replace("{resource}", res);
+    }
+    let base = base.trim_end_matches('/').to_string();
+    let default_headers = e
+        .default_headers
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect();
+    Some(Provider {
+        id: id.to_string(),
+        base_ends_in_v1: base.ends_with("/v1"),
+        configured: !base.contains('{'),
+        base_url: base,
+        auth: e.auth.unwrap_or(AuthStyle::Bearer),
+        default_headers,
+        azure: e.azure.clone(),
+    })
+}
+
+/// Config validation for the `providers` section.
+pub fn validate_overrides(
+    overrides: &BTreeMap<String, ProviderOverride>,
+    problems: &mut Vec<String>,
+) {
+    let builtin: Vec<String> = builtin_entries().into_iter().map(|e| e.id).collect();
+    for (id, o) in overrides {
+        let field = format!("providers.{id}");
+        match &o.base_url {
+            Some(url)
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<http::Uri>().is_err() && !url.contains('{') =>
+            {
+                problems.push(format!(
+                    "{field}.base_url: {url:?} is not an http(s) URL; write e.g. \"https://api.example.com/v1\""
+                ));
+            }
+            Some(_) => {}
+            None if !builtin.contains(&id.to_ascii_lowercase()) => problems.push(format!(
+                "{field}: a new provider needs a base_url (and usually an auth style: bearer, x-api-key, x-goog-api-key or api-key)"
+            )),
+            None => {}
+        }
+        for (k, v) in o.default_headers.iter().flatten() {
+            if HeaderName::from_bytes(k.as_bytes()).is_err() || HeaderValue::from_str(v).is_err() {
+                problems.push(format!(
+                    "{field}.default_headers.{k}: not a valid HTTP header name/value"
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn builtin_file_parses_and_has_the_promised_providers() {
+        let entries: Vec<BuiltinEntry> = serde_json::from_str(BUILTIN).unwrap();
+        assert!(entries.len() >= 18);
+        let r = Registry::new(&BTreeMap::new());
+        for id in [
+            "openai",
+            "anthropic",
+            "gemini",
+            "googleai",
+            "azure-openai",
+            "mistral",
+            "groq",
+            "deepseek",
+            "dashscope",
+            "openrouter",
+            "together",
+            "fireworks",
+            "xai",
+            "perplexity",
+            "cohere",
+            "moonshot",
+            "zhipu",
+            "siliconflow",
+            "ollama",
+        ] {
+            assert!(r.get(id).is_some(), "{id} missing");
+        }
+        assert_eq!(r.get("GoogleAI").unwrap().id, "gemini");
+    }
+
+    #[test]
+    fn url_mapping_dedupes_v1_and_keeps_query() {
+        let r = Registry::new(&BTreeMap::new());
+        let openai = r.get("openai").unwrap();
+        assert_eq!(
+            openai.upstream_url("chat/completions", ""),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(
+            openai.upstream_url("v1/chat/completions", "a=1"),
+            "https://api.openai.com/v1/chat/completions?a=1"
+        );
+        let anthropic = r.get("anthropic").unwrap();
+        assert_eq!(
+            anthropic.upstream_url("v1/messages", ""),
+            "https://api.anthropic.com/v1/messages"
+        );
+    }
+
+    #[test]
+    fn azure_needs_a_resource_and_fills_deployment_and_version() {
+        let r = Registry::new(&BTreeMap::new());
+        assert!(!r.get("azure-openai").unwrap().configured);
+        let mut o = BTreeMap::new();
+        o.insert(
+            "azure-openai".to_string(),
+            ProviderOverride {
+                azure: Some(AzureSettings {
+                    resource: Some("acme".into()),
+                    deployment: Some("gpt4o".into()),
+                    api_version: None,
+                }),
+                ..Default::default()
+            },
+        );
+        let r = Registry::new(&o);
+        let az = r.get("azure").unwrap();
+        assert!(az.configured);
+        assert_eq!(
+            az.upstream_url("chat/completions", ""),
+            "https://acme.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            az.upstream_url("deployments/x/embeddings", "api-version=1"),
+            "https://acme.openai.azure.com/openai/deployments/x/embeddings?api-version=1"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_fields_and_add_providers() {
+        let o: BTreeMap<String, ProviderOverride> = serde_json::from_str(
+            r#"{"openai": {"base_url": "http://127.0.0.1:9/v1/"},
+                "acme": {"base_url": "http://127.0.0.1:9", "auth": "x-api-key", "aliases": ["a"]}}"#,
+        )
+        .unwrap();
+        let mut problems = vec![];
+        validate_overrides(&o, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = Registry::new(&o);
+        assert_eq!(r.get("openai").unwrap().base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(r.get("a").unwrap().auth, AuthStyle::XApiKey);
+    }
+
+    #[test]
+    fn bad_overrides_are_explained() {
+        let o: BTreeMap<String, ProviderOverride> =
+            serde_json::from_str(r#"{"new": {}, "openai": {"base_url": "ftp://x"}}"#).unwrap();
+        let mut problems = vec![];
+        validate_overrides(&o, &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("providers.new")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("providers.openai.base_url")));
+    }
+}

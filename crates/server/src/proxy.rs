@@ -1,0 +1,506 @@
+//! Forwarding: build the upstream request, send it on a pooled client, and
+//! stream the answer back.
+//!
+//! Bodies are never collected in this path, with one bounded exception: a
+//! token that enforces `model`/`models` needs the JSON `model` field, so that
+//! body is read up to `server.max_parsed_body_bytes` and re-serialised.
+//! Streams are wrapped in [`IdleTimeout`], which cuts only *silence* longer
+//! than `upstream.idle_timeout` — never a long stream that keeps talking.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use relayapi_token::Claims;
+
+use crate::auth::CREDENTIAL_HEADERS;
+use crate::config::UpstreamSettings;
+use crate::error::ApiError;
+use crate::providers::Provider;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type both directions use.
+pub type RelayBody = BoxBody<Bytes, BoxError>;
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RelayBody>;
+
+/// A pooled HTTP/1.1 + HTTP/2 client over rustls (ring) with webpki roots.
+pub fn build_client(settings: &UpstreamSettings) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| {
+        b.with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth()
+    });
+    let tls = match tls {
+        Ok(t) => t,
+        // The ring provider always supports the safe defaults; keep a sane
+        // fallback instead of a panic anyway.
+        Err(_) => rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .build(https)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the names listed in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Prepares the client's headers for the provider: hop-by-hop and every
+/// client credential removed, browser context (cookies, origin, forwarding
+/// chain) dropped, the provider's credential and default headers added.
+pub fn upstream_headers(
+    mut headers: HeaderMap,
+    provider: &Provider,
+    api_key: &str,
+) -> Result<HeaderMap, ApiError> {
+    strip_hop_by_hop(&mut headers);
+    for name in CREDENTIAL_HEADERS {
+        headers.remove(name);
+    }
+    for name in [
+        header::HOST,
+        header::COOKIE,
+        header::ORIGIN,
+        header::REFERER,
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderName::from_static("x-real-ip"),
+    ] {
+        headers.remove(name);
+    }
+    // A provider key that is not a valid header value cannot be sent; the
+    // token is well-formed but useless, which is the minter's fault.
+    let value = provider
+        .auth
+        .header_value(api_key)
+        .ok_or(ApiError::TokenInvalid)?;
+    headers.insert(provider.auth.header_name(), value);
+    for (name, value) in &provider.default_headers {
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(headers)
+}
+
+/// Prepares the provider's headers for the client.
+pub fn downstream_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    // Cookies for the provider's domain mean nothing on the relay's, and the
+    // relay answers CORS itself.
+    headers.remove(header::SET_COOKIE);
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for k in cors {
+        headers.remove(k);
+    }
+}
+
+/// What a token demands of the request's model.
+pub fn needs_model_policy(claims: &Claims) -> bool {
+    claims.models.is_some() || claims.effective_model().is_some()
+}
+
+/// Checks `models` and applies a forced `model` to a JSON body (and to a
+/// Gemini-style `models/<name>:method` path). Returns the new path and body.
+pub fn apply_model_policy(
+    claims: &Claims,
+    rest: &str,
+    body: &[u8],
+) -> Result<(String, Option<Bytes>), ApiError> {
+    let forced = claims.effective_model();
+    let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
+    if !body.is_empty() {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(m)) => json = Some(m),
+            // A non-object body with a model restriction cannot be checked.
+            _ => return Err(ApiError::InvalidBody),
+        }
+    }
+    let path_model = path_model_span(rest);
+    let requested: Option<String> = json
+        .as_ref()
+        .and_then(|m| m.get("model"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .or_else(|| path_model.map(|(s, e)| rest[s..e].to_string()));
+
+    let mut new_rest = rest.to_string();
+    let mut new_body = None;
+    match forced {
+        Some(model) => {
+            if let Some(m) = json.as_mut() {
+                if m.contains_key("model") || path_model.is_none() {
+                    m.insert("model".into(), serde_json::Value::String(model.to_string()));
+                    new_body = Some(Bytes::from(
+                        serde_json::to_vec(m).map_err(|_| ApiError::Internal)?,
+                    ));
+                }
+            }
+            if let Some((s, e)) = path_model {
+                new_rest = format!("{}{}{}", &rest[..s], model, &rest[e..]);
+            }
+        }
+        None => {
+            if let (Some(allowed), Some(req)) = (&claims.models, &requested) {
+                if !allowed.iter().any(|a| a == req) {
+                    return Err(ApiError::ModelNotAllowed);
+                }
+            }
+        }
+    }
+    Ok((new_rest, new_body))
+}
+
+/// The byte span of `<model>` in a path like `v1beta/models/<model>:generateContent`.
+fn path_model_span(rest: &str) -> Option<(usize, usize)> {
+    let start = rest.find("models/")? + "models/".len();
+    let tail = &rest[start..];
+    let end = tail.find([':', '/', '?']).unwrap_or(tail.len());
+    (end > 0
+        && tail[..end]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)))
+    .then_some((start, start + end))
+}
+
+/// Reads a body for the model policy, refusing more than `cap` bytes.
+pub async fn read_capped(mut body: RelayBody, cap: usize) -> Result<Bytes, ApiError> {
+    // A plain frame loop rather than `http_body_util::Limited`, whose error
+    // conversion defeats `Send` inference for the request future.
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::InvalidBody)?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > cap {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+pub fn full(bytes: Bytes) -> RelayBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Maps a client error to our answer: timeouts are 504, everything else 502.
+pub fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ApiError::UpstreamTimeout;
+            }
+        }
+        source = s.source();
+    }
+    ApiError::UpstreamUnreachable
+}
+
+pin_project_lite::pin_project! {
+    /// A body that fails when no frame arrives for `idle`.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data for longer than the idle timeout")]
+pub struct IdleElapsed;
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs `on_finish` exactly once when the body ends, fails, or is dropped
+    /// (client gone) — the hook for accounting and logs.
+    pub struct Finish<B, F: FnOnce(FinishReason)> {
+        #[pin]
+        inner: B,
+        on_finish: Option<F>,
+        bytes: u64,
+    }
+    impl<B, F: FnOnce(FinishReason)> PinnedDrop for Finish<B, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.on_finish.take() {
+                f(FinishReason::ClientGone { bytes: *this.bytes });
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Complete { bytes: u64 },
+    UpstreamError { bytes: u64 },
+    ClientGone { bytes: u64 },
+}
+
+impl<B, F: FnOnce(FinishReason)> Finish<B, F> {
+    pub fn new(inner: B, on_finish: F) -> Self {
+        Self {
+            inner,
+            on_finish: Some(on_finish),
+            bytes: 0,
+        }
+    }
+}
+
+impl<B, F> Body for Finish<B, F>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+    F: FnOnce(FinishReason),
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = this.on_finish.take() {
+                    f(FinishReason::UpstreamError { bytes: *this.bytes });
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.on_finish.take() {
+                    f(FinishReason::Complete { bytes: *this.bytes });
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Sends `req` and waits for the response head at most `first_byte`.
+pub async fn send(
+    client: &HttpsClient,
+    req: http::Request<RelayBody>,
+    first_byte: Duration,
+) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+    match tokio::time::timeout(first_byte, client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            Err(classify_upstream_error(&e))
+        }
+        Err(_) => Err(ApiError::UpstreamTimeout),
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::providers::Registry;
+
+    fn claims(json: &str) -> Claims {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let m = v.as_object_mut().unwrap();
+        m.insert("jti".into(), "AAAAAAAAAAAAAAAAAAAAAA".into());
+        m.insert("iat".into(), 1.into());
+        m.insert("exp".into(), 2.into());
+        m.insert("provider".into(), "openai".into());
+        m.insert("api_key".into(), "sk-x".into());
+        Claims::from_json(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn credentials_and_hop_by_hop_never_forwarded() {
+        let reg = Registry::new(&Default::default());
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer client"),
+            ("x-api-key", "client"),
+            ("x-goog-api-key", "client"),
+            ("api-key", "client"),
+            ("cookie", "a=b"),
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("anthropic-version", "2024-01-01"),
+            ("openai-beta", "assistants=v2"),
+        ] {
+            h.insert(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        let out = upstream_headers(h.clone(), reg.get("anthropic").unwrap(), "sk-real").unwrap();
+        assert_eq!(out.get("x-api-key").unwrap(), "sk-real");
+        assert!(out.get("authorization").is_none());
+        assert!(out.get("cookie").is_none() && out.get("x-secret-hop").is_none());
+        assert!(out.get("keep-alive").is_none() && out.get("connection").is_none());
+        // The client's own provider header wins over the registry default.
+        assert_eq!(out.get("anthropic-version").unwrap(), "2024-01-01");
+        assert_eq!(out.get("openai-beta").unwrap(), "assistants=v2");
+
+        let out = upstream_headers(h, reg.get("openai").unwrap(), "sk-real").unwrap();
+        assert_eq!(out.get("authorization").unwrap(), "Bearer sk-real");
+        assert!(out.get("x-api-key").is_none() && out.get("api-key").is_none());
+        assert!(format!("{out:?}").contains("Sensitive"));
+    }
+
+    #[test]
+    fn default_header_added_when_absent() {
+        let reg = Registry::new(&Default::default());
+        let out = upstream_headers(HeaderMap::new(), reg.get("anthropic").unwrap(), "k").unwrap();
+        assert_eq!(out.get("anthropic-version").unwrap(), "2023-06-01");
+    }
+
+    #[test]
+    fn models_allow_list() {
+        let c = claims(r#"{"models":["a","b"]}"#);
+        assert!(apply_model_policy(&c, "chat/completions", br#"{"model":"a"}"#).is_ok());
+        assert_eq!(
+            apply_model_policy(&c, "chat/completions", br#"{"model":"c"}"#).unwrap_err(),
+            ApiError::ModelNotAllowed
+        );
+        assert_eq!(
+            apply_model_policy(&c, "v1beta/models/c:generateContent", b"{}").unwrap_err(),
+            ApiError::ModelNotAllowed
+        );
+        assert_eq!(
+            apply_model_policy(&c, "chat/completions", b"[1]").unwrap_err(),
+            ApiError::InvalidBody
+        );
+    }
+
+    #[test]
+    fn forced_model_rewrites_body_and_path() {
+        let c = claims(r#"{"model":"forced"}"#);
+        let (_, body) =
+            apply_model_policy(&c, "chat/completions", br#"{"model":"x","n":1}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
+        assert_eq!(v["model"], "forced");
+        assert_eq!(v["n"], 1);
+        let (path, _) =
+            apply_model_policy(&c, "v1beta/models/gemini-x:generateContent", b"{}").unwrap();
+        assert_eq!(path, "v1beta/models/forced:generateContent");
+        let c = claims(r#"{"ext_info":"{\"rep_m\":\"legacy\"}"}"#);
+        let (_, body) = apply_model_policy(&c, "chat/completions", br#"{"model":"x"}"#).unwrap();
+        assert!(String::from_utf8(body.unwrap().to_vec())
+            .unwrap()
+            .contains("legacy"));
+    }
+}

@@ -1,0 +1,341 @@
+//! Black-box tests of the built `relayapi` binary: the CLI contract, key
+//! file generation, durability across `kill -9`, graceful shutdown, and no
+//! secret in any log line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use relayapi_mock::{MockConfig, MockServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_relayapi");
+const MOCK_KEY: &str = "sk-mock-binary-test-777";
+
+struct Relay {
+    child: Child,
+    url: String,
+    stderr: PathBuf,
+}
+
+impl Relay {
+    /// Starts `relayapi serve` in `dir` and reads the first stdout line.
+    fn start(dir: &Path, extra: &[&str]) -> Relay {
+        let stderr = dir.join(format!(
+            "stderr-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(extra)
+            .current_dir(dir)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "first line was {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Relay { child, url, stderr }
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, mock_url: &str, usage: &str) {
+    let config = serde_json::json!({
+        "server": {"port": 0, "shutdown_grace": 10},
+        "usage": {"store": usage, "path": dir.join("usage.db")},
+        "providers": {"openai": {"base_url": format!("{mock_url}/v1")}}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+fn relayapi(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn mint_url(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "--rai",
+        "default.rai",
+        "--provider",
+        "openai",
+        "--api-key",
+        MOCK_KEY,
+        "--url",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = relayapi(dir, &args);
+    assert!(ok, "token failed: {err}");
+    out
+}
+
+/// The .rai's server block says port 8840; the test relay listens elsewhere.
+fn retarget(url: &str, relay: &Relay) -> String {
+    let path = &url[url.find("/relayapi/").unwrap()..];
+    format!("{}{path}", relay.url)
+}
+
+#[tokio::test]
+async fn newcomer_walkthrough_and_no_secret_in_logs() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock.url(), "sqlite");
+    let relay = Relay::start(dir.path(), &[]);
+
+    // default.rai was generated, owner-only.
+    let rai_path = dir.path().join("default.rai");
+    let rai: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rai_path).unwrap()).unwrap();
+    let aes_key = rai["crypto"]["aes_key"].as_str().unwrap().to_string();
+    assert_eq!(aes_key.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&rai_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let base = retarget(&mint_url(dir.path(), &["--max-calls", "5"]), &relay);
+    assert!(base.ends_with('/'));
+    let token = base
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{base}chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Failures too, so their log lines are covered.
+    let bad = format!(
+        "{}/relayapi/{}x/chat/completions",
+        relay.url,
+        &token[..token.len() - 1]
+    );
+    assert_eq!(
+        http.post(bad).body("{}").send().await.unwrap().status(),
+        401
+    );
+    let health: serde_json::Value = http
+        .get(format!("{}/health", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    relay.signal("-TERM");
+    let stderr = relay.stderr.clone();
+    let mut relay = relay;
+    let status = tokio::task::spawn_blocking(move || relay.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "graceful exit expected, got {status:?}");
+    let logs = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        logs.contains("generated"),
+        "startup should say where the .rai went: {logs}"
+    );
+    for (what, secret) in [
+        ("api key", MOCK_KEY),
+        ("token", token.as_str()),
+        ("aes_key", aes_key.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "{what} leaked into the logs");
+    }
+    assert!(
+        !logs.contains(&token[token.len() - 20..]),
+        "token tail leaked into the logs"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_never_readmits_a_used_call() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock.url(), "sqlite");
+    let http = reqwest::Client::new();
+
+    let relay = Relay::start(dir.path(), &[]);
+    let url = format!(
+        "{}models",
+        retarget(&mint_url(dir.path(), &["--max-calls", "4"]), &relay)
+    );
+    for _ in 0..3 {
+        assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    }
+    relay.signal("-KILL");
+    drop(relay);
+
+    let relay = Relay::start(dir.path(), &[]);
+    let url = format!(
+        "{}/relayapi/{}",
+        relay.url,
+        url.split("/relayapi/").nth(1).unwrap()
+    );
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "token_exhausted");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_open_stream_finish() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock.url(), "memory");
+    let relay = Relay::start(dir.path(), &[]);
+    let base = retarget(&mint_url(dir.path(), &[]), &relay);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}chat/completions"))
+        .header("x-mock-chunk-delay-ms", "200")
+        .header("x-mock-chunks", "5")
+        .json(&serde_json::json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    relay.signal("-TERM");
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "stream cut by shutdown: {text}"
+    );
+}
+
+#[test]
+fn cli_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, _) = relayapi(
+        dir.path(),
+        &[
+            "gen-config",
+            "--host",
+            "https://relay.example",
+            "--port",
+            "443",
+        ],
+    );
+    assert!(ok);
+    let rai: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rai["server"]["port"], 443);
+    assert_eq!(rai["crypto"]["method"], "aes");
+    std::fs::write(dir.path().join("default.rai"), &out).unwrap();
+
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["token", "--help"],
+        vec!["check-config", "--help"],
+        vec!["gen-config", "--help"],
+    ] {
+        let (ok, out, _) = relayapi(dir.path(), &args);
+        assert!(ok && out.contains("Usage"), "{args:?}");
+    }
+
+    let (ok, out, _) = relayapi(
+        dir.path(),
+        &[
+            "token",
+            "--provider",
+            "openai",
+            "--api-key",
+            "sk-x",
+            "--expire",
+            "10m",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(out.split('.').count(), 5, "a compact JWE: {out}");
+    let (ok, _, err) = relayapi(
+        dir.path(),
+        &["token", "--provider", "nope", "--api-key", "sk-x"],
+    );
+    assert!(!ok && err.contains("--provider"), "{err}");
+    let (ok, _, err) = relayapi(
+        dir.path(),
+        &[
+            "token",
+            "--provider",
+            "openai",
+            "--api-key",
+            "sk-x",
+            "--max-calls",
+            "0",
+        ],
+    );
+    assert!(!ok && err.contains("max-calls"), "{err}");
+
+    let (ok, out, _) = relayapi(dir.path(), &["check-config"]);
+    assert!(ok, "{out}");
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"server": {"base_path": "nope", "prot": 1}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(
+        !ok && err.contains("config.json") && err.contains("prot"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"server": {"base_path": "nope"}, "usage": {"store": "x"}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(
+        !ok && err.contains("server.base_path") && err.contains("usage.store"),
+        "{err}"
+    );
+}

@@ -1,0 +1,115 @@
+//! Shared fixtures: a mock provider and a relay in this process, on
+//! 127.0.0.1:0, and token minting with a fresh key.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use relayapi::config::Config;
+use relayapi::providers::ProviderOverride;
+use relayapi::usage::UsageStore;
+use relayapi::RunningRelay;
+use relayapi_mock::{MockConfig, MockServer};
+use relayapi_token::{Claims, Keyring, RaiConfig, SecretString, V2Key};
+
+pub const MOCK_KEY: &str = "sk-mock-secret-4242";
+
+pub struct Env {
+    pub mock: MockServer,
+    pub relay: RunningRelay,
+    pub rai: RaiConfig,
+    pub key: V2Key,
+    pub http: reqwest::Client,
+}
+
+/// Points every provider kind the mock speaks at the mock.
+pub fn config_for(mock_url: &str) -> Config {
+    let mut config = Config::default();
+    config.server.port = 0;
+    config.usage.store = "memory".into();
+    let mut p = BTreeMap::new();
+    let ov = |url: String| ProviderOverride {
+        base_url: Some(url),
+        ..Default::default()
+    };
+    p.insert("openai".to_string(), ov(format!("{mock_url}/v1")));
+    p.insert("anthropic".to_string(), ov(mock_url.to_string()));
+    p.insert("gemini".to_string(), ov(mock_url.to_string()));
+    let mut az = ov(format!("{mock_url}/openai"));
+    az.azure = Some(relayapi::providers::AzureSettings {
+        resource: None,
+        deployment: Some("dep1".into()),
+        api_version: Some("2024-10-21".into()),
+    });
+    p.insert("azure-openai".to_string(), az);
+    config.providers = p;
+    config
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::start_with(|_| {}, UsageStore::memory()).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config), usage: UsageStore) -> Env {
+        let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+        let mut config = config_for(&mock.url());
+        tweak(&mut config);
+        let rai = RaiConfig::generate("http://127.0.0.1", 0);
+        let key = V2Key::from_rai(&rai);
+        let mut keyring = Keyring::new();
+        keyring.insert(V2Key::from_rai(&rai)).unwrap();
+        let relay = RunningRelay::start(config, keyring, usage).await.unwrap();
+        Env {
+            mock,
+            relay,
+            rai,
+            key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}/relayapi/", self.relay.addr)
+    }
+
+    pub fn claims(&self, provider: &str) -> Claims {
+        Claims::new(
+            provider,
+            SecretString::new(MOCK_KEY.to_string()),
+            3600,
+            now(),
+        )
+    }
+
+    pub fn mint(&self, claims: &Claims) -> String {
+        relayapi_token::encode_v2(&self.key, claims).unwrap()
+    }
+
+    pub fn token(&self, provider: &str) -> String {
+        self.mint(&self.claims(provider))
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub async fn error_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello relay"}],
+        "stream": stream,
+    })
+}

@@ -1,0 +1,587 @@
+//! The relay end to end, in process: real HTTP on loopback between a
+//! reqwest client, the relay and the mock provider.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use relayapi::usage::UsageStore;
+use relayapi_token::{Claims, SecretString};
+
+#[tokio::test]
+async fn chat_completion_through_path_token() {
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let resp = env
+        .http
+        .post(url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("hello relay"));
+}
+
+#[tokio::test]
+async fn every_token_location_works_and_none_is_forwarded() {
+    let env = Env::start().await;
+    let t = env.token("openai");
+    let b = env.base();
+    let cases: Vec<(String, Vec<(&str, String)>)> = vec![
+        (
+            format!("{b}{t}/echo/p?x=1"),
+            vec![("authorization", "Bearer ignored".into())],
+        ),
+        (format!("{b}echo/p?x=1&token={t}"), vec![]),
+        (
+            format!("{b}echo/p?x=1"),
+            vec![("authorization", format!("Bearer {t}"))],
+        ),
+        (format!("{b}echo/p?x=1"), vec![("x-api-key", t.clone())]),
+        (
+            format!("{b}echo/p?x=1"),
+            vec![("x-goog-api-key", t.clone())],
+        ),
+        (format!("{b}echo/p?x=1"), vec![("api-key", t.clone())]),
+        (format!("{b}echo/p?x=1&key={t}"), vec![]),
+    ];
+    for (i, (url, headers)) in cases.into_iter().enumerate() {
+        let mut req = env.http.get(&url);
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "case {i}");
+        let echo: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(echo["path"], "/v1/echo/p", "case {i}");
+        assert_eq!(
+            echo["query"], "x=1",
+            "case {i}: token must be stripped from the query"
+        );
+        let hdrs = echo["headers"].to_string();
+        assert!(
+            !hdrs.contains(&t),
+            "case {i}: token leaked upstream: {hdrs}"
+        );
+        assert_eq!(
+            echo["headers"]["authorization"],
+            format!("Bearer {MOCK_KEY}"),
+            "case {i}"
+        );
+        assert!(echo["headers"]["x-api-key"].is_null() && echo["headers"]["api-key"].is_null());
+    }
+}
+
+#[tokio::test]
+async fn credential_injected_the_providers_way() {
+    let env = Env::start().await;
+    // Anthropic: x-api-key + default anthropic-version, token given as the SDK's apiKey.
+    let resp = env
+        .http
+        .post(format!("{}v1/messages", env.base()))
+        .header("x-api-key", env.token("anthropic"))
+        .json(&serde_json::json!({"model": "claude-x", "max_tokens": 10, "messages": [{"role":"user","content":"hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["type"],
+        "message"
+    );
+
+    // Gemini (alias googleai): x-goog-api-key.
+    let resp = env
+        .http
+        .post(format!(
+            "{}v1beta/models/gemini-2.0-flash:generateContent",
+            env.base()
+        ))
+        .header("x-goog-api-key", env.token("googleai"))
+        .json(&serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Azure: api-key, deployment and api-version filled in from config.
+    let resp = env
+        .http
+        .post(format!(
+            "{}{}/chat/completions",
+            env.base(),
+            env.token("azure-openai")
+        ))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A wrong provider key in the token: the provider's own 401 passes through.
+    let claims = Claims::new("openai", SecretString::new("sk-wrong".into()), 60, now());
+    let resp = env
+        .http
+        .post(format!(
+            "{}{}/chat/completions",
+            env.base(),
+            env.mint(&claims)
+        ))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["error"]["code"], "invalid_api_key",
+        "provider error must pass through unchanged"
+    );
+}
+
+#[tokio::test]
+async fn token_failures_have_exact_codes() {
+    let env = Env::start().await;
+    let b = env.base();
+    let post = |url: String| env.http.post(url).json(&chat_body(false)).send();
+
+    let (s, c) = error_code(post(format!("{b}chat/completions")).await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (401, "token_missing"));
+
+    // Tampered: flip one character of the ciphertext.
+    let t = env.token("openai");
+    let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
+    let mut ct = parts[3].clone().into_bytes();
+    ct[0] = if ct[0] == b'A' { b'B' } else { b'A' };
+    parts[3] = String::from_utf8(ct).unwrap();
+    let tampered = parts.join(".");
+    let (s, c) = error_code(
+        post(format!("{b}{tampered}/chat/completions"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (401, "token_invalid"));
+
+    // Wrong key: minted with a different .rai.
+    let other =
+        relayapi_token::V2Key::from_rai(&relayapi_token::RaiConfig::generate("http://x", 1));
+    let foreign = relayapi_token::encode_v2(&other, &env.claims("openai")).unwrap();
+    let (s, c) = error_code(
+        post(format!("{b}{foreign}/chat/completions"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (401, "token_invalid"));
+
+    // Expired and not yet valid.
+    let mut claims = env.claims("openai");
+    claims.iat = now() - 100;
+    claims.exp = now() - 1;
+    let (s, c) = error_code(
+        post(format!("{b}{}/chat/completions", env.mint(&claims)))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (401, "token_expired"));
+    let mut claims = env.claims("openai");
+    claims.nbf = Some(now() + 600);
+    let (s, c) = error_code(
+        post(format!("{b}{}/chat/completions", env.mint(&claims)))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (401, "token_not_yet_valid"));
+
+    // Unknown claim: fail closed.
+    let mut claims = env.claims("openai");
+    claims
+        .extra
+        .insert("origins".into(), serde_json::json!(["https://x"]));
+    let with_unknown = relayapi_token::encode_v2(&env.key, &claims);
+    if let Ok(tok) = with_unknown {
+        let (s, c) = error_code(post(format!("{b}{tok}/chat/completions")).await.unwrap()).await;
+        assert_eq!((s, c.as_str()), (401, "token_invalid"));
+    }
+
+    // Unknown provider.
+    let (s, c) = error_code(
+        post(format!("{b}{}/chat/completions", env.token("nope")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (400, "provider_unknown"));
+
+    // Outside the base path.
+    let (s, c) = error_code(
+        post(format!("http://{}/other", env.relay.addr))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn error_bodies_never_carry_secrets() {
+    let env = Env::start().await;
+    let t = env.token("openai");
+    let broken = format!("{}x", &t[..t.len() - 1]);
+    let resp = env
+        .http
+        .post(format!("{}{broken}/chat/completions", env.base()))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains(&broken[..40]) && !text.contains(MOCK_KEY));
+    assert!(!text.contains(env.rai.crypto.aes_key.expose()));
+}
+
+#[tokio::test]
+async fn models_policy_and_forced_model() {
+    let env = Env::start().await;
+    let mut claims = env.claims("openai");
+    claims.models = Some(vec!["gpt-4o-mini".into()]);
+    let t = env.mint(&claims);
+    let url = format!("{}{t}/chat/completions", env.base());
+    let ok = env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let mut body = chat_body(false);
+    body["model"] = "gpt-5-expensive".into();
+    let (s, c) = error_code(env.http.post(&url).json(&body).send().await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (403, "model_not_allowed"));
+
+    let mut claims = env.claims("openai");
+    claims.model = Some("forced-model".into());
+    let url = format!("{}{}/chat/completions", env.base(), env.mint(&claims));
+    let v: serde_json::Value = env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["model"], "forced-model");
+}
+
+#[tokio::test]
+async fn parsed_body_is_capped() {
+    let env = Env::start_with(
+        |c| c.server.max_parsed_body_bytes = 1024,
+        UsageStore::memory(),
+    )
+    .await;
+    let mut claims = env.claims("openai");
+    claims.model = Some("m".into());
+    let url = format!("{}{}/chat/completions", env.base(), env.mint(&claims));
+    let mut body = chat_body(false);
+    body["messages"][0]["content"] = "x".repeat(4096).into();
+    let (s, c) = error_code(env.http.post(&url).json(&body).send().await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (413, "payload_too_large"));
+}
+
+#[tokio::test]
+async fn sse_chunks_arrive_one_by_one() {
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let resp = env
+        .http
+        .post(url)
+        .header("x-mock-chunk-delay-ms", "300")
+        .header("x-mock-chunks", "4")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let start = Instant::now();
+    let mut stream = resp.bytes_stream();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        arrivals.push(start.elapsed());
+    }
+    assert!(text.contains("data: [DONE]"));
+    // The mock waits 300 ms between events: if the relay buffered, everything
+    // would arrive at once at the end. The first event must be here well
+    // before the mock even sends the second one.
+    assert!(arrivals.len() >= 4, "events arrived merged: {arrivals:?}");
+    assert!(
+        arrivals[0] < Duration::from_millis(250),
+        "first chunk late: {arrivals:?}"
+    );
+    let spread = *arrivals.last().unwrap() - arrivals[0];
+    assert!(
+        spread >= Duration::from_millis(600),
+        "chunks were buffered: {arrivals:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_calls_admits_exactly_k_under_concurrency() {
+    let env = Env::start().await;
+    let mut claims = env.claims("openai");
+    claims.max_calls = Some(7);
+    let url = format!("{}{}/models", env.base(), env.mint(&claims));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, url) = (env.http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            http.get(url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    let mut exhausted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => exhausted += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, exhausted), (7, 43));
+    let (s, c) = error_code(env.http.get(&url).send().await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (429, "token_exhausted"));
+}
+
+#[tokio::test]
+async fn calls_remaining_header_counts_down() {
+    let env = Env::start().await;
+    let mut claims = env.claims("openai");
+    claims.max_calls = Some(3);
+    let url = format!("{}{}/models", env.base(), env.mint(&claims));
+    for want in ["2", "1", "0"] {
+        let resp = env
+            .http
+            .get(&url)
+            .header("origin", "https://app.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["x-relayapi-calls-remaining"], want);
+        let exposed = resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(exposed.contains("x-relayapi-calls-remaining"));
+    }
+}
+
+#[tokio::test]
+async fn counters_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let env = Env::start_with(|_| {}, UsageStore::open_sqlite(&db).unwrap()).await;
+    let mut claims = env.claims("openai");
+    claims.max_calls = Some(3);
+    let token = env.mint(&claims);
+    for _ in 0..2 {
+        let url = format!("{}{token}/models", env.base());
+        assert_eq!(env.http.get(&url).send().await.unwrap().status(), 200);
+    }
+    let Env {
+        mock,
+        relay,
+        key,
+        http,
+        ..
+    } = env;
+    relay.stop().await;
+
+    // A new relay on the same key and the same file: one call left, then none.
+    let mut keyring = relayapi_token::Keyring::new();
+    keyring.insert(key).unwrap();
+    let relay = relayapi::RunningRelay::start(
+        config_for(&mock.url()),
+        keyring,
+        UsageStore::open_sqlite(&db).unwrap(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/relayapi/{token}/models", relay.addr);
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "0");
+    let (s, c) = error_code(http.get(&url).send().await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (429, "token_exhausted"));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn cors_preflight_needs_no_token() {
+    let env = Env::start().await;
+    let resp = env
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}chat/completions", env.base()),
+        )
+        .header("origin", "https://app.test")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, x-stainless-arch",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.test"
+    );
+    assert_eq!(
+        resp.headers()["access-control-allow-headers"],
+        "authorization, content-type, x-stainless-arch"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let env = Env::start_with(
+        |c| {
+            c.rate_limit.ip_limit = Some(relayapi::config::IpLimitSettings {
+                requests_per_second: 1.0,
+                burst: 2,
+            });
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url = format!("{}chat/completions", env.base());
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let resp = env
+            .http
+            .post(&url)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        codes.push(error_code(resp).await.1);
+    }
+    assert_eq!(codes, ["token_missing", "token_missing", "rate_limited"]);
+}
+
+#[tokio::test]
+async fn per_ip_limiter_memory_is_bounded_for_many_forwarded_ips() {
+    let env = Env::start_with(
+        |c| {
+            c.server.trusted_proxies = vec!["127.0.0.1".into()];
+            c.rate_limit.max_tracked_ips = 100;
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url = format!("http://{}/relayapi/x", env.relay.addr);
+    for i in 0..2000u32 {
+        let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+        let resp = env
+            .http
+            .get(&url)
+            .header("x-forwarded-for", ip)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    assert!(env.relay.state.limiter.tracked_ips() <= 100);
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_502_and_504() {
+    // Nothing listens on the discard port of a fresh ephemeral listener we close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = Env::start_with(
+        move |c| {
+            c.providers.get_mut("openai").unwrap().base_url = Some(format!("http://{dead}/v1"));
+            c.providers.get_mut("anthropic").unwrap().base_url = None;
+            c.upstream.first_byte_timeout = Duration::from_millis(300);
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let (s, c) = error_code(
+        env.http
+            .post(&url)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (502, "upstream_unreachable"));
+
+    let mut claims = env.claims("gemini");
+    claims.provider = "gemini".into();
+    let url = format!(
+        "{}{}/v1beta/models/g:generateContent",
+        env.base(),
+        env.mint(&claims)
+    );
+    let resp = env
+        .http
+        .post(&url)
+        .header("x-mock-delay-ms", "2000")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (s, c) = error_code(resp).await;
+    assert_eq!((s, c.as_str()), (504, "upstream_timeout"));
+}
+
+#[tokio::test]
+async fn health_reports_counters_without_secrets() {
+    let env = Env::start().await;
+    let v: serde_json::Value = env
+        .http
+        .get(format!("http://{}/health", env.relay.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "ok");
+    assert!(v["requests"]["total"].as_u64().unwrap() >= 1);
+    assert!(!v.to_string().contains(env.rai.crypto.aes_key.expose()));
+}

@@ -1,0 +1,322 @@
+//! Token v2: JWE compact serialisation (RFC 7516), `alg` `dir`, `enc`
+//! `A256GCM`.
+//!
+//! ```text
+//! BASE64URL(header) . "" . BASE64URL(iv) . BASE64URL(ciphertext) . BASE64URL(tag)
+//! ```
+//!
+//! * header, when minting, is exactly `{"alg":"dir","enc":"A256GCM","kid":"<kid>"}`;
+//! * the encrypted-key segment is empty (direct encryption);
+//! * IV 12 bytes, tag 16 bytes, base64url without padding everywhere;
+//! * AAD = the ASCII bytes of the header segment exactly as received.
+//!
+//! Every failure maps to [`TokenError::Invalid`] except the clock checks.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::claims::Claims;
+use crate::error::TokenError;
+use crate::json::UniqueObject;
+use crate::keys::{Keyring, V2Key};
+use crate::rai::random_bytes;
+
+/// Tokens longer than this (in bytes) are rejected before any work.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// AES-GCM IV length in bytes.
+pub const IV_LEN: usize = 12;
+/// AES-GCM tag length in bytes.
+pub const TAG_LEN: usize = 16;
+
+/// The protected header a conforming minter writes for `kid`.
+pub fn canonical_header(kid: &str) -> String {
+    format!(r#"{{"alg":"dir","enc":"A256GCM","kid":"{kid}"}}"#)
+}
+
+/// Mints a token with a random IV.
+///
+/// # Errors
+/// [`TokenError::Invalid`] if the claims would not be accepted by
+/// [`decode_v2`] (bad jti, `exp <= iat`, non-`x_` extra claim, …) or the
+/// token would exceed [`MAX_TOKEN_LEN`].
+pub fn encode_v2(key: &V2Key, claims: &Claims) -> Result<String, TokenError> {
+    encode_v2_with_iv(key, claims, random_bytes::<IV_LEN>())
+}
+
+/// Mints a token with a caller-chosen IV. Deterministic: for test vectors
+/// and SDK tests only — never reuse an IV with the same key in production.
+///
+/// # Errors
+/// As [`encode_v2`].
+pub fn encode_v2_with_iv(
+    key: &V2Key,
+    claims: &Claims,
+    iv: [u8; IV_LEN],
+) -> Result<String, TokenError> {
+    claims.check_structure()?;
+    let payload = Zeroizing::new(claims.to_json());
+    let token = encrypt_compact(key, &canonical_header(key.kid()), payload.as_bytes(), iv)?;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Invalid);
+    }
+    Ok(token)
+}
+
+/// Low-level: encrypts `payload` under `protected_header` (any string,
+/// used verbatim) without checking either. Exists for test vectors and
+/// interop tests; use [`encode_v2`] to mint.
+///
+/// # Errors
+/// [`TokenError::Invalid`] if AES-GCM refuses the input (over 64 GiB).
+pub fn encrypt_compact(
+    key: &V2Key,
+    protected_header: &str,
+    payload: &[u8],
+    iv: [u8; IV_LEN],
+) -> Result<String, TokenError> {
+    let header_b64 = URL_SAFE_NO_PAD.encode(protected_header.as_bytes());
+    let cipher = Aes256Gcm::new(key.expose_content_key().into());
+    let sealed = cipher
+        .encrypt(
+            Nonce::from_slice(&iv),
+            Payload {
+                msg: payload,
+                aad: header_b64.as_bytes(),
+            },
+        )
+        .map_err(|_| TokenError::Invalid)?;
+    let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+    Ok(format!(
+        "{header_b64}..{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(iv),
+        URL_SAFE_NO_PAD.encode(ciphertext),
+        URL_SAFE_NO_PAD.encode(tag)
+    ))
+}
+
+/// Decrypts, parses and validates a token at time `now` (UTC seconds).
+///
+/// # Errors
+/// [`TokenError::Expired`] / [`TokenError::NotYetValid`] from
+/// [`Claims::validate`]; [`TokenError::Invalid`] for everything else.
+pub fn decode_v2(keyring: &Keyring, token: &str, now: i64) -> Result<Claims, TokenError> {
+    let claims = open_v2(keyring, token)?;
+    claims.validate(now)?;
+    Ok(claims)
+}
+
+/// Decrypts and parses a token without looking at the clock (inspection
+/// and tests). Servers use [`decode_v2`].
+///
+/// # Errors
+/// [`TokenError::Invalid`].
+pub fn open_v2(keyring: &Keyring, token: &str) -> Result<Claims, TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Invalid);
+    }
+    let parts = split5(token).ok_or(TokenError::Invalid)?;
+    let [header_b64, encrypted_key, iv_b64, ct_b64, tag_b64] = parts;
+    if !encrypted_key.is_empty() {
+        return Err(TokenError::Invalid);
+    }
+    let kid = check_header(header_b64).ok_or(TokenError::Invalid)?;
+    let key = keyring.get(&kid).ok_or(TokenError::Invalid)?;
+
+    let iv = b64(iv_b64)?;
+    let tag = b64(tag_b64)?;
+    let mut sealed = b64(ct_b64)?;
+    if iv.len() != IV_LEN || tag.len() != TAG_LEN {
+        return Err(TokenError::Invalid);
+    }
+    sealed.extend_from_slice(&tag);
+
+    let cipher = Aes256Gcm::new(key.expose_content_key().into());
+    let plaintext = Zeroizing::new(
+        cipher
+            .decrypt(
+                Nonce::from_slice(&iv),
+                Payload {
+                    msg: &sealed,
+                    aad: header_b64.as_bytes(),
+                },
+            )
+            .map_err(|_| TokenError::Invalid)?,
+    );
+    Claims::from_json(&plaintext)
+}
+
+/// Cheap syntactic test used to decide whether a URL path segment is a v2
+/// token: five `.`-separated parts, the second empty, the others non-empty
+/// base64url, the first starting with `eyJ` (base64 of `{"`). No decoding.
+pub fn looks_like_jwe(s: &str) -> bool {
+    let Some([h, k, iv, ct, tag]) = split5(s) else {
+        return false;
+    };
+    h.starts_with("eyJ")
+        && k.is_empty()
+        && [h, iv, ct, tag].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The header `kid` of a syntactically valid v2 token, without decrypting.
+/// Unauthenticated: use only for routing and diagnostics.
+pub fn peek_kid(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let [header_b64, ..] = split5(token)?;
+    check_header(header_b64)
+}
+
+fn split5(token: &str) -> Option<[&str; 5]> {
+    let mut it = token.split('.');
+    let parts = [it.next()?, it.next()?, it.next()?, it.next()?, it.next()?];
+    if it.next().is_some() {
+        return None;
+    }
+    Some(parts)
+}
+
+/// Strict base64url: no padding, alphabet only, canonical trailing bits.
+fn b64(s: &str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Invalid)
+}
+
+/// Validates the protected header and returns its `kid`.
+fn check_header(header_b64: &str) -> Option<String> {
+    let bytes = b64(header_b64).ok()?;
+    let header = UniqueObject::parse(&bytes)?;
+    let is =
+        |name: &str, want: &str| matches!(header.get(name), Some(Value::String(s)) if s == want);
+    if !is("alg", "dir") || !is("enc", "A256GCM") {
+        return None;
+    }
+    if header.get("zip").is_some() || header.get("crit").is_some() {
+        return None;
+    }
+    match header.get("kid") {
+        Some(Value::String(kid)) => Some(kid.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn key() -> V2Key {
+        V2Key::from_aes_key(&[0x42; 32])
+    }
+
+    fn claims() -> Claims {
+        Claims::new("openai", "sk-test-secret-api-key", 3600, NOW)
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = claims()
+            .with_max_calls(5)
+            .with_model("gpt-4o")
+            .with_sub("user-1");
+        let token = encode_v2(&key(), &c).unwrap();
+        assert!(looks_like_jwe(&token));
+        assert_eq!(peek_kid(&token).as_deref(), Some(key().kid()));
+        assert_eq!(decode_v2(&Keyring::from(key()), &token, NOW).unwrap(), c);
+        assert!(!token.contains("sk-test"));
+    }
+
+    #[test]
+    fn random_iv_differs_per_token() {
+        let c = claims();
+        assert_ne!(
+            encode_v2(&key(), &c).unwrap(),
+            encode_v2(&key(), &c).unwrap()
+        );
+    }
+
+    #[test]
+    fn header_is_exact_and_deterministic_with_iv() {
+        let t = encode_v2_with_iv(&key(), &claims(), [0; 12]).unwrap();
+        let header = URL_SAFE_NO_PAD
+            .decode(t.split('.').next().unwrap())
+            .unwrap();
+        assert_eq!(header, canonical_header(key().kid()).as_bytes());
+        assert!(t.split('.').nth(2).unwrap() == "AAAAAAAAAAAAAAAA");
+    }
+
+    #[test]
+    fn unknown_kid_is_invalid() {
+        let token = encode_v2(&key(), &claims()).unwrap();
+        let other = Keyring::from(V2Key::from_aes_key(&[1; 32]));
+        assert_eq!(decode_v2(&other, &token, NOW), Err(TokenError::Invalid));
+        assert_eq!(
+            decode_v2(&Keyring::new(), &token, NOW),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn minting_refuses_claims_the_relay_would_reject() {
+        let k = key();
+        let mut c = claims();
+        c.jti = "short".into();
+        assert_eq!(encode_v2(&k, &c), Err(TokenError::Invalid));
+        assert_eq!(
+            encode_v2(&k, &claims().with_max_calls(0)),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            encode_v2(&k, &claims().with_extra("foo", Value::Null)),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            encode_v2(&k, &Claims::new("openai", "k", 0, NOW)),
+            Err(TokenError::Invalid)
+        );
+        let big = "a".repeat(MAX_TOKEN_LEN);
+        assert_eq!(
+            encode_v2(&k, &claims().with_sub(big)),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn oversized_token_is_rejected_before_work() {
+        let s = format!("eyJ..{}", "A".repeat(MAX_TOKEN_LEN));
+        assert_eq!(
+            decode_v2(&Keyring::from(key()), &s, NOW),
+            Err(TokenError::Invalid)
+        );
+        assert!(peek_kid(&s).is_none());
+    }
+
+    #[test]
+    fn looks_like_jwe_is_syntactic() {
+        assert!(looks_like_jwe("eyJh..a.b.c"));
+        assert!(!looks_like_jwe("eyJh.x.a.b.c"));
+        assert!(!looks_like_jwe("eyJh..a.b"));
+        assert!(!looks_like_jwe("eyJh..a.b.c.d"));
+        assert!(!looks_like_jwe("abcd..a.b.c"));
+        assert!(!looks_like_jwe("eyJh..a.b+.c"));
+        assert!(!looks_like_jwe("eyJh...b.c"));
+        assert!(!looks_like_jwe("sk-proj-abc"));
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        assert_eq!(TokenError::Invalid.code(), "token_invalid");
+        assert_eq!(TokenError::Expired.code(), "token_expired");
+        assert_eq!(TokenError::NotYetValid.code(), "token_not_yet_valid");
+    }
+}
