@@ -7,12 +7,13 @@
 //! Streams are wrapped in [`IdleTimeout`], which cuts only *silence* longer
 //! than `upstream.idle_timeout` — never a long stream that keeps talking.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
