@@ -585,3 +585,115 @@ async fn health_reports_counters_without_secrets() {
     assert!(v["requests"]["total"].as_u64().unwrap() >= 1);
     assert!(!v.to_string().contains(env.rai.crypto.aes_key.expose()));
 }
+
+async fn wait_until_idle(env: &Env) {
+    let stats = &env.relay.state.stats;
+    for _ in 0..100 {
+        if stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("a relayed response never finished");
+}
+
+#[tokio::test]
+async fn large_upload_streams_through() {
+    let env = Env::start().await;
+    let url = format!("{}{}/upload", env.base(), env.token("openai"));
+    // 24 MiB sent in 64 KiB chunks; the mock counts bytes without keeping them.
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let stream = futures_util::stream::iter((0..384).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let resp = env
+        .http
+        .post(url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["bytes"], 384 * 64 * 1024);
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_stream_reaches_the_client_as_an_error() {
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let resp = env
+        .http
+        .post(url)
+        .header("x-mock-reset-after", "2")
+        .header("x-mock-chunks", "10")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut got_error = false;
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(b) => text.push_str(&String::from_utf8_lossy(&b)),
+            Err(_) => {
+                got_error = true;
+                break;
+            }
+        }
+    }
+    assert!(got_error, "a cut stream must not look complete: {text}");
+    assert!(!text.contains("[DONE]"));
+    wait_until_idle(&env).await;
+}
+
+#[tokio::test]
+async fn silent_stream_is_cut_by_the_idle_timeout_only() {
+    let env = Env::start_with(|c| c.upstream.idle_timeout = Duration::from_millis(400), UsageStore::memory()).await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    // Slow but steady: 6 chunks 200 ms apart (1.2 s in all) is longer than the
+    // idle timeout in total, and must not be cut.
+    let resp = env
+        .http
+        .post(&url)
+        .header("x-mock-chunk-delay-ms", "200")
+        .header("x-mock-chunks", "6")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.unwrap().contains("[DONE]"));
+
+    let resp = env
+        .http
+        .post(&url)
+        .header("x-mock-stall-after", "2")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(resp.text().await.is_err(), "a stalled stream must end in an error");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_until_idle(&env).await;
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_finishes_the_request() {
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let resp = env
+        .http
+        .post(url)
+        .header("x-mock-chunk-delay-ms", "100")
+        .header("x-mock-chunks", "50")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    assert_eq!(env.relay.state.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(stream);
+    wait_until_idle(&env).await;
+}
