@@ -206,16 +206,40 @@ async fn token_failures_have_exact_codes() {
     .await;
     assert_eq!((s, c.as_str()), (401, "token_not_yet_valid"));
 
-    // Unknown claim: fail closed.
-    let mut claims = env.claims("openai");
-    claims
-        .extra
-        .insert("origins".into(), serde_json::json!(["https://x"]));
-    let with_unknown = relayapi_token::encode_v2(&env.key, &claims);
-    if let Ok(tok) = with_unknown {
+    // Unknown claim (fail closed) and a foreign alg, sealed with the right key.
+    let mut raw: serde_json::Value = serde_json::from_str(&env.claims("openai").to_json()).unwrap();
+    raw["origins"] = serde_json::json!(["https://x"]);
+    let kid = env.key.kid().to_string();
+    let canonical = format!(r#"{{"alg":"dir","enc":"A256GCM","kid":"{kid}"}}"#);
+    let a128 = format!(r#"{{"alg":"A128KW","enc":"A256GCM","kid":"{kid}"}}"#);
+    let good_claims = env.claims("openai").to_json();
+    for (header, payload) in [(&canonical, raw.to_string()), (&a128, good_claims)] {
+        let tok =
+            relayapi_token::v2::encrypt_compact(&env.key, header, payload.as_bytes(), [7; 12])
+                .unwrap();
         let (s, c) = error_code(post(format!("{b}{tok}/chat/completions")).await.unwrap()).await;
-        assert_eq!((s, c.as_str()), (401, "token_invalid"));
+        assert_eq!(
+            (s, c.as_str()),
+            (401, "token_invalid"),
+            "{header} {payload}"
+        );
     }
+    // The same sealing with the canonical header and claims is accepted, so the
+    // refusals above are about the claim and the alg, not the helper.
+    let tok = relayapi_token::v2::encrypt_compact(
+        &env.key,
+        &canonical,
+        env.claims("openai").to_json().as_bytes(),
+        [8; 12],
+    )
+    .unwrap();
+    assert_eq!(
+        post(format!("{b}{tok}/chat/completions"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Unknown provider.
     let (s, c) = error_code(
@@ -603,7 +627,8 @@ async fn large_upload_streams_through() {
     let url = format!("{}{}/upload", env.base(), env.token("openai"));
     // 24 MiB sent in 64 KiB chunks; the mock counts bytes without keeping them.
     let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-    let stream = futures_util::stream::iter((0..384).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let stream =
+        futures_util::stream::iter((0..384).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let resp = env
         .http
         .post(url)
@@ -649,7 +674,11 @@ async fn upstream_reset_mid_stream_reaches_the_client_as_an_error() {
 
 #[tokio::test]
 async fn silent_stream_is_cut_by_the_idle_timeout_only() {
-    let env = Env::start_with(|c| c.upstream.idle_timeout = Duration::from_millis(400), UsageStore::memory()).await;
+    let env = Env::start_with(
+        |c| c.upstream.idle_timeout = Duration::from_millis(400),
+        UsageStore::memory(),
+    )
+    .await;
     let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
     // Slow but steady: 6 chunks 200 ms apart (1.2 s in all) is longer than the
     // idle timeout in total, and must not be cut.
@@ -673,7 +702,10 @@ async fn silent_stream_is_cut_by_the_idle_timeout_only() {
         .await
         .unwrap();
     let started = Instant::now();
-    assert!(resp.text().await.is_err(), "a stalled stream must end in an error");
+    assert!(
+        resp.text().await.is_err(),
+        "a stalled stream must end in an error"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_until_idle(&env).await;
 }
@@ -693,7 +725,14 @@ async fn client_disconnect_mid_stream_finishes_the_request() {
         .unwrap();
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
-    assert_eq!(env.relay.state.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        env.relay
+            .state
+            .stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     drop(stream);
     wait_until_idle(&env).await;
 }
