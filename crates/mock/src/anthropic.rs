@@ -121,7 +121,13 @@ pub(crate) async fn messages(
     reply::json_bytes_response(StatusCode::OK, body)
 }
 
-fn stream(id: String, model: String, plan: ContentPlan, input_tokens: u64, knobs: &Knobs) -> Response {
+fn stream(
+    id: String,
+    model: String,
+    plan: ContentPlan,
+    input_tokens: u64,
+    knobs: &Knobs,
+) -> Response {
     let start = reply::sse_event(
         "message_start",
         &json!({"type": "message_start", "message": {

@@ -95,7 +95,10 @@ pub(crate) async fn models_action(
             )
         }
     };
-    let mut prompt_len = req.system_instruction.as_ref().map_or(0, |c| c.text().len());
+    let mut prompt_len = req
+        .system_instruction
+        .as_ref()
+        .map_or(0, |c| c.text().len());
     let mut last_user = None;
     for c in &req.contents {
         let text = c.text();
@@ -147,7 +150,13 @@ fn response(model: &str, text: &str, last: bool, usage: Option<Value>) -> Value 
 
 /// The content chunks, then a final chunk with `finishReason` and
 /// `usageMetadata`; as SSE events, or as the elements of a JSON array.
-fn stream(model: String, plan: ContentPlan, prompt_tokens: u64, sse: bool, knobs: &Knobs) -> Response {
+fn stream(
+    model: String,
+    plan: ContentPlan,
+    prompt_tokens: u64,
+    sse: bool,
+    knobs: &Knobs,
+) -> Response {
     let last = response(&model, "", true, Some(usage(prompt_tokens, plan.tokens())));
     let frame = move |value: &Value, first: bool| -> Bytes {
         if sse {

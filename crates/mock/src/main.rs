@@ -43,13 +43,10 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = relayapi_mock::serve_with_shutdown(
-        listener,
-        MockConfig::new(args.api_key),
-        async move {
+    let server =
+        relayapi_mock::serve_with_shutdown(listener, MockConfig::new(args.api_key), async move {
             let _ = stop_rx.await;
-        },
-    );
+        });
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => res.context("server failed")?,

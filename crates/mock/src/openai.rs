@@ -16,7 +16,12 @@ use crate::reply::{self, ContentPlan};
 use crate::{auth, AppState};
 
 /// An OpenAI-style error response.
-pub(crate) fn error_response(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
+pub(crate) fn error_response(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: &str,
+) -> Response {
     reply::json_response(
         status,
         &json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
@@ -193,7 +198,15 @@ async fn chat(key: &str, headers: &HeaderMap, body: &[u8], deployment: Option<St
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         let plan = ContentPlan::new(reply, knobs.chunks(), knobs.chunk_bytes());
-        return stream(id, created, model, plan, include_usage, prompt_tokens, &knobs);
+        return stream(
+            id,
+            created,
+            model,
+            plan,
+            include_usage,
+            prompt_tokens,
+            &knobs,
+        );
     }
 
     let body = reply::render_padded(&reply, knobs.response_bytes(), |content| {

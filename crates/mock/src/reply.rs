@@ -194,9 +194,8 @@ impl ContentPlan {
                     reply.char_indices().map(|(i, _)| i).collect()
                 };
                 let used = chunks.min(units.len());
-                let mut bounds: Vec<usize> = (0..used)
-                    .map(|k| units[k * units.len() / used])
-                    .collect();
+                let mut bounds: Vec<usize> =
+                    (0..used).map(|k| units[k * units.len() / used]).collect();
                 bounds.push(reply.len());
                 Pieces::Split {
                     text: reply,
@@ -265,7 +264,7 @@ mod tests {
     fn default_chunks_concatenate_to_the_reply() {
         for text in ["hi", "hello there big wide world of tests", "héllo wörld"] {
             let reply = reply_text(text);
-            for n in [1, 2, 5, 7, 30] {
+            for n in [1, 2, 5, 7, reply.chars().count()] {
                 let plan = ContentPlan::new(reply.clone(), n, None);
                 let pieces = all(&plan);
                 assert_eq!(pieces.len(), n);
@@ -302,7 +301,9 @@ mod tests {
 
     #[test]
     fn padding_reaches_the_target() {
-        let body = render_padded("abc", Some(1000), |t| format!("{{\"t\":\"{t}\"}}").into_bytes());
+        let body = render_padded("abc", Some(1000), |t| {
+            format!("{{\"t\":\"{t}\"}}").into_bytes()
+        });
         assert_eq!(body.len(), 1000);
         let small = render_padded("abc", Some(3), |t| t.as_bytes().to_vec());
         assert_eq!(small, b"abc");
