@@ -47,6 +47,12 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Relayed responses still streaming.
     pub in_flight: AtomicU64,
+    /// Relayed responses delivered completely.
+    pub completed: AtomicU64,
+    /// Relayed responses cut because the provider failed or fell silent mid-body.
+    pub upstream_aborted: AtomicU64,
+    /// Relayed responses the client stopped reading before the end.
+    pub client_aborted: AtomicU64,
 }
 
 /// Everything the request path needs, shared by all connections.
@@ -237,7 +243,14 @@ async fn relay(
     let body = Finish::new(
         IdleTimeout::new(rbody, idle),
         move |reason: FinishReason| {
-            finish_state.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let stats = &finish_state.stats;
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let outcome = match reason {
+                FinishReason::Complete { .. } => &stats.completed,
+                FinishReason::UpstreamError { .. } => &stats.upstream_aborted,
+                FinishReason::ClientGone { .. } => &stats.client_aborted,
+            };
+            outcome.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 provider = %provider_id,
                 status = status.as_u16(),
@@ -279,6 +292,9 @@ fn health(state: &AppState) -> Response<RelayBody> {
             "relayed": s.relayed.load(Ordering::Relaxed),
             "rejected": s.rejected.load(Ordering::Relaxed),
             "in_flight": s.in_flight.load(Ordering::Relaxed),
+            "completed": s.completed.load(Ordering::Relaxed),
+            "upstream_aborted": s.upstream_aborted.load(Ordering::Relaxed),
+            "client_aborted": s.client_aborted.load(Ordering::Relaxed),
         }
     });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));

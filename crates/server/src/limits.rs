@@ -139,11 +139,13 @@ pub struct IpLimiter {
 }
 
 impl IpLimiter {
-    /// `max_tracked` bounds the number of IPs remembered in total (at least
-    /// one per shard).
+    /// `max_tracked` bounds the number of IPs remembered in total: shards ×
+    /// per-shard cap never exceeds it (fewer shards when it is small).
     pub fn new(spec: RateSpec, max_tracked: usize) -> Self {
-        let shard_cap = max_tracked.div_ceil(IP_SHARDS).max(1);
-        let shards = (0..IP_SHARDS)
+        let max_tracked = max_tracked.max(1);
+        let shard_count = IP_SHARDS.min(max_tracked);
+        let shard_cap = max_tracked / shard_count;
+        let shards = (0..shard_count)
             .map(|_| Mutex::new(HashMap::new()))
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -157,7 +159,7 @@ impl IpLimiter {
     }
 
     fn shard(&self, key: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, u64>> {
-        let idx = (self.hasher.hash_one(key) % IP_SHARDS as u64) as usize;
+        let idx = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
         // A panic while holding the lock cannot leave a TAT half-written, so
         // a poisoned map is still valid.
         self.shards[idx]

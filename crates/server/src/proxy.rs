@@ -363,12 +363,20 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended (e.g. its
+                // Content-Length is reached) and just drops it: that is a
+                // completion, not a client that went away.
+                if this.inner.is_end_stream() {
+                    if let Some(f) = this.on_finish.take() {
+                        f(FinishReason::Complete { bytes: *this.bytes });
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {

@@ -610,6 +610,74 @@ async fn health_reports_counters_without_secrets() {
     assert!(!v.to_string().contains(env.rai.crypto.aes_key.expose()));
 }
 
+fn outcomes(env: &Env) -> (u64, u64, u64) {
+    let s = &env.relay.state.stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    (
+        get(&s.completed),
+        get(&s.upstream_aborted),
+        get(&s.client_aborted),
+    )
+}
+
+#[tokio::test]
+async fn every_relayed_response_finishes_exactly_once_with_the_right_outcome() {
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    // Content-Length body, then a chunked stream: both complete.
+    let text = env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("chat.completion"));
+    let text = env
+        .http
+        .post(&url)
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("[DONE]"));
+    wait_until_idle(&env).await;
+    assert_eq!(outcomes(&env), (2, 0, 0));
+    // Provider resets mid-stream.
+    let resp = env
+        .http
+        .post(&url)
+        .header("x-mock-reset-after", "1")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.is_err());
+    wait_until_idle(&env).await;
+    assert_eq!(outcomes(&env), (2, 1, 0));
+    // Client hangs up mid-stream.
+    let resp = env
+        .http
+        .post(&url)
+        .header("x-mock-chunk-delay-ms", "100")
+        .header("x-mock-chunks", "50")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    wait_until_idle(&env).await;
+    assert_eq!(outcomes(&env), (2, 1, 1));
+}
+
 async fn wait_until_idle(env: &Env) {
     let stats = &env.relay.state.stats;
     for _ in 0..100 {
