@@ -63,6 +63,12 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "RELAYAPI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Debug-level logs (same as `server.debug`).
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Accept the sample key published with the earlier RelayAPI (never in production).
+    #[arg(long)]
+    pub allow_insecure_sample_key: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,6 +128,54 @@ fn default_path(explicit: Option<&Path>, default: &str) -> (PathBuf, bool) {
     }
 }
 
+/// Rewrites the earlier Go server's flags (`-config X`, `-rai X`, `-d`,
+/// `-debug`, `-gen[=host:port]`) into this CLI's, with a hint on stderr.
+pub fn translate_legacy_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut translated = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let Some(text) = arg.to_str().filter(|_| i > 0) else {
+            out.push(arg);
+            continue;
+        };
+        let (flag, value) = match text.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (text, None),
+        };
+        let mut push_flag = |new: &str| {
+            out.push(new.into());
+            if let Some(v) = value {
+                out.push(v.into());
+            }
+        };
+        match flag {
+            "-config" => push_flag("--config"),
+            "-rai" => push_flag("--rai"),
+            "-debug" => push_flag("--debug"),
+            "-gen" => {
+                out.push("gen-config".into());
+                if let Some((host, port)) = value.and_then(|v| v.rsplit_once(':')) {
+                    let host = if host.contains("://") {
+                        host.to_string()
+                    } else {
+                        format!("http://{host}")
+                    };
+                    out.extend(["--host".into(), host.into(), "--port".into(), port.into()]);
+                }
+            }
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        }
+        translated = true;
+    }
+    if translated {
+        eprintln!("note: single-dash flags of the earlier RelayAPI are accepted; the new forms are --config, --rai, --debug and `relayapi gen-config --host H --port P`");
+    }
+    out
+}
+
 pub fn init_tracing(format: LogFormat, debug: bool) {
     let default = if debug { "relayapi=debug,info" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -138,7 +192,7 @@ pub fn init_tracing(format: LogFormat, debug: bool) {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config_path, explicit) = default_path(args.config.as_deref(), "config.json");
     let config = Config::load(Some(&config_path), explicit, &config::process_env())?;
-    init_tracing(args.log_format, config.server.debug);
+    init_tracing(args.log_format, config.server.debug || args.debug);
     let (rai_path, rai_explicit) = default_path(args.rai.as_deref(), "default.rai");
     // A generated .rai names the public port SDKs should use; with port 0
     // (pick a free one) there is none yet, so it names the default.
@@ -147,7 +201,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         config.server.port
     };
-    let keys = keyfile::load(&rai_path, !rai_explicit, public_port)?;
+    let allow_sample = args.allow_insecure_sample_key;
+    let keys = keyfile::load(&rai_path, !rai_explicit, public_port, allow_sample)?;
     if let Some(p) = &keys.generated {
         tracing::info!(path = %p.display(), "no .rai found: generated a fresh client config; give this file to your backend (keep it secret)");
     }
@@ -173,7 +228,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(addr = %local, base_path = %config.server.base_path, "relay ready");
-    let state = Arc::new(AppState::new(config, keys.keyring, usage));
+    if config.legacy_tokens {
+        tracing::warn!(
+            "legacy_tokens is on: tokens of the earlier RelayAPI (AES-CBC, query-string URLs) are accepted. \
+             They cannot be made tamper-proof; move backends to v2 tokens and turn this off (docs/migration.md)"
+        );
+    }
+    let state = Arc::new(AppState::new(config, keys.keys, usage));
+    if rai_path.is_dir() {
+        let reload_state = state.clone();
+        tokio::spawn(keyfile::watch_dir(
+            rai_path,
+            std::time::Duration::from_secs(2),
+            allow_sample,
+            move |k| {
+                reload_state.keys.replace(k);
+            },
+        ));
+    }
     crate::server::serve(listener, state, crate::server::shutdown_signal()).await;
     Ok(())
 }
@@ -241,7 +313,7 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
         }
     }
     let (rai_path, _) = default_path(rai.as_deref(), "default.rai");
-    match keyfile::load(&rai_path, false, 0) {
+    match keyfile::load(&rai_path, false, 0, false) {
         Ok(k) => {
             for (file, kid) in k.files {
                 println!("ok: {} (kid {kid})", file.display());
@@ -256,4 +328,42 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
         bail!("configuration has problems (listed above)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn translate(args: &[&str]) -> Vec<String> {
+        translate_legacy_args(args.iter().map(|a| (*a).into()).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn earlier_single_dash_flags_are_translated() {
+        assert_eq!(
+            translate(&["relayapi", "-config", "c.json", "-rai=keys", "-d"]),
+            ["relayapi", "--config", "c.json", "--rai", "keys", "-d"]
+        );
+        assert_eq!(translate(&["relayapi", "-debug"]), ["relayapi", "--debug"]);
+        assert_eq!(
+            translate(&["relayapi", "-gen=relay.example.com:9000"]),
+            [
+                "relayapi",
+                "gen-config",
+                "--host",
+                "http://relay.example.com",
+                "--port",
+                "9000"
+            ]
+        );
+        assert_eq!(translate(&["relayapi", "-gen"]), ["relayapi", "gen-config"]);
+        let parsed =
+            Cli::try_parse_from(translate(&["relayapi", "-config", "c.json", "-d"])).unwrap();
+        assert!(parsed.serve.debug);
+        assert_eq!(parsed.serve.config.as_deref(), Some(Path::new("c.json")));
+    }
 }

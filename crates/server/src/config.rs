@@ -28,6 +28,9 @@ pub struct Config {
     pub cors: CorsSettings,
     /// Provider entries that extend or override the built-in registry, by id.
     pub providers: BTreeMap<String, crate::providers::ProviderOverride>,
+    /// Accept the earlier Go server's AES-CBC tokens (off by default; see docs/migration.md).
+    pub legacy_tokens: bool,
+    pub legacy: LegacySettings,
     /// Request logging (sinks arrive with the logging pipeline). Accepted as
     /// written so existing `config.json` files load unchanged.
     pub log: Value,
@@ -193,6 +196,15 @@ impl Default for CorsSettings {
     }
 }
 
+/// Compatibility with the earlier server's tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacySettings {
+    /// Origins (`https://host[:port]`) a legacy token may name as its
+    /// `provider` instead of a registry id. Anything else is `provider_unknown`.
+    pub allowed_provider_urls: Vec<String>,
+}
+
 /// Every problem found in a config, each naming the file, field and fix.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -346,6 +358,13 @@ impl Config {
             }
         }
         crate::providers::validate_overrides(&self.providers, problems);
+        for (i, u) in self.legacy.allowed_provider_urls.iter().enumerate() {
+            if crate::providers::url_origin(u).is_none() {
+                problems.push(format!(
+                    "legacy.allowed_provider_urls[{i}]: {u:?} is not an http(s) URL; write an origin like \"https://api.example.com\""
+                ));
+            }
+        }
     }
 
     pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {

@@ -24,13 +24,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use relayapi_token::Keyring;
 
 use crate::auth;
 use crate::client_ip::client_ip;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::error::ApiError;
+use crate::keyfile::{KeyStore, Keys};
 use crate::limits::{RateSpec, TrafficLimiter};
 use crate::providers::Registry;
 use crate::proxy::{self, full, Finish, FinishReason, IdleTimeout, RelayBody};
@@ -58,7 +58,8 @@ pub struct Stats {
 /// Everything the request path needs, shared by all connections.
 pub struct AppState {
     pub config: Config,
-    pub keyring: Keyring,
+    /// The accepted keys; swapped when a watched `.rai` directory changes.
+    pub keys: KeyStore,
     pub registry: Registry,
     pub limiter: TrafficLimiter,
     pub usage: UsageStore,
@@ -73,7 +74,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, keyring: Keyring, usage: UsageStore) -> AppState {
+    pub fn new(config: Config, keys: Keys, usage: UsageStore) -> AppState {
         let rl = &config.rate_limit;
         let global = (rl.requests_per_second > 0.0).then(|| RateSpec {
             per_second: rl.requests_per_second,
@@ -96,7 +97,7 @@ impl AppState {
             started: Instant::now(),
             id_prefix: hex::encode(prefix),
             id_counter: AtomicU64::new(0),
-            keyring,
+            keys: KeyStore::new(keys),
             usage,
             config,
         }
@@ -176,17 +177,23 @@ async fn relay(
 
     // 5. token
     let located = auth::locate(rest, req.uri().query(), req.headers());
-    let claims = auth::authenticate(&state.keyring, located.token.as_deref(), auth::unix_now())?;
-    let mut rest = located.rest.to_string();
+    let legacy_on = state.config.legacy_tokens;
+    let (claims, format) =
+        auth::authenticate(&state.keys.current(), &located, legacy_on, auth::unix_now())?;
+    let mut rest = located.rest;
     let query = located.query;
 
     // 6. policy
-    let provider = state
-        .registry
-        .get(&claims.provider)
-        .filter(|p| p.configured)
-        .ok_or(ApiError::ProviderUnknown)?
-        .clone();
+    let provider = match state.registry.get(&claims.provider) {
+        Some(p) if p.configured => p.clone(),
+        Some(_) => return Err(ApiError::ProviderUnknown),
+        // Only legacy tokens may name a URL, and only an allowed one.
+        None if format == auth::TokenFormat::Legacy => state
+            .registry
+            .legacy_url_provider(&claims.provider, &state.config.legacy.allowed_provider_urls)
+            .ok_or(ApiError::ProviderUnknown)?,
+        None => return Err(ApiError::ProviderUnknown),
+    };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let idle = state.config.upstream.idle_timeout;
@@ -286,7 +293,7 @@ fn health(state: &AppState) -> Response<RelayBody> {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
-        "keys": state.keyring.len(),
+        "keys": state.keys.current().v2.len(),
         "requests": {
             "total": s.requests.load(Ordering::Relaxed),
             "relayed": s.relayed.load(Ordering::Relaxed),

@@ -1,18 +1,42 @@
 //! Loading `.rai` client configs into the keyring (and creating the first one).
 //!
 //! `--rai` names one file or a directory; a directory contributes every
-//! `*.rai` in it (sorted, so startup is deterministic). Each file is one
-//! backend/tenant with its own key; the keyring finds the key by `kid`.
+//! `*.rai` in it (sorted, so startup is deterministic and legacy keys are
+//! tried in a fixed order). Each file is one backend/tenant with its own
+//! key; v2 tokens find theirs by `kid`, legacy tokens by `rai_hash`. A
+//! directory is watched while the relay runs ([`watch_dir`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use relayapi_token::{Keyring, RaiConfig, V2Key};
+use relayapi_token::{Keyring, LegacyKey, LegacyKeyring, RaiConfig, V2Key};
+
+/// The sample key the earlier project shipped in its docs and templates.
+const SAMPLE_AES_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Every key the relay accepts tokens under.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    pub v2: Keyring,
+    /// The same `.rai` keys for legacy tokens (used only when `legacy_tokens` is on).
+    pub legacy: LegacyKeyring,
+}
+
+impl From<Keyring> for Keys {
+    fn from(v2: Keyring) -> Keys {
+        Keys {
+            v2,
+            legacy: LegacyKeyring::new(),
+        }
+    }
+}
 
 /// What was loaded, for startup messages and `check-config`.
 #[derive(Debug)]
 pub struct LoadedKeys {
-    pub keyring: Keyring,
+    pub keys: Keys,
     /// Each file with the `kid` it contributed.
     pub files: Vec<(PathBuf, String)>,
     /// Set when no file existed and a fresh one was written here.
@@ -37,11 +61,19 @@ pub enum KeyFileError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: this is the well-known sample key published with the earlier RelayAPI; anyone can mint tokens for it. Generate your own with `relayapi gen-config`, or pass --allow-insecure-sample-key for a throwaway test setup")]
+    SampleKey { path: String },
 }
 
 /// Loads `path`. When it does not exist and `generate` is set, writes a fresh
-/// `.rai` there (mode 0600) with `port` in its server block.
-pub fn load(path: &Path, generate: bool, port: u16) -> Result<LoadedKeys, KeyFileError> {
+/// `.rai` there (mode 0600) with `port` in its server block. The published
+/// sample key is refused unless `allow_sample_key`.
+pub fn load(
+    path: &Path,
+    generate: bool,
+    port: u16,
+    allow_sample_key: bool,
+) -> Result<LoadedKeys, KeyFileError> {
     let mut generated = None;
     if !path.exists() {
         if !generate {
@@ -53,15 +85,7 @@ pub fn load(path: &Path, generate: bool, port: u16) -> Result<LoadedKeys, KeyFil
         generated = Some(path.to_path_buf());
     }
     let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| KeyFileError::Read {
-                path: path.display().to_string(),
-                source,
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "rai") && p.is_file())
-            .collect();
-        v.sort();
+        let v = rai_files(path)?;
         if v.is_empty() {
             return Err(KeyFileError::EmptyDir {
                 path: path.display().to_string(),
@@ -71,23 +95,133 @@ pub fn load(path: &Path, generate: bool, port: u16) -> Result<LoadedKeys, KeyFil
     } else {
         vec![path.to_path_buf()]
     };
-    let mut keyring = Keyring::new();
+    let mut keys = Keys::default();
     let mut loaded = Vec::new();
     for file in files {
-        let rai = read_rai(&file)?;
-        let key = V2Key::from_rai(&rai);
-        let kid = key.kid().to_string();
-        keyring.insert(key).map_err(|e| KeyFileError::Invalid {
-            path: file.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let kid = add_file(&mut keys, &file, allow_sample_key)?;
         loaded.push((file, kid));
     }
     Ok(LoadedKeys {
-        keyring,
+        keys,
         files: loaded,
         generated,
     })
+}
+
+/// The `*.rai` files of a directory, sorted.
+fn rai_files(dir: &Path) -> Result<Vec<PathBuf>, KeyFileError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| KeyFileError::Read {
+            path: dir.display().to_string(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rai") && p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Reads one file into `keys`; returns its kid.
+fn add_file(keys: &mut Keys, file: &Path, allow_sample_key: bool) -> Result<String, KeyFileError> {
+    let rai = read_rai(file)?;
+    if !allow_sample_key
+        && rai
+            .crypto
+            .aes_key
+            .expose()
+            .eq_ignore_ascii_case(SAMPLE_AES_KEY)
+    {
+        return Err(KeyFileError::SampleKey {
+            path: file.display().to_string(),
+        });
+    }
+    let key = V2Key::from_rai(&rai);
+    let kid = key.kid().to_string();
+    keys.v2.insert(key).map_err(|e| KeyFileError::Invalid {
+        path: file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    keys.legacy.insert(LegacyKey::from_rai(&rai));
+    Ok(kid)
+}
+
+/// Files added, changed or removed in `dir` take effect without a restart:
+/// the directory is polled every `every`, and on any change the keys are
+/// rebuilt from the files that load (a broken file is reported and skipped;
+/// the others stay valid) and handed to `install`.
+///
+/// The directory's state is taken when this is *called* (right after the
+/// initial load), so a change made before the returned future first runs is
+/// not missed.
+pub fn watch_dir(
+    dir: PathBuf,
+    every: Duration,
+    allow_sample_key: bool,
+    install: impl Fn(Keys) + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut last = fingerprint(&dir);
+    async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let now = fingerprint(&dir);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let files = match rai_files(&dir) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list the .rai directory; keeping the current keys");
+                    continue;
+                }
+            };
+            let mut keys = Keys::default();
+            let mut kids = Vec::new();
+            for file in &files {
+                match add_file(&mut keys, file, allow_sample_key) {
+                    Ok(kid) => kids.push(kid),
+                    Err(e) => tracing::error!(error = %e, "skipping a .rai file"),
+                }
+            }
+            tracing::info!(keys = kids.len(), kids = ?kids, "reloaded .rai directory");
+            install(keys);
+        }
+    }
+}
+
+/// Names, sizes and modification times of the `*.rai` files: any change
+/// to the set or a file shows here.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    rai_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect()
+}
+
+/// Shared, swappable keys: read on every request, replaced on reload.
+#[derive(Debug, Default)]
+pub struct KeyStore(std::sync::RwLock<Arc<Keys>>);
+
+impl KeyStore {
+    pub fn new(keys: Keys) -> KeyStore {
+        KeyStore(std::sync::RwLock::new(Arc::new(keys)))
+    }
+
+    pub fn current(&self) -> Arc<Keys> {
+        // A poisoned lock still holds a whole `Arc`: keep serving with it.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, keys: Keys) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
 }
 
 /// Reads and validates one `.rai` file.
@@ -133,7 +267,7 @@ mod tests {
     fn generates_once_with_owner_only_mode_then_reuses() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("default.rai");
-        let first = load(&p, true, 8840).unwrap();
+        let first = load(&p, true, 8840, false).unwrap();
         assert_eq!(first.generated.as_deref(), Some(p.as_path()));
         #[cfg(unix)]
         {
@@ -143,7 +277,7 @@ mod tests {
                 0o600
             );
         }
-        let second = load(&p, true, 8840).unwrap();
+        let second = load(&p, true, 8840, false).unwrap();
         assert!(second.generated.is_none());
         assert_eq!(first.files[0].1, second.files[0].1);
     }
@@ -159,11 +293,12 @@ mod tests {
             .unwrap();
         }
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
-        let loaded = load(dir.path(), false, 0).unwrap();
-        assert_eq!(loaded.keyring.len(), 2);
+        let loaded = load(dir.path(), false, 0, false).unwrap();
+        assert_eq!(loaded.keys.v2.len(), 2);
+        assert_eq!(loaded.keys.legacy.len(), 2);
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(
-            load(empty.path(), false, 0),
+            load(empty.path(), false, 0, false),
             Err(KeyFileError::EmptyDir { .. })
         ));
     }
@@ -174,8 +309,60 @@ mod tests {
         let p = dir.path().join("bad.rai");
         let secret = "zz".repeat(32);
         std::fs::write(&p, format!(r#"{{"version":"1.0.0","server":{{"host":"http://localhost","port":1,"base_path":"/relayapi/"}},"crypto":{{"method":"aes","aes_key":"{secret}","aes_iv_seed":"00"}}}}"#)).unwrap();
-        let msg = load(&p, false, 0).unwrap_err().to_string();
+        let msg = load(&p, false, 0, false).unwrap_err().to_string();
         assert!(msg.contains("bad.rai") && msg.contains("aes_key"), "{msg}");
         assert!(!msg.contains(&secret));
+    }
+
+    #[test]
+    fn the_published_sample_key_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k1.rai");
+        std::fs::write(&p, format!(r#"{{"version":"1.0.0","server":{{"host":"http://localhost","port":8080,"base_path":"/relayapi/"}},"crypto":{{"method":"aes","aes_key":"{SAMPLE_AES_KEY}","aes_iv_seed":"fedcba9876543210"}}}}"#)).unwrap();
+        let msg = load(&p, false, 0, false).unwrap_err().to_string();
+        assert!(
+            msg.contains("sample key") && msg.contains("--allow-insecure-sample-key"),
+            "{msg}"
+        );
+        assert!(load(&p, false, 0, true).is_ok());
+    }
+
+    #[tokio::test]
+    async fn directory_changes_take_effect_without_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        write_new(
+            &dir.path().join("a.rai"),
+            &RaiConfig::generate("http://localhost", 1),
+        )
+        .unwrap();
+        let store = Arc::new(KeyStore::new(
+            load(dir.path(), false, 0, false).unwrap().keys,
+        ));
+        let installed = store.clone();
+        let watcher = tokio::spawn(watch_dir(
+            dir.path().to_path_buf(),
+            Duration::from_millis(20),
+            false,
+            move |k| installed.replace(k),
+        ));
+        let wait_for = |n: usize| {
+            let store = store.clone();
+            async move {
+                for _ in 0..200 {
+                    if store.current().v2.len() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("keyring never reached {n} keys");
+            }
+        };
+        let b = RaiConfig::generate("http://localhost", 1);
+        write_new(&dir.path().join("b.rai"), &b).unwrap();
+        wait_for(2).await;
+        assert!(store.current().v2.get(V2Key::from_rai(&b).kid()).is_some());
+        std::fs::remove_file(dir.path().join("a.rai")).unwrap();
+        wait_for(1).await;
+        watcher.abort();
     }
 }

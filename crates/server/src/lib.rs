@@ -43,14 +43,14 @@ impl RunningRelay {
     /// Binds `config.server.host:port` and serves until [`RunningRelay::stop`].
     pub async fn start(
         config: config::Config,
-        keyring: relayapi_token::Keyring,
+        keys: impl Into<keyfile::Keys>,
         usage: usage::UsageStore,
     ) -> std::io::Result<RunningRelay> {
         let listener =
             tokio::net::TcpListener::bind((config.server.host.as_str(), config.server.port))
                 .await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(http::AppState::new(config, keyring, usage));
+        let state = Arc::new(http::AppState::new(config, keys.into(), usage));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listener, state.clone(), async move {
             let _ = rx.await;

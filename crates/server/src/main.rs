@@ -5,7 +5,7 @@ use relayapi::cli::{self, Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Cli::parse();
+    let args = Cli::parse_from(cli::translate_legacy_args(std::env::args_os().collect()));
     let result = match args.command {
         None => cli::serve(args.serve).await,
         Some(Command::Serve(s)) => cli::serve(s).await,

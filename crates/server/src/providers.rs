@@ -257,6 +257,45 @@ fn resolve(id: &str, e: &ProviderOverride) -> Option<Provider> {
     })
 }
 
+/// `scheme://host[:port]` of an http(s) URL, lower-cased, or `None`.
+pub fn url_origin(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = uri.authority()?.as_str().to_ascii_lowercase();
+    if authority.contains('@') {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}"))
+}
+
+impl Registry {
+    /// A provider for a legacy token that names a raw URL: allowed only when
+    /// the URL's origin is listed in `legacy.allowed_provider_urls`. Treated as
+    /// an OpenAI-compatible API (bearer key) at exactly that URL.
+    pub fn legacy_url_provider(&self, url: &str, allowed: &[String]) -> Option<Arc<Provider>> {
+        let origin = url_origin(url)?;
+        if !allowed
+            .iter()
+            .any(|a| url_origin(a).as_deref() == Some(origin.as_str()))
+        {
+            return None;
+        }
+        let base = url.trim_end_matches('/').to_string();
+        Some(Arc::new(Provider {
+            id: origin,
+            base_ends_in_v1: base.ends_with("/v1"),
+            configured: true,
+            base_url: base,
+            auth: AuthStyle::Bearer,
+            default_headers: Vec::new(),
+            azure: None,
+        }))
+    }
+}
+
 /// Config validation for the `providers` section.
 pub fn validate_overrides(
     overrides: &BTreeMap<String, ProviderOverride>,
@@ -387,6 +426,31 @@ mod tests {
         let r = Registry::new(&o);
         assert_eq!(r.get("openai").unwrap().base_url, "http://127.0.0.1:9/v1");
         assert_eq!(r.get("a").unwrap().auth, AuthStyle::XApiKey);
+    }
+
+    #[test]
+    fn legacy_url_providers_need_an_allowed_origin() {
+        let r = Registry::new(&BTreeMap::new());
+        let allowed = vec!["https://llm.example.com".to_string()];
+        let p = r
+            .legacy_url_provider("https://LLM.example.com/v1/", &allowed)
+            .unwrap();
+        assert_eq!(
+            p.upstream_url("v1/chat/completions", ""),
+            "https://LLM.example.com/v1/chat/completions"
+        );
+        assert!(r
+            .legacy_url_provider("https://evil.example.com/v1", &allowed)
+            .is_none());
+        assert!(r
+            .legacy_url_provider("https://llm.example.com.evil.io/v1", &allowed)
+            .is_none());
+        assert!(r
+            .legacy_url_provider("https://user@llm.example.com/v1", &allowed)
+            .is_none());
+        assert!(r
+            .legacy_url_provider("ftp://llm.example.com", &allowed)
+            .is_none());
     }
 
     #[test]

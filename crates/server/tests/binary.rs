@@ -339,3 +339,52 @@ fn cli_contract() {
         "{err}"
     );
 }
+
+#[test]
+fn earlier_cli_spellings_and_the_sample_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = relayapi(dir.path(), &["-gen=localhost:9000"]);
+    assert!(ok, "{err}");
+    let rai: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rai["server"]["port"], 9000);
+    assert!(
+        err.contains("gen-config"),
+        "a hint about the new form: {err}"
+    );
+
+    let sample = r#"{"version":"1.0.0","server":{"host":"http://localhost","port":8080,"base_path":"/relayapi/"},
+        "crypto":{"method":"aes","aes_key":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","aes_iv_seed":"fedcba9876543210"}}"#;
+    std::fs::write(dir.path().join("k1.rai"), sample).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"server": {"port": 0}, "usage": {"store": "memory"}}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["-config", "config.json", "-rai", "k1.rai"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("k1.rai") && err.contains("--allow-insecure-sample-key"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("0123456789abcdef0123"),
+        "the key itself is never printed"
+    );
+
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--config",
+            "config.json",
+            "--rai",
+            "k1.rai",
+            "--allow-insecure-sample-key",
+        ],
+    );
+    assert!(relay.url.starts_with("http://127.0.0.1:"));
+}

@@ -15,7 +15,8 @@
 //! * [`rai`] — [`RaiConfig`]: parse/validate/generate `.rai` JSON;
 //! * [`keys`] — HKDF content-key derivation, `kid`, [`V2Key`], [`Keyring`];
 //! * [`claims`] — [`Claims`]: fail-closed parsing, canonical JSON, time rules;
-//! * [`v2`] — [`encode_v2`] / [`decode_v2`] and [`looks_like_jwe`].
+//! * [`v2`] — [`encode_v2`] / [`decode_v2`] and [`looks_like_jwe`];
+//! * [`legacy`] — decoding the earlier Go server's AES-CBC tokens (opt-in on the relay).
 //!
 //! The normative format is `docs/token-format.md`; the cross-language test
 //! vectors are `testdata/vectors/token-v2.json`.
@@ -39,6 +40,7 @@ mod json;
 pub mod claims;
 pub mod error;
 pub mod keys;
+pub mod legacy;
 pub mod rai;
 pub mod secret;
 pub mod v2;
@@ -46,6 +48,7 @@ pub mod v2;
 pub use claims::{new_jti, Claims};
 pub use error::{KeyringError, RaiError, RaiFieldError, TokenError};
 pub use keys::{Keyring, V2Key};
+pub use legacy::{decode_legacy, LegacyClaims, LegacyKey, LegacyKeyring};
 pub use rai::{RaiConfig, RaiCrypto, RaiServer};
 pub use secret::SecretString;
 pub use v2::{decode_v2, encode_v2, encode_v2_with_iv, looks_like_jwe, open_v2, peek_kid};

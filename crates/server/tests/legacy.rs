@@ -1,0 +1,386 @@
+//! Tokens of the earlier Go RelayAPI (`legacy_tokens = true`): every URL
+//! shape, and the attacks the earlier server fell to.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use common::*;
+use futures_util::StreamExt;
+use relayapi::usage::UsageStore;
+
+type Enc = cbc::Encryptor<aes::Aes256>;
+
+/// Mints a legacy token the way the earlier SDKs did (independent of the
+/// relay's decoder): base64url(IV ‖ AES-256-CBC-PKCS7(json)).
+fn mint(aes_key_hex: &str, json: &str, iv: [u8; 16]) -> String {
+    let key: [u8; 32] = hex::decode(aes_key_hex).unwrap().try_into().unwrap();
+    let mut out = iv.to_vec();
+    out.extend(Enc::new(&key.into(), &iv.into()).encrypt_padded_vec_mut::<Pkcs7>(json.as_bytes()));
+    URL_SAFE_NO_PAD.encode(out)
+}
+
+fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant), enough for test timestamps.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn legacy_json(max_calls: i64, ext_info: &str) -> String {
+    serde_json::json!({
+        "id": "1735689600000",
+        "api_key": MOCK_KEY,
+        "max_calls": max_calls,
+        "expire_time": rfc3339(now() + 3600),
+        "created_at": rfc3339(now() - 5),
+        "provider": "openai",
+        "ext_info": ext_info,
+    })
+    .to_string()
+}
+
+async fn legacy_env() -> Env {
+    Env::start_with(
+        |c| {
+            c.legacy_tokens = true;
+            // Let legacy tokens name the mock's URL directly, as the old server allowed.
+            let openai = c.providers["openai"].base_url.clone().unwrap();
+            c.legacy.allowed_provider_urls = vec![openai.trim_end_matches("/v1").to_string()];
+            c.rate_limit.requests_per_second = 0.0;
+            c.rate_limit.ip_limit = None;
+        },
+        UsageStore::memory(),
+    )
+    .await
+}
+
+struct Legacy {
+    env: Env,
+    key_hex: String,
+    rai_hash: String,
+}
+
+async fn setup() -> Legacy {
+    let env = legacy_env().await;
+    let key_hex = env.rai.crypto.aes_key.expose().to_string();
+    let rai_hash = env.rai.legacy_hash();
+    // The relay was started with only the v2 key of this .rai: give it the legacy key too.
+    let mut keys = relayapi::keyfile::Keys::from({
+        let mut k = relayapi_token::Keyring::new();
+        k.insert(relayapi_token::V2Key::from_rai(&env.rai)).unwrap();
+        k
+    });
+    keys.legacy
+        .insert(relayapi_token::LegacyKey::from_rai(&env.rai));
+    env.relay.state.keys.replace(keys);
+    Legacy {
+        env,
+        key_hex,
+        rai_hash,
+    }
+}
+
+#[tokio::test]
+async fn every_legacy_url_shape_reaches_the_provider() {
+    let l = setup().await;
+    let t = mint(&l.key_hex, &legacy_json(100, ""), [1; 16]);
+    let h = &l.rai_hash;
+    let b = format!("http://{}/relayapi/", l.env.relay.addr);
+    let shapes = [
+        format!("{b}echo/x?token={t}&rai_hash={h}&keep=1"),
+        format!("{b}?keep=1&token={t}&rai_hash={h}/echo/x"),
+        format!("{b}?keep=1&token={t}&rai_hash={h}==/echo/x"),
+        format!("{b}?keep=1&token={t}/echo/x"),
+        format!("{b}?keep=1&token={t}==/v1/echo/x"),
+        format!("{b}?token={t}&rai_hash={h}/echo/x?keep=1"),
+    ];
+    for url in shapes {
+        let resp = l.env.http.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let echo: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(echo["path"], "/v1/echo/x", "{url}");
+        assert_eq!(echo["query"], "keep=1", "{url}");
+        assert_eq!(
+            echo["headers"]["authorization"],
+            format!("Bearer {MOCK_KEY}")
+        );
+        assert!(
+            !echo.to_string().contains(&t[..30]),
+            "token forwarded: {url}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn legacy_tokens_are_refused_unless_enabled() {
+    let env = Env::start().await;
+    let t = mint(
+        env.rai.crypto.aes_key.expose(),
+        &legacy_json(5, ""),
+        [2; 16],
+    );
+    let resp = env
+        .http
+        .get(format!("{}models?token={t}", env.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (401, "token_invalid".to_string()));
+}
+
+#[tokio::test]
+async fn rep_m_replaces_the_model_and_max_calls_count() {
+    let l = setup().await;
+    let t = mint(
+        &l.key_hex,
+        &legacy_json(2, r#"{"rep_m":"forced-by-rep_m"}"#),
+        [3; 16],
+    );
+    let url = format!(
+        "{}chat/completions?token={t}&rai_hash={}",
+        l.env.base(),
+        l.rai_hash
+    );
+    for remaining in ["1", "0"] {
+        let resp = l
+            .env
+            .http
+            .post(&url)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["x-relayapi-calls-remaining"], remaining);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["model"], "forced-by-rep_m");
+    }
+    let resp = l
+        .env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (429, "token_exhausted".to_string()));
+}
+
+#[tokio::test]
+async fn raw_provider_urls_only_from_the_allow_list() {
+    let l = setup().await;
+    let json = legacy_json(5, "").replace(
+        "\"provider\":\"openai\"",
+        "\"provider\":\"https://evil.example/v1\"",
+    );
+    let t = mint(&l.key_hex, &json, [4; 16]);
+    let resp = l
+        .env
+        .http
+        .get(format!("{}models?token={t}", l.env.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (400, "provider_unknown".to_string())
+    );
+
+    let allowed = format!("{}/v1", l.env.mock.url());
+    let json = legacy_json(5, "").replace(
+        "\"provider\":\"openai\"",
+        &format!("\"provider\":\"{allowed}\""),
+    );
+    let t = mint(&l.key_hex, &json, [4; 16]);
+    let resp = l
+        .env
+        .http
+        .get(format!("{}models?token={t}", l.env.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A v2 token may never name a URL, allow-list or not.
+    let mut claims = l.env.claims("openai");
+    claims.provider = allowed;
+    let resp = l
+        .env
+        .http
+        .get(format!("{}{}/models", l.env.base(), l.env.mint(&claims)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (400, "provider_unknown".to_string())
+    );
+}
+
+/// xorshift64: reproducible fuzz input without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn text(&mut self, alphabet: &[u8], max_len: u64) -> String {
+        let len = (self.next() % max_len) as usize;
+        (0..len)
+            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+/// Status, headers (but the per-request id and date) and body.
+async fn fingerprint(resp: reqwest::Response) -> (u16, BTreeMap<String, String>, String) {
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "x-request-id" && *k != "date")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    (status, headers, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn bit_flips_never_leak_and_never_reset_the_counter() {
+    let l = setup().await;
+    let token = mint(&l.key_hex, &legacy_json(1, ""), [5; 16]);
+    let url = |t: &str| format!("{}models?token={t}&rai_hash={}", l.env.base(), l.rai_hash);
+    assert_eq!(
+        l.env.http.get(url(&token)).send().await.unwrap().status(),
+        200
+    );
+    let reference = fingerprint(l.env.http.get(url("AAAA")).send().await.unwrap()).await;
+    assert_eq!(reference.0, 401);
+    assert!(reference.2.contains("token_invalid"));
+
+    let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+    let mut admitted = 0;
+    let mut exhausted = 0;
+    let mut invalid = 0;
+    for bit in 0..raw.len() * 8 {
+        let mut r = raw.clone();
+        r[bit / 8] ^= 1 << (bit % 8);
+        let resp = fingerprint(
+            l.env
+                .http
+                .get(url(&URL_SAFE_NO_PAD.encode(&r)))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if resp == reference {
+            invalid += 1;
+        } else if resp.0 == 429 && resp.2.contains("token_exhausted") {
+            // Decoded (an IV flip edits the `id`), but it is the same token's counter.
+            exhausted += 1;
+        } else if resp.0 == 200 {
+            admitted += 1;
+        } else {
+            panic!("bit {bit}: unexpected answer {resp:?}");
+        }
+    }
+    assert_eq!(admitted, 0, "a tampered variant got a fresh call counter");
+    assert!(exhausted > 0, "IV flips inside the id should still decode");
+    assert!(invalid > 0);
+}
+
+#[tokio::test]
+async fn fuzzed_token_and_rai_hash_only_ever_get_token_errors() {
+    let l = setup().await;
+    let base = l.env.base();
+    let cases: usize = std::env::var("RELAYAPI_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let alphabet: &[u8] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/%.~ ";
+    let valid = mint(&l.key_hex, &legacy_json(5, ""), [6; 16]);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let mut urls = Vec::with_capacity(cases);
+    for i in 0..cases {
+        let token = match i % 4 {
+            // Random text of random length.
+            0 | 1 => rng.text(alphabet, 200),
+            // A valid token with a random splice.
+            2 => {
+                let cut = (rng.next() as usize) % valid.len();
+                format!("{}{}", &valid[..cut], rng.text(alphabet, 40))
+            }
+            // Random bytes in whole blocks, correctly encoded.
+            _ => {
+                let blocks = 1 + (rng.next() % 8) as usize;
+                URL_SAFE_NO_PAD.encode(
+                    (0..blocks * 16)
+                        .map(|_| rng.next() as u8)
+                        .collect::<Vec<u8>>(),
+                )
+            }
+        };
+        let rai_hash = if i % 3 == 0 {
+            l.rai_hash.clone()
+        } else {
+            rng.text(alphabet, 80)
+        };
+        urls.push(format!(
+            "{base}models?token={}&rai_hash={}",
+            enc(&token),
+            enc(&rai_hash)
+        ));
+    }
+    let http = l.env.http.clone();
+    let results = futures_util::stream::iter(urls)
+        .map(|url| {
+            let http = http.clone();
+            async move {
+                let resp = http.get(&url).send().await.unwrap();
+                let status = resp.status().as_u16();
+                let code = resp
+                    .json::<serde_json::Value>()
+                    .await
+                    .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                (status, code, url)
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(results.len(), cases);
+    for (status, code, url) in results {
+        assert!(
+            (status, code.as_str()) == (401, "token_invalid")
+                || (status, code.as_str()) == (401, "token_missing"),
+            "{url} → {status} {code}"
+        );
+    }
+}
