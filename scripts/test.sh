@@ -51,6 +51,9 @@ fi
 banner "Python e2e: pytest tests/e2e"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 
+# Backend SDKs and the browser demo have their own scripts (also runnable alone).
+./scripts/test-sdk-python.sh
+
 banner "Node e2e: environment"
 JS=tests/e2e/js
 NODE_STAMP=$JS/node_modules/.package-lock.sha256

@@ -238,6 +238,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory):
             "server": {"port": 0},
             "usage": {"store": "memory"},
             "providers": {"openai": {"base_url": f"{mock.url}/v1"}},
+            # test_legacy.py: tokens of the earlier Go server through the same relay.
+            "legacy_tokens": True,
         }
         (workdir / "config.json").write_text(json.dumps(config))
         gen = subprocess.run(

@@ -1,0 +1,379 @@
+"""Minting RelayAPI v2 tokens (docs/token-format.md §2–§4).
+
+A token is a JWE compact serialisation, ``alg`` ``dir`` + ``enc`` ``A256GCM``::
+
+    BASE64URL(header) "." "" "." BASE64URL(iv) "." BASE64URL(ciphertext) "." BASE64URL(tag)
+
+* :func:`derive_content_key` / :func:`key_id` — HKDF-SHA256 content key and
+  its public ``kid``.
+* :func:`canonical_claims_json` — checks the claims like the relay would and
+  writes the canonical bytes every SDK must reproduce.
+* :class:`TokenGenerator` — the public minting API; :func:`_mint` is the
+  deterministic test hook (caller-chosen IV) used by the shared vectors.
+
+This module does no I/O besides reading the OS random number generator.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ._config import ConfigSource, RelayConfig
+from ._constants import (
+    CLAIM_ORDER,
+    CONTENT_KEY_LEN,
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_EXPIRE_SECONDS,
+    DEFAULT_PROVIDER,
+    EXTRA_CLAIM_PREFIX,
+    HKDF_INFO,
+    IV_LEN,
+    JTI_BYTES,
+    KID_LEN,
+    MAX_TOKEN_LEN,
+    MIN_JTI_LEN,
+    REDACTED,
+)
+from ._exceptions import InvalidArgumentError
+
+__all__ = ["TokenGenerator", "derive_content_key", "key_id", "canonical_header", "canonical_claims_json"]
+
+_B64URL = re.compile(r"\A[A-Za-z0-9_-]*\Z")
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_U64_MAX = 2**64 - 1
+
+
+# -- primitives ---------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    """RFC 4648 §5 base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def derive_content_key(aes_key: bytes) -> bytes:
+    """``HKDF-SHA256(ikm=aes_key, salt=empty, info="relayapi token v2", L=32)``."""
+    if len(aes_key) != 32:
+        raise InvalidArgumentError("aes_key must be 32 bytes (64 hex characters)", argument="aes_key")
+    return HKDF(algorithm=hashes.SHA256(), length=CONTENT_KEY_LEN, salt=None, info=HKDF_INFO).derive(
+        aes_key
+    )
+
+
+def key_id(content_key: bytes) -> str:
+    """The public ``kid``: first 16 lower-case hex characters of SHA-256(content_key)."""
+    return hashlib.sha256(content_key).hexdigest()[:KID_LEN]
+
+
+def canonical_header(kid: str) -> str:
+    """The exact protected header a conforming minter writes."""
+    return '{"alg":"dir","enc":"A256GCM","kid":"' + kid + '"}'
+
+
+def new_jti() -> str:
+    """16 random bytes, unpadded base64url (22 characters)."""
+    return b64url(os.urandom(JTI_BYTES))
+
+
+# -- claims -------------------------------------------------------------------
+
+
+def _bad(name: str, rule: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"claim {name!r} {rule}", argument=name)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _non_empty_str(name: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise _bad(name, "must be a non-empty string")
+    return v
+
+
+def _sorted_json(value: Any, where: str) -> Any:
+    """``value`` with every nested object's members sorted by name (UTF-8 byte
+    order, which equals code point order)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for k in sorted(value.keys(), key=lambda k: _key(k, where)):
+            out[k] = _sorted_json(value[k], where)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_sorted_json(v, where) for v in value]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise _bad(where, f"holds a {type(value).__name__}, which is not a JSON value")
+
+
+def _key(k: Any, where: str) -> str:
+    if not isinstance(k, str):
+        raise _bad(where, "holds an object with a non-string member name")
+    return k
+
+
+def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
+    """Checks ``claims`` exactly like the relay's decoder (minus the clock) and
+    returns them in canonical member order. Optional claims set to ``None`` are
+    treated as absent."""
+    if not isinstance(claims, Mapping):
+        raise InvalidArgumentError("claims must be a dict", argument="claims")
+    for name in claims:
+        if not isinstance(name, str):
+            raise InvalidArgumentError("claim names must be strings", argument="claims")
+        if name not in CLAIM_ORDER and not name.startswith(EXTRA_CLAIM_PREFIX):
+            raise _bad(
+                name,
+                "is not a RelayAPI claim: use one of "
+                + ", ".join(CLAIM_ORDER)
+                + f", or prefix free metadata with {EXTRA_CLAIM_PREFIX!r}",
+            )
+    for name in ("jti", "iat", "exp", "provider", "api_key"):
+        if claims.get(name) is None:
+            raise _bad(name, "is required")
+
+    out: Dict[str, Any] = {}
+    jti = claims["jti"]
+    if not isinstance(jti, str) or len(jti) < MIN_JTI_LEN or not _B64URL.match(jti):
+        raise _bad("jti", f"must be at least {MIN_JTI_LEN} base64url characters (A-Z a-z 0-9 - _)")
+    for name in ("iat", "nbf", "exp"):
+        v = claims.get(name)
+        if v is None:
+            continue
+        if not _is_int(v) or not _I64_MIN <= v <= _I64_MAX:
+            raise _bad(name, "must be an integer (UTC seconds)")
+    if claims["exp"] <= claims["iat"]:
+        raise _bad("exp", "must be later than 'iat'")
+    if claims.get("nbf") is not None and claims["nbf"] >= claims["exp"]:
+        raise _bad("nbf", "must be earlier than 'exp'")
+    mc = claims.get("max_calls")
+    if mc is not None and (not _is_int(mc) or not 1 <= mc <= _U64_MAX):
+        raise _bad("max_calls", "must be an integer >= 1")
+    for name in ("provider", "api_key", "model"):
+        if claims.get(name) is not None:
+            _non_empty_str(name, claims[name])
+    models = claims.get("models")
+    if models is not None:
+        if (
+            isinstance(models, (str, bytes))
+            or not isinstance(models, (list, tuple))
+            or not models
+            or not all(isinstance(m, str) and m for m in models)
+        ):
+            raise _bad("models", "must be a non-empty list of non-empty strings")
+    for name in ("sub", "ext_info"):
+        v = claims.get(name)
+        if v is not None and not isinstance(v, str):
+            raise _bad(name, "must be a string")
+
+    for name in CLAIM_ORDER:
+        v = claims.get(name)
+        if v is not None:
+            out[name] = list(v) if name == "models" else v
+    for name in sorted(n for n in claims if n.startswith(EXTRA_CLAIM_PREFIX)):
+        out[name] = _sorted_json(claims[name], name)
+    return out
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise InvalidArgumentError(
+            "claims must not contain NaN or Infinity", argument="claims"
+        ) from None
+
+
+def canonical_claims_json(claims: Mapping[str, Any]) -> str:
+    """The canonical claims JSON (§4): compact, fixed member order, ``x_*``
+    claims sorted, non-ASCII raw. Raises :class:`InvalidArgumentError` for
+    claims the relay would refuse (time is not checked)."""
+    text = _dumps(_normalise_claims(claims))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            "claims contain a lone surrogate, which is not valid UTF-8", argument="claims"
+        ) from None
+    return text
+
+
+def _encrypt(content_key: bytes, kid: str, plaintext: bytes, iv: bytes) -> str:
+    if len(iv) != IV_LEN:
+        raise InvalidArgumentError(f"iv must be {IV_LEN} bytes", argument="iv")
+    header = b64url(canonical_header(kid).encode("ascii"))
+    sealed = AESGCM(content_key).encrypt(iv, plaintext, header.encode("ascii"))
+    ciphertext, tag = sealed[:-16], sealed[-16:]
+    return f"{header}..{b64url(iv)}.{b64url(ciphertext)}.{b64url(tag)}"
+
+
+def _mint(aes_key: Union[str, bytes], claims: Mapping[str, Any], iv: Optional[bytes] = None) -> str:
+    """Test hook: mint ``claims`` under ``aes_key`` (hex or 32 bytes) with a
+    caller-chosen ``iv``. Deterministic given ``iv`` — never reuse an IV with
+    the same key outside tests."""
+    key = bytes.fromhex(aes_key) if isinstance(aes_key, str) else bytes(aes_key)
+    content_key = derive_content_key(key)
+    return _seal(content_key, key_id(content_key), claims, iv)
+
+
+def _seal(content_key: bytes, kid: str, claims: Mapping[str, Any], iv: Optional[bytes]) -> str:
+    plaintext = canonical_claims_json(claims).encode("utf-8")
+    token = _encrypt(content_key, kid, plaintext, os.urandom(IV_LEN) if iv is None else iv)
+    if len(token) > MAX_TOKEN_LEN:
+        raise InvalidArgumentError(
+            f"the token would be {len(token)} bytes, over the relay's limit of {MAX_TOKEN_LEN}: "
+            "shorten ext_info, models or the x_ claims",
+            argument="claims",
+        )
+    return token
+
+
+# -- public API ---------------------------------------------------------------
+
+
+def _check_args(
+    api_key: Any,
+    provider: Any,
+    expire_seconds: Any,
+    max_calls: Any,
+    model: Any,
+    models: Any,
+    sub: Any,
+    ext_info: Any,
+) -> Optional[str]:
+    """Validates ``create_token`` arguments with messages naming the parameter;
+    returns ``ext_info`` as a string."""
+    if not isinstance(api_key, str) or not api_key:
+        raise InvalidArgumentError(
+            "api_key must be the provider's API key (a non-empty string)", argument="api_key"
+        )
+    if not isinstance(provider, str) or not provider:
+        raise InvalidArgumentError(
+            "provider must be a non-empty string such as 'openai'", argument="provider"
+        )
+    if not _is_int(expire_seconds):
+        raise InvalidArgumentError(
+            "expire_seconds must be an integer number of seconds, e.g. 600", argument="expire_seconds"
+        )
+    if expire_seconds <= 0:
+        raise InvalidArgumentError(
+            f"expire_seconds must be > 0 (got {expire_seconds}): the token would already be "
+            "expired; use a short positive lifetime such as 600",
+            argument="expire_seconds",
+        )
+    if max_calls is not None and (not _is_int(max_calls) or max_calls < 1):
+        raise InvalidArgumentError(
+            f"max_calls must be None (unlimited) or an integer >= 1 (got {max_calls!r})",
+            argument="max_calls",
+        )
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidArgumentError("model must be None or a non-empty string", argument="model")
+    if models is not None:
+        if isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+            raise InvalidArgumentError(
+                "models must be a list of model names, e.g. ['gpt-4o-mini', 'gpt-4o']",
+                argument="models",
+            )
+        items = list(models)
+        if not items or not all(isinstance(m, str) and m for m in items):
+            raise InvalidArgumentError(
+                "models must be a non-empty list of non-empty strings; use None to allow any model",
+                argument="models",
+            )
+    if sub is not None and not isinstance(sub, str):
+        raise InvalidArgumentError("sub must be None or a string", argument="sub")
+    if ext_info is None or isinstance(ext_info, str):
+        return ext_info
+    if isinstance(ext_info, Mapping):
+        return _dumps(_sorted_json(ext_info, "ext_info"))
+    raise InvalidArgumentError("ext_info must be None, a string or a dict", argument="ext_info")
+
+
+class TokenGenerator:
+    """Mints tokens for one ``.rai`` config.
+
+    ``config`` is a path to a ``.rai`` file, the parsed ``.rai`` dict or a
+    :class:`RelayConfig`. ``repr()`` shows the ``kid``, never the key.
+    """
+
+    def __init__(self, config: ConfigSource = DEFAULT_CONFIG_PATH) -> None:
+        self._config = RelayConfig.load(config)
+        self._content_key = derive_content_key(self._config.aes_key_bytes)
+        self._kid = key_id(self._content_key)
+
+    @property
+    def config(self) -> RelayConfig:
+        """The validated config."""
+        return self._config
+
+    @property
+    def kid(self) -> str:
+        """The public key id written in every token's header."""
+        return self._kid
+
+    def create_token(
+        self,
+        api_key: str,
+        provider: str = DEFAULT_PROVIDER,
+        expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
+        max_calls: Optional[int] = None,
+        model: Optional[str] = None,
+        models: Optional[Sequence[str]] = None,
+        sub: Optional[str] = None,
+        ext_info: Optional[Union[str, Mapping[str, Any]]] = None,
+        *,
+        extra: Optional[Mapping[str, Any]] = None,
+        _now: Optional[int] = None,
+        _jti: Optional[str] = None,
+        _iv: Optional[bytes] = None,
+    ) -> str:
+        """Mints a token valid from now (UTC) for ``expire_seconds``.
+
+        ``max_calls`` caps relayed calls; ``model`` forces one model,
+        ``models`` allows a list; ``sub`` names the end user; ``ext_info`` is
+        opaque application data (a dict is written as compact JSON with
+        sorted keys); ``extra`` adds ``x_*`` metadata claims.
+        ``_now``/``_jti``/``_iv`` make the output deterministic, for tests only.
+        """
+        ext = _check_args(api_key, provider, expire_seconds, max_calls, model, models, sub, ext_info)
+        now = int(time.time()) if _now is None else _now
+        claims: Dict[str, Any] = {
+            "jti": new_jti() if _jti is None else _jti,
+            "iat": now,
+            "exp": now + expire_seconds,
+            "provider": provider,
+            "api_key": api_key,
+            "max_calls": max_calls,
+            "model": model,
+            "models": list(models) if models is not None else None,
+            "sub": sub,
+            "ext_info": ext,
+        }
+        for name, value in (extra or {}).items():
+            if not isinstance(name, str) or not name.startswith(EXTRA_CLAIM_PREFIX):
+                raise InvalidArgumentError(
+                    f"extra claim names must start with {EXTRA_CLAIM_PREFIX!r}", argument="extra"
+                )
+            claims[name] = value
+        return _seal(self._content_key, self._kid, claims, _iv)
+
+    def encrypt_token(self, claims: Mapping[str, Any], *, _iv: Optional[bytes] = None) -> str:
+        """Encrypts a complete claims dict (``jti``, ``iat``, ``exp``,
+        ``provider``, ``api_key`` required; see docs/token-format.md §4).
+        Raises :class:`InvalidArgumentError` for claims the relay would refuse;
+        the clock is not checked."""
+        return _seal(self._content_key, self._kid, claims, _iv)
+
+    def __repr__(self) -> str:
+        return f"TokenGenerator(kid={self._kid!r}, base_url={self._config.base_url!r}, key={REDACTED!r})"
