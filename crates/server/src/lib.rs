@@ -23,6 +23,7 @@ pub mod error;
 pub mod http;
 pub mod keyfile;
 pub mod limits;
+pub mod logs;
 pub mod providers;
 pub mod proxy;
 pub mod server;
