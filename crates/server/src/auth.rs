@@ -54,7 +54,10 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
     };
     let mut token = None;
     let mut rest_out = rest;
-    if relayapi_token::looks_like_jwe(first) {
+    // A damaged path token (cut short, dots lost) still starts like a JWE
+    // header: treat it as the token so the answer is `token_invalid`, not a
+    // misleading `token_missing`. No provider path starts with `eyJ`.
+    if relayapi_token::looks_like_jwe(first) || first.starts_with("eyJ") {
         token = Some(first.to_string());
         rest_out = after;
     }
@@ -250,6 +253,13 @@ mod tests {
                 assert_eq!(l.rai_hash.as_deref(), Some("H"), "{query}");
             }
         }
+    }
+
+    #[test]
+    fn damaged_path_token_is_still_the_token() {
+        let l = locate("eyJhbGciOiJkaXIi/chat/completions", None, &HeaderMap::new());
+        assert_eq!(l.token.as_deref(), Some("eyJhbGciOiJkaXIi"));
+        assert_eq!(l.rest, "chat/completions");
     }
 
     #[test]

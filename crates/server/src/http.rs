@@ -132,7 +132,8 @@ pub async fn handle(
     let origin = req.headers().get(header::ORIGIN).cloned();
 
     // 2. CORS preflight: no token, no limits below.
-    let mut resp = if state.cors.is_preflight(req.method(), req.headers()) {
+    let preflight = state.cors.is_preflight(req.method(), req.headers());
+    let mut resp = if preflight {
         state.cors.preflight(req.headers())
     } else if req.uri().path() == "/health" && req.method() == Method::GET {
         // 3. the unauthenticated routes
@@ -150,7 +151,9 @@ pub async fn handle(
     // 8. what every answer carries
     let headers = resp.headers_mut();
     headers.insert("x-request-id", request_id);
-    state.cors.decorate(origin.as_ref(), headers);
+    if !preflight {
+        state.cors.decorate(origin.as_ref(), headers);
+    }
     Ok(resp)
 }
 

@@ -489,6 +489,11 @@ async fn cors_preflight_needs_no_token() {
         resp.headers()["access-control-allow-headers"],
         "authorization, content-type, x-stainless-arch"
     );
+    assert_eq!(
+        resp.headers().get_all("vary").iter().count(),
+        1,
+        "one Vary header"
+    );
 }
 
 #[tokio::test]
