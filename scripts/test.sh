@@ -53,6 +53,8 @@ banner "Python e2e: pytest tests/e2e"
 
 # Backend SDKs and the browser demo have their own scripts (also runnable alone).
 ./scripts/test-sdk-python.sh
+./scripts/test-sdk-js.sh
+./scripts/test-web-chat.sh
 
 banner "Node e2e: environment"
 JS=tests/e2e/js

@@ -1,0 +1,172 @@
+/**
+ * Token claims (docs/token-format.md §4): the type, the rules every claim
+ * must follow (shared by the minter and the decoder, so the SDK never mints
+ * a token the relay would refuse), the canonical claims JSON, and the
+ * effective model.
+ */
+
+import { canonicalJson, compareUtf8, isB64url, isWellFormed, jsonString } from './encoding.js';
+
+/** Minimum `jti` length: 22 base64url characters = 128 bits. */
+export const MIN_JTI_LEN = 22;
+/** Allowed clock skew for `nbf`/`iat`, seconds (inclusive). */
+export const LEEWAY_SECS = 60;
+
+/**
+ * The claims set carried by a v2 token, with the wire (snake_case) names.
+ * Contains the provider API key: treat as secret.
+ */
+export interface TokenClaims {
+  /** Unique token id: base64url alphabet, at least 22 characters. */
+  jti: string;
+  /** Issued at, UTC unix seconds. */
+  iat: number;
+  /** Not before, UTC unix seconds. */
+  nbf?: number;
+  /** Expiry, UTC unix seconds; must be > `iat` (and > `nbf`). */
+  exp: number;
+  /** Upstream provider id (`openai`, `anthropic`, `gemini`, …). */
+  provider: string;
+  /** Upstream provider API key. */
+  api_key: string;
+  /** Maximum relayed calls, ≥ 1. */
+  max_calls?: number;
+  /** The only allowed model. */
+  model?: string;
+  /** Allowed models (non-empty). */
+  models?: string[];
+  /** End user the token was minted for. */
+  sub?: string;
+  /** Opaque application data (a JSON object with string `rep_m` sets the effective model). */
+  ext_info?: string;
+  /** Free metadata, ignored by the relay. */
+  [extra: `x_${string}`]: unknown;
+}
+
+const ORDER = [
+  'jti',
+  'iat',
+  'nbf',
+  'exp',
+  'provider',
+  'api_key',
+  'max_calls',
+  'model',
+  'models',
+  'sub',
+  'ext_info',
+] as const;
+const KNOWN = new Set<string>(ORDER);
+const I64_MAX = 9223372036854775807n;
+
+const isInt = (v: unknown): boolean => typeof v === 'number' && Number.isSafeInteger(v);
+const isStr = (v: unknown): v is string => typeof v === 'string' && isWellFormed(v);
+const isNonEmpty = (v: unknown): v is string => isStr(v) && v.length > 0;
+
+/**
+ * Checks a claims object against §4 and the clock-free time rule of §5
+ * (`exp > iat`, `exp > nbf`). Returns the name of the first bad claim and
+ * why, or `null` if the claims are well formed.
+ * @internal
+ */
+export function findClaimsProblem(claims: unknown): { claim: string; problem: string } | null {
+  if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) {
+    return { claim: '(claims)', problem: 'must be a JSON object' };
+  }
+  const c = claims as Record<string, unknown>;
+  for (const name of Object.keys(c)) {
+    if (!KNOWN.has(name) && !name.startsWith('x_')) {
+      return { claim: name, problem: 'is not a known claim (extra claims must start with x_)' };
+    }
+    if (!isWellFormed(name)) return { claim: name, problem: 'contains a lone UTF-16 surrogate' };
+  }
+  const required = ['jti', 'iat', 'exp', 'provider', 'api_key'];
+  for (const name of required) {
+    if (c[name] === undefined) return { claim: name, problem: 'is required' };
+  }
+  if (!isStr(c.jti) || c.jti.length < MIN_JTI_LEN || !isB64url(c.jti)) {
+    return { claim: 'jti', problem: `must be at least ${MIN_JTI_LEN} base64url characters` };
+  }
+  for (const name of ['iat', 'nbf', 'exp'] as const) {
+    if (name in c && !isInt(c[name])) return { claim: name, problem: 'must be an integer (UTC seconds)' };
+  }
+  for (const name of ['provider', 'api_key'] as const) {
+    if (!isNonEmpty(c[name])) return { claim: name, problem: 'must be a non-empty string' };
+  }
+  if ('max_calls' in c) {
+    const m = c.max_calls;
+    if (!isInt(m) || (m as number) < 1) return { claim: 'max_calls', problem: 'must be an integer >= 1' };
+  }
+  if ('model' in c && !isNonEmpty(c.model)) return { claim: 'model', problem: 'must be a non-empty string' };
+  if ('models' in c) {
+    const ms = c.models;
+    if (!Array.isArray(ms) || ms.length === 0 || !ms.every(isNonEmpty)) {
+      return { claim: 'models', problem: 'must be a non-empty array of non-empty strings' };
+    }
+  }
+  for (const name of ['sub', 'ext_info'] as const) {
+    if (name in c && !isStr(c[name])) return { claim: name, problem: 'must be a string' };
+  }
+  for (const name of Object.keys(c)) {
+    if (name.startsWith('x_')) {
+      if (c[name] === undefined) return { claim: name, problem: 'must be a JSON value' };
+      try {
+        canonicalJson(c[name]);
+      } catch (e) {
+        return { claim: name, problem: `must be JSON-serialisable (${(e as Error).message})` };
+      }
+    }
+  }
+  const iat = c.iat as number;
+  const exp = c.exp as number;
+  if (exp <= iat) return { claim: 'exp', problem: 'must be after iat' };
+  if ('nbf' in c && (c.nbf as number) >= exp) return { claim: 'exp', problem: 'must be after nbf' };
+  for (const name of ['iat', 'nbf', 'exp'] as const) {
+    if (name in c && (BigInt(c[name] as number) > I64_MAX || BigInt(c[name] as number) < -I64_MAX - 1n)) {
+      return { claim: name, problem: 'is out of range' };
+    }
+  }
+  return null;
+}
+
+/**
+ * The canonical claims JSON of docs/token-format.md §4: compact, members in
+ * the order `jti, iat, nbf, exp, provider, api_key, max_calls, model,
+ * models, sub, ext_info`, then `x_*` members sorted by UTF-8 byte order
+ * (nested objects sorted too); absent (`undefined`) optionals omitted.
+ * Does not validate: see {@link findClaimsProblem}. Contains the API key.
+ */
+export function canonicalClaimsJson(claims: TokenClaims): string {
+  const c = claims as unknown as Record<string, unknown>;
+  const parts: string[] = [];
+  for (const name of ORDER) {
+    const v = c[name];
+    if (v === undefined) continue;
+    parts.push(`${jsonString(name)}:${canonicalJson(v)}`);
+  }
+  const extras = Object.keys(c)
+    .filter((k) => k.startsWith('x_') && c[k] !== undefined)
+    .sort(compareUtf8);
+  for (const name of extras) parts.push(`${jsonString(name)}:${canonicalJson(c[name])}`);
+  return `{${parts.join(',')}}`;
+}
+
+/**
+ * The model a token enforces: `model` if set; otherwise the string `rep_m`
+ * of `ext_info` when `ext_info` is a JSON object; otherwise `null`.
+ */
+export function effectiveModel(claims: Pick<TokenClaims, 'model' | 'ext_info'>): string | null {
+  if (typeof claims.model === 'string') return claims.model;
+  const ext = claims.ext_info;
+  if (typeof ext !== 'string' || !ext.trimStart().startsWith('{')) return null;
+  try {
+    const parsed: unknown = JSON.parse(ext);
+    if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
+      const rep = (parsed as Record<string, unknown>).rep_m;
+      return typeof rep === 'string' ? rep : null;
+    }
+  } catch {
+    /* not JSON: no effective model */
+  }
+  return null;
+}

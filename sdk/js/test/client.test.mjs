@@ -1,0 +1,209 @@
+// RelayAPIClient and TokenGenerator without a server: .rai validation, URL
+// shapes, argument errors, HTTP error mapping (stubbed fetch), fromFile.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  RelayAPIClient,
+  TokenGenerator,
+  RelayAPIError,
+  ConfigError,
+  InvalidArgumentError,
+  TokenError,
+  APIError,
+  APIConnectionError,
+} from 'relayapi-sdk';
+
+const KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff';
+const rai = (over = {}) => ({
+  version: '1.0.0',
+  server: { host: 'http://localhost', port: 8840, base_path: '/relayapi/', ...over.server },
+  crypto: { method: 'aes', aes_key: KEY, aes_iv_seed: '00ff', ...over.crypto },
+  ...over.root,
+});
+
+test('base URL: port added, trailing slash removed, base_path normalised, explicit port kept', () => {
+  const cases = [
+    [{}, 'http://localhost:8840/relayapi/'],
+    [{ server: { host: 'http://localhost/', base_path: 'relayapi' } }, 'http://localhost:8840/relayapi/'],
+    [{ server: { base_path: '' } }, 'http://localhost:8840/'],
+    [{ server: { base_path: '//a/b//' } }, 'http://localhost:8840/a/b/'],
+    [{ server: { host: 'https://relay.example.com:9443' } }, 'https://relay.example.com:9443/relayapi/'],
+    [{ server: { host: 'http://[::1]' } }, 'http://[::1]:8840/relayapi/'],
+    [{ server: { host: 'http://[::1]:9000' } }, 'http://[::1]:9000/relayapi/'],
+  ];
+  for (const [over, want] of cases) assert.equal(new RelayAPIClient(rai(over)).baseUrl, want);
+  assert.deepEqual(new RelayAPIClient(rai({ server: { base_path: 'x' } })).server, {
+    host: 'http://localhost',
+    port: 8840,
+    base_path: '/x/',
+  });
+});
+
+test('generateApiUrlWithToken maps every apiType and refuses unknown ones', () => {
+  const c = new RelayAPIClient(rai());
+  const t = 'eyJabc..def.ghi.jkl';
+  assert.equal(c.generateApiUrlWithToken(t), `http://localhost:8840/relayapi/${t}/`);
+  assert.equal(c.generateApiUrlWithToken(t, ''), `http://localhost:8840/relayapi/${t}/`);
+  assert.equal(c.generateApiUrlWithToken(t, 'chat_completions'), `http://localhost:8840/relayapi/${t}/chat/completions`);
+  assert.equal(c.generateApiUrlWithToken(t, 'images_generations'), `http://localhost:8840/relayapi/${t}/images/generations`);
+  assert.equal(c.generateApiUrlWithToken(t, 'embeddings'), `http://localhost:8840/relayapi/${t}/embeddings`);
+  assert.throws(() => c.generateApiUrlWithToken(t, 'completions'), (e) => e instanceof InvalidArgumentError && e.argument === 'apiType');
+  assert.throws(() => c.generateApiUrlWithToken(''), InvalidArgumentError);
+});
+
+test('generateUrl embeds a token that decodes to the requested claims', async () => {
+  const c = new RelayAPIClient(rai());
+  const url = await c.generateUrl({ apiKey: 'sk-1', provider: 'anthropic', expireSeconds: 60, maxCalls: 2, models: ['a', 'b'], sub: 'u', extInfo: 'e' });
+  const token = url.slice(c.baseUrl.length, -1);
+  const before = Math.floor(Date.now() / 1000);
+  const { claims } = await c.tokenGenerator.decryptToken(token);
+  assert.deepEqual(Object.keys(claims), ['jti', 'iat', 'exp', 'provider', 'api_key', 'max_calls', 'models', 'sub', 'ext_info']);
+  assert.ok(Math.abs(claims.iat - before) <= 2);
+  assert.equal(claims.exp - claims.iat, 60);
+  assert.equal(claims.jti.length, 22);
+  assert.deepEqual([claims.provider, claims.api_key, claims.max_calls, claims.models, claims.sub, claims.ext_info], ['anthropic', 'sk-1', 2, ['a', 'b'], 'u', 'e']);
+  const other = await c.createToken({ apiKey: 'sk-1' });
+  assert.notEqual(other.split('.')[2], token.split('.')[2], 'fresh IV per token');
+});
+
+test('createToken defaults: provider openai, 1 hour, optional claims omitted; null means absent', async () => {
+  const gen = new TokenGenerator(KEY, { now: () => 1000 });
+  const claims = gen.buildClaims({ apiKey: 'k', maxCalls: null, model: null, models: null, sub: null, extInfo: null });
+  assert.deepEqual(Object.keys(claims), ['jti', 'iat', 'exp', 'provider', 'api_key']);
+  assert.equal(claims.exp, 4600);
+  assert.equal(claims.provider, 'openai');
+  assert.equal(gen.buildClaims({ apiKey: 'k', extInfo: { rep_m: 'm' } }).ext_info, '{"rep_m":"m"}');
+});
+
+test('invalid arguments throw InvalidArgumentError naming the argument', async () => {
+  const c = new RelayAPIClient(rai());
+  const bad = [
+    [{}, 'apiKey'],
+    [{ apiKey: '' }, 'apiKey'],
+    [{ apiKey: 'k', provider: '' }, 'provider'],
+    [{ apiKey: 'k', maxCalls: 0 }, 'maxCalls'],
+    [{ apiKey: 'k', maxCalls: -1 }, 'maxCalls'],
+    [{ apiKey: 'k', maxCalls: 1.5 }, 'maxCalls'],
+    [{ apiKey: 'k', expireSeconds: 0 }, 'expireSeconds'],
+    [{ apiKey: 'k', expireSeconds: -60 }, 'expireSeconds'],
+    [{ apiKey: 'k', expireSeconds: 1.5 }, 'expireSeconds'],
+    [{ apiKey: 'k', models: [] }, 'models'],
+    [{ apiKey: 'k', models: ['a', ''] }, 'models'],
+    [{ apiKey: 'k', models: 'gpt-4o' }, 'models'],
+    [{ apiKey: 'k', model: '' }, 'model'],
+    [{ apiKey: 'k', sub: 5 }, 'sub'],
+    [{ apiKey: 'k', extInfo: 5 }, 'extInfo'],
+  ];
+  for (const [opts, arg] of bad) {
+    await assert.rejects(c.createToken(opts), (e) => {
+      assert.ok(e instanceof InvalidArgumentError && e instanceof RelayAPIError, String(e));
+      assert.equal(e.code, 'invalid_argument');
+      assert.equal(e.argument, arg, JSON.stringify(opts));
+      return true;
+    });
+  }
+  const gen = new TokenGenerator(KEY);
+  await assert.rejects(gen.encryptToken({ jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p', api_key: 'k', extra: 1 }), (e) => e.argument === 'extra');
+  await assert.rejects(gen.encryptToken({ jti: 'short', iat: 1, exp: 2, provider: 'p', api_key: 'k' }), (e) => e.argument === 'jti');
+  await assert.rejects(gen.encryptToken({ jti: 'x'.repeat(22), iat: 2, exp: 2, provider: 'p', api_key: 'k' }), (e) => e.argument === 'exp');
+  await assert.rejects(gen.encryptToken({ jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p', api_key: 'k', x_big: 'a'.repeat(20000) }), (e) => e.argument === 'claims');
+});
+
+test('.rai validation reports every problem, names fields and fixes, never echoes the key', () => {
+  const secretKey = 'ab'.repeat(31) + 'zz';
+  assert.throws(
+    () => new RelayAPIClient(rai({ server: { port: 0 }, crypto: { method: 'des', aes_key: secretKey, aes_iv_seed: 'abc' } })),
+    (e) => {
+      assert.ok(e instanceof ConfigError);
+      assert.equal(e.code, 'config_invalid');
+      assert.deepEqual(e.problems.map((p) => p.field), ['server.port', 'crypto.method', 'crypto.aes_key', 'crypto.aes_iv_seed']);
+      assert.ok(!e.message.includes(secretKey) && !e.message.includes('abc'), e.message);
+      assert.match(e.message, /relayapi gen-config/);
+      return true;
+    },
+  );
+  assert.throws(() => new RelayAPIClient({}), (e) => e.problems.map((p) => p.field).join() === 'version,server,crypto');
+  assert.throws(() => new RelayAPIClient(null), ConfigError);
+  assert.throws(() => new RelayAPIClient('default.rai'), /fromFile/);
+  assert.throws(() => new RelayAPIClient(rai({ server: { base_path: undefined } })), /server\.base_path is missing/);
+  assert.doesNotThrow(() => new RelayAPIClient(rai({ crypto: { method: 'AES', aes_key: KEY.toUpperCase() }, root: { future: 1 } })));
+});
+
+test('fromFile / fromJSON: missing file, bad JSON (not echoed), valid file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'relayapi-sdk-unit-'));
+  try {
+    await assert.rejects(RelayAPIClient.fromFile(join(dir, 'nope.rai')), (e) => e instanceof ConfigError && /not found.*gen-config/.test(e.message));
+    writeFileSync(join(dir, 'bad.rai'), `{"crypto": {"aes_key": "${KEY}"`);
+    await assert.rejects(RelayAPIClient.fromFile(join(dir, 'bad.rai')), (e) => {
+      assert.ok(e instanceof ConfigError && /not valid JSON/.test(e.message));
+      assert.ok(!e.message.includes(KEY) && !String(e.cause ?? '').includes(KEY));
+      return true;
+    });
+    writeFileSync(join(dir, 'ok.rai'), JSON.stringify(rai()));
+    const c = await RelayAPIClient.fromFile(join(dir, 'ok.rai'));
+    assert.equal(c.baseUrl, 'http://localhost:8840/relayapi/');
+    assert.equal(RelayAPIClient.fromJSON(JSON.stringify(rai())).baseUrl, c.baseUrl);
+    assert.throws(() => RelayAPIClient.fromJSON('{'), ConfigError);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the client never shows key material when logged', async () => {
+  const { inspect } = await import('node:util');
+  const c = new RelayAPIClient(rai());
+  assert.ok(!inspect(c, { depth: 5, showHidden: true }).includes(KEY));
+  assert.ok(!JSON.stringify(c).includes(KEY));
+});
+
+test('HTTP: relay error bodies become APIError with status, code, requestId', async () => {
+  const calls = [];
+  const fetch = async (url, init) => {
+    calls.push({ url, init });
+    return new Response(JSON.stringify({ error: { message: 'expired', type: 'authentication_error', code: 'token_expired' } }), {
+      status: 401,
+      headers: { 'content-type': 'application/json', 'x-request-id': 'req-123' },
+    });
+  };
+  const c = new RelayAPIClient(rai(), { fetch });
+  await assert.rejects(c.chatCompletions('tok', [{ role: 'user', content: 'hi' }], 'gpt-4o-mini', { temperature: 0 }), (e) => {
+    assert.ok(e instanceof APIError && e instanceof RelayAPIError);
+    assert.equal(e.status, 401);
+    assert.equal(e.code, 'token_expired');
+    assert.equal(e.type, 'authentication_error');
+    assert.equal(e.requestId, 'req-123');
+    assert.ok(!e.message.includes('tok/'), 'no URL/token in message');
+    return true;
+  });
+  assert.equal(calls[0].url, 'http://localhost:8840/relayapi/tok/chat/completions');
+  assert.equal(calls[0].init.method, 'POST');
+  assert.deepEqual(JSON.parse(calls[0].init.body), { temperature: 0, model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] });
+
+  const plain = new RelayAPIClient(rai(), { fetch: async () => new Response('upstream exploded', { status: 502 }) });
+  await assert.rejects(plain.embeddings('tok', 'x', 'm'), (e) => e.code === 'http_502' && e.status === 502 && e.requestId === undefined);
+
+  const down = new RelayAPIClient(rai(), { fetch: async () => { throw new TypeError('fetch failed'); } });
+  await assert.rejects(down.healthCheck(), (e) => e instanceof APIConnectionError && e.code === 'connection_error');
+
+  const slow = new RelayAPIClient(rai(), {
+    timeoutMs: 20,
+    fetch: (_u, init) => new Promise((_r, reject) => init.signal.addEventListener('abort', () => reject(new Error('aborted')))),
+  });
+  await assert.rejects(slow.imagesGenerations('tok', 'a cat'), (e) => e.code === 'timeout');
+
+  const ok = new RelayAPIClient(rai(), { fetch: async (url) => new Response(JSON.stringify({ url }), { status: 200 }) });
+  assert.deepEqual(await ok.healthCheck(), { url: 'http://localhost:8840/health' });
+});
+
+test('TokenError codes and TokenGenerator key validation', async () => {
+  assert.throws(() => new TokenGenerator('00'), (e) => e instanceof InvalidArgumentError && !e.message.includes('00'.repeat(2)));
+  const gen = new TokenGenerator(KEY, { now: () => 100 });
+  const t = await gen.createToken({ apiKey: 'k', expireSeconds: 10 });
+  await assert.rejects(gen.decryptToken(t, { now: 110 }), (e) => e instanceof TokenError && e.code === 'token_expired');
+  await assert.rejects(gen.decryptToken(t, { now: 39 }), (e) => e.code === 'token_not_yet_valid');
+  assert.equal((await gen.decryptToken(t, { now: 40 })).claims.api_key, 'k');
+  await assert.rejects(new TokenGenerator('ff'.repeat(32)).decryptToken(t, { now: 100 }), (e) => e.code === 'token_invalid');
+});
