@@ -82,8 +82,12 @@ enum Kind {
     Sse,
     Json,
     Text,
-    /// Missing or other: text if the bytes are UTF-8.
+    /// No content type: text if the bytes are UTF-8; scanned for usage.
     Unknown,
+    /// Another declared type (`image/png`, `audio/mpeg`, octet-stream…):
+    /// text if the bytes are UTF-8; not scanned for usage (no 1 MiB buffer
+    /// for media bodies).
+    Other,
 }
 
 impl Kind {
@@ -113,7 +117,7 @@ impl Kind {
         {
             Kind::Text
         } else {
-            Kind::Unknown
+            Kind::Other
         }
     }
 }
@@ -190,8 +194,8 @@ impl BodyTap {
                 SseDigest::new(capture, cfg.max_capture_bytes),
             )
         });
-        // Non-SSE bodies: keep enough to capture, and (JSON or unknown type)
-        // enough to read usage / model.
+        // Non-SSE bodies: keep enough to capture, and (JSON or no content
+        // type) enough to read usage / model.
         let scan = matches!(kind, Kind::Json | Kind::Unknown);
         let head_limit = if sse.is_some() {
             0
@@ -949,6 +953,18 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         let b = t.finish().body.unwrap();
         assert!(b.truncated);
         assert_eq!(b.text.map(|s| s.len()), Some(64 * 1024));
+    }
+
+    #[test]
+    fn media_bodies_are_not_buffered_for_usage_when_capture_is_off() {
+        let mut t = BodyTap::new(Direction::Response, Some("audio/mpeg"), None, cfg(false));
+        t.observe(&vec![0xffu8; 256 * 1024]);
+        assert_eq!(t.buffered_bytes(), 0);
+        let o = t.finish();
+        assert_eq!((o.usage, o.body, o.stream), (None, None, false));
+        let mut t = BodyTap::new(Direction::Response, Some("text/plain"), None, cfg(false));
+        t.observe(b"hello");
+        assert_eq!(t.buffered_bytes(), 0);
     }
 
     #[test]
