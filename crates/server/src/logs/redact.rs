@@ -1,0 +1,267 @@
+//! Redaction: what never reaches a sink.
+//!
+//! - [`redact_headers`]: credential headers (and configured extras) become
+//!   `[REDACTED]`.
+//! - [`redact_json_body`]: values of credential-like JSON fields at any depth.
+//!   Works on the text itself (a small scanner), so the body keeps its layout
+//!   and key order; [`redact_json_lenient`] applies the same scanner to JSON
+//!   cut by the capture cap, which does not parse.
+//! - [`scrub`]: last line of defence, replaces known secret strings anywhere.
+
+use http::HeaderMap;
+
+/// What replaces every masked value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Headers whose values are always masked (lower case).
+pub const ALWAYS_REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+    "set-cookie",
+];
+
+/// JSON body field names whose values are always masked (compared ASCII
+/// case-insensitively).
+pub const ALWAYS_REDACTED_JSON_FIELDS: &[&str] =
+    &["api_key", "apiKey", "key", "token", "password", "secret"];
+
+/// Headers as `(name, value)` pairs in map order, with credential values
+/// replaced by `[REDACTED]`. `extra` adds header names (case-insensitive).
+/// Non-UTF-8 values are kept lossily.
+pub fn redact_headers(headers: &HeaderMap, extra: &[String]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let n = name.as_str();
+            let masked = ALWAYS_REDACTED_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(n))
+                || extra.iter().any(|h| h.eq_ignore_ascii_case(n));
+            let v = if masked {
+                REDACTED.to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (n.to_owned(), v)
+        })
+        .collect()
+}
+
+/// Masks the values of `api_key`, `apiKey`, `key`, `token`, `password`,
+/// `secret` and `fields` at any depth, when `text` parses as JSON; any other
+/// text is returned unchanged. The value (string, number, object, array…)
+/// becomes the string `"[REDACTED]"`; the rest of the text is untouched.
+pub fn redact_json_body(text: &str, fields: &[String]) -> String {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return text.to_owned();
+    }
+    redact_json_lenient(text, fields)
+}
+
+/// The scanner behind [`redact_json_body`], without the "must parse" check:
+/// for JSON text cut short by a cap. A value cut mid-way is masked to the end.
+pub fn redact_json_lenient(text: &str, fields: &[String]) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut copied = 0; // text[..copied] is already in `out`
+    while i < b.len() {
+        if b[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let end = string_end(b, i);
+        let key_raw = &text[i..end];
+        let colon = skip_ws(b, end);
+        if colon < b.len() && b[colon] == b':' && key_matches(key_raw, fields) {
+            let vstart = skip_ws(b, colon + 1);
+            if vstart >= b.len() {
+                break;
+            }
+            let vend = value_end(b, vstart);
+            out.push_str(&text[copied..vstart]);
+            out.push('"');
+            out.push_str(REDACTED);
+            out.push('"');
+            copied = vend;
+            i = vend;
+        } else {
+            i = end;
+        }
+    }
+    out.push_str(&text[copied.min(text.len())..]);
+    out
+}
+
+fn key_matches(raw_with_quotes: &str, fields: &[String]) -> bool {
+    let inner = raw_with_quotes
+        .strip_prefix('"')
+        .map(|s| s.strip_suffix('"').unwrap_or(s))
+        .unwrap_or(raw_with_quotes);
+    let key: std::borrow::Cow<'_, str> = if inner.contains('\\') {
+        match serde_json::from_str::<String>(raw_with_quotes) {
+            Ok(s) => s.into(),
+            Err(_) => inner.into(),
+        }
+    } else {
+        inner.into()
+    };
+    ALWAYS_REDACTED_JSON_FIELDS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(&key))
+        || fields.iter().any(|f| f.eq_ignore_ascii_case(&key))
+}
+
+/// Index just past the closing quote of the string starting at `start`
+/// (which is a `"`), or `b.len()` when unterminated.
+fn string_end(b: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    b.len()
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// Index just past the JSON value starting at `start` (or `b.len()` when it
+/// is cut short).
+fn value_end(b: &[u8], start: usize) -> usize {
+    match b[start] {
+        b'"' => string_end(b, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => {
+                        i = string_end(b, i);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            b.len()
+        }
+        _ => {
+            let mut i = start;
+            while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+            {
+                i += 1;
+            }
+            i
+        }
+    }
+}
+
+/// Replaces every occurrence of each non-empty secret with `[REDACTED]`.
+/// Applied by the finish hook to path, query and captured bodies.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        if !s.is_empty() && out.contains(s) {
+            out = out.replace(s, REDACTED);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn credential_headers_are_masked_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-live"));
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        h.insert("api-key", HeaderValue::from_static("k2"));
+        h.insert("x-goog-api-key", HeaderValue::from_static("k3"));
+        h.insert("cookie", HeaderValue::from_static("a=b"));
+        h.append("set-cookie", HeaderValue::from_static("s=1"));
+        h.append("set-cookie", HeaderValue::from_static("s=2"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-custom-secret", HeaderValue::from_static("zzz"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let out = redact_headers(&h, &["X-Custom-Secret".to_owned()]);
+        assert_eq!(out.len(), 10);
+        for (n, v) in &out {
+            if n == "content-type" {
+                assert_eq!(v, "application/json");
+            } else {
+                assert_eq!(v, REDACTED, "{n}");
+            }
+        }
+        let joined = format!("{out:?}");
+        for s in [
+            "sk-live", "k1", "k2", "k3", "a=b", "s=1", "s=2", "Basic", "zzz",
+        ] {
+            assert!(!joined.contains(s), "{s} leaked");
+        }
+    }
+
+    #[test]
+    fn nested_json_fields_are_masked_keeping_layout() {
+        let text = r#"{"model":"gpt-4o", "api_key": "sk-1",
+  "meta": {"ApiKey": 42, "list": [{"token": {"a": [1, "}"]}}, {"password":null}]},
+  "messages": [{"role":"user","content":"my key is fine"}], "custom_field": "c", "k\u0065y": "esc"}"#;
+        let out = redact_json_body(text, &["custom_field".to_owned()]);
+        assert!(out.contains(r#""model":"gpt-4o""#));
+        assert!(out.contains(r#""api_key": "[REDACTED]""#));
+        assert!(out.contains(r#""ApiKey": "[REDACTED]""#));
+        assert!(out.contains(r#""token": "[REDACTED]""#));
+        assert!(out.contains(r#""password":"[REDACTED]""#));
+        assert!(out.contains(r#""custom_field": "[REDACTED]""#));
+        assert!(out.contains(r#""k\u0065y": "[REDACTED]""#));
+        assert!(out.contains("my key is fine"));
+        assert!(!out.contains("sk-1") && !out.contains("esc\""));
+        // still valid JSON
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["meta"]["list"][0]["token"], REDACTED);
+        assert_eq!(v["meta"]["ApiKey"], REDACTED);
+    }
+
+    #[test]
+    fn non_json_is_unchanged_but_lenient_masks_cut_json() {
+        let t = "api_key=sk-1&token=x";
+        assert_eq!(redact_json_body(t, &[]), t);
+        let cut = r#"{"messages":[{"content":"hi"}],"api_key":"sk-abcdef"#;
+        assert_eq!(redact_json_body(cut, &[]), cut);
+        let out = redact_json_lenient(cut, &[]);
+        assert!(!out.contains("sk-abc"), "{out}");
+        assert!(out.ends_with(r#""api_key":"[REDACTED]""#));
+    }
+
+    #[test]
+    fn scrub_replaces_every_occurrence() {
+        let t = "/v1/tok123/chat?x=tok123&k=sk-AAA";
+        assert_eq!(
+            scrub(t, &["tok123", "sk-AAA", ""]),
+            "/v1/[REDACTED]/chat?x=[REDACTED]&k=[REDACTED]"
+        );
+        assert_eq!(scrub("nothing", &["zz"]), "nothing");
+    }
+}
