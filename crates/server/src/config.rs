@@ -31,9 +31,8 @@ pub struct Config {
     /// Accept the earlier Go server's AES-CBC tokens (off by default; see docs/migration.md).
     pub legacy_tokens: bool,
     pub legacy: LegacySettings,
-    /// Request logging (sinks arrive with the logging pipeline). Accepted as
-    /// written so existing `config.json` files load unchanged.
-    pub log: Value,
+    /// Request logging: sinks, body capture, redaction (docs/logging.md).
+    pub log: LogSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +193,117 @@ impl Default for CorsSettings {
             max_age: 600,
         }
     }
+}
+
+/// Request logging. Keeps the earlier RelayAPI shape (`console`,
+/// `database`, `web`, `parquet`) and adds capture and delivery settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `true` (pretty on a terminal, JSON lines otherwise), `false`, or `{"format": "pretty"|"json"}`.
+    pub console: ConsoleSetting,
+    pub database: DatabaseLogSettings,
+    pub web: WebLogSettings,
+    pub parquet: ParquetLogSettings,
+    /// Capture request/response bodies and headers (redacted) in the records.
+    pub bodies: bool,
+    /// Per body capture cap, bytes (decoded text included).
+    pub max_body_bytes: usize,
+    /// More header names whose values are masked (credentials always are).
+    pub redact_headers: Vec<String>,
+    /// More JSON body field names whose values are masked.
+    pub redact_json_fields: Vec<String>,
+    /// Where records wait while a sink is down and its queue is full.
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size per sink before records are dropped (and counted).
+    pub spool_max_bytes: u64,
+    /// Records per sink queued in memory.
+    pub queue_capacity: usize,
+    /// A batch is written after this many records…
+    pub batch_max_records: usize,
+    /// …or this long after its first record (seconds).
+    #[serde(with = "secs")]
+    pub batch_max_delay: Duration,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            console: ConsoleSetting::Enabled(true),
+            database: DatabaseLogSettings::default(),
+            web: WebLogSettings::default(),
+            parquet: ParquetLogSettings::default(),
+            bodies: false,
+            max_body_bytes: 64 * 1024,
+            redact_headers: Vec::new(),
+            redact_json_fields: Vec::new(),
+            spool_dir: None,
+            spool_max_bytes: 256 * 1024 * 1024,
+            queue_capacity: 10_000,
+            batch_max_records: 500,
+            batch_max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl LogSettings {
+    /// True when any sink is on (then the request path builds records).
+    pub fn any_sink(&self) -> bool {
+        self.console.format().is_some() || self.web.enabled
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConsoleSetting {
+    Enabled(bool),
+    Format { format: ConsoleFormatName },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleFormatName {
+    Pretty,
+    Json,
+}
+
+impl ConsoleSetting {
+    /// `None` = off; `Some(None)` = automatic; `Some(Some(f))` = fixed format.
+    pub fn format(&self) -> Option<Option<ConsoleFormatName>> {
+        match self {
+            ConsoleSetting::Enabled(false) => None,
+            ConsoleSetting::Enabled(true) => Some(None),
+            ConsoleSetting::Format { format } => Some(Some(*format)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseLogSettings {
+    pub enabled: bool,
+    /// `sqlite`, `postgres` or `mysql`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// May hold a password: never printed.
+    pub connection_string: relayapi_token::SecretString,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebLogSettings {
+    pub enabled: bool,
+    pub callback_url: String,
+    /// When set, batches carry `X-RelayAPI-Signature: sha256=<HMAC-SHA256(secret, body)>`.
+    pub secret: Option<relayapi_token::SecretString>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParquetLogSettings {
+    pub enabled: bool,
+    /// A directory for `logs_YYYY-MM-DD.parquet` files.
+    pub file_path: PathBuf,
 }
 
 /// Compatibility with the earlier server's tokens.
@@ -358,6 +468,22 @@ impl Config {
             }
         }
         crate::providers::validate_overrides(&self.providers, problems);
+        let log = &self.log;
+        if log.web.enabled && crate::providers::url_origin(&log.web.callback_url).is_none() {
+            problems.push(format!(
+                "log.web.callback_url: {:?} is not an http(s) URL; set the receiver's URL or disable log.web",
+                log.web.callback_url
+            ));
+        }
+        if log.max_body_bytes == 0 || log.queue_capacity == 0 || log.batch_max_records == 0 {
+            problems.push("log: max_body_bytes, queue_capacity and batch_max_records must be ≥ 1".into());
+        }
+        if log.database.enabled && !matches!(log.database.kind.as_str(), "sqlite" | "postgres" | "mysql") {
+            problems.push(format!(
+                "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\"",
+                log.database.kind
+            ));
+        }
         for (i, u) in self.legacy.allowed_provider_urls.iter().enumerate() {
             if crate::providers::url_origin(u).is_none() {
                 problems.push(format!(

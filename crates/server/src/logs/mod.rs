@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod record;
+pub mod request;
 pub mod redact;
 pub mod sse;
 pub mod tap;

@@ -1,0 +1,250 @@
+//! Building one [`LogRecord`] per request from the request path.
+//!
+//! [`RequestLog`] is started when a request arrives and filled in step by
+//! step (token, provider, statuses); it ends in exactly one record, either
+//! at once (the relay answered itself) or from the response body's finish
+//! hook (success, provider error mid-stream, or client gone). Bodies are
+//! observed by [`Tapped`] wrappers that feed a [`BodyTap`] frame by frame.
+//! Secrets (the token, the provider key) are scrubbed from everything text
+//! before the record leaves this module.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use super::record::{CapturedBody, LogRecord};
+use super::redact::{redact_headers, scrub};
+use super::tap::{BodyTap, Direction, TapConfig, TapOutcome};
+
+/// A tap shared by a body wrapper and the finish hook.
+pub type SharedTap = Arc<Mutex<Option<BodyTap>>>;
+
+/// Settings the request path needs to build records.
+#[derive(Debug)]
+pub struct RecordSettings {
+    pub tap: Arc<TapConfig>,
+    /// Also keep (redacted) headers.
+    pub bodies: bool,
+    pub redact_headers: Vec<String>,
+}
+
+/// A record in the making.
+#[derive(Debug)]
+pub struct RequestLog {
+    record: LogRecord,
+    start: Instant,
+    /// Strings that must never appear in the record (token, provider key).
+    secrets: Vec<String>,
+    request_tap: Option<SharedTap>,
+}
+
+impl RequestLog {
+    pub fn begin(request_id: &str, method: &str, path: &str, client_ip: String) -> RequestLog {
+        RequestLog {
+            record: LogRecord {
+                request_id: request_id.to_string(),
+                started_at: rfc3339_utc(SystemTime::now()),
+                client_ip,
+                method: method.to_string(),
+                path: path.to_string(),
+                ..LogRecord::default()
+            },
+            start: Instant::now(),
+            secrets: Vec::new(),
+            request_tap: None,
+        }
+    }
+
+    /// The record under construction (fields are set directly).
+    pub fn record(&mut self) -> &mut LogRecord {
+        &mut self.record
+    }
+
+    /// Registers a secret to scrub from every text field.
+    pub fn secret(&mut self, s: &str) {
+        if !s.is_empty() {
+            self.secrets.push(s.to_string());
+        }
+    }
+
+    pub fn mark_ttfb(&mut self) {
+        self.record.ttfb_ms = Some(self.start.elapsed().as_millis() as u64);
+    }
+
+    /// Starts tapping the request body; returns the tap for [`Tapped`].
+    pub fn tap_request(&mut self, settings: &RecordSettings, headers: &HeaderMap) -> SharedTap {
+        let tap = new_tap(Direction::Request, settings, headers);
+        if settings.bodies {
+            self.record.request_headers = Some(redact_headers(headers, &settings.redact_headers));
+        }
+        self.request_tap = Some(tap.clone());
+        tap
+    }
+
+    /// Ends the record: `status` the client got, the response tap (if the
+    /// provider answered), `bytes_out` delivered, whether the client left.
+    pub fn finish(mut self, status: u16, response: Option<TapOutcome>, bytes_out: u64, client_aborted: bool) -> LogRecord {
+        let r = &mut self.record;
+        r.status = status;
+        r.duration_ms = self.start.elapsed().as_millis() as u64;
+        r.bytes_out = bytes_out;
+        r.client_aborted = client_aborted;
+        if let Some(tap) = self.request_tap.take().and_then(take_tap) {
+            r.bytes_in = tap.bytes_seen();
+            let outcome = tap.finish();
+            if r.model_requested.is_none() {
+                r.model_requested = outcome.model;
+            }
+            r.request_body = outcome.body;
+        }
+        if let Some(outcome) = response {
+            r.usage = outcome.usage;
+            r.stream = outcome.stream;
+            r.response_body = outcome.body;
+        }
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        r.path = scrub(&r.path, &secrets);
+        r.query = scrub(&r.query, &secrets);
+        for body in [&mut r.request_body, &mut r.response_body].into_iter().flatten() {
+            scrub_body(body, &secrets);
+        }
+        for headers in [&mut r.request_headers, &mut r.response_headers].into_iter().flatten() {
+            for (_, v) in headers.iter_mut() {
+                *v = scrub(v, &secrets);
+            }
+        }
+        self.record
+    }
+}
+
+fn scrub_body(body: &mut CapturedBody, secrets: &[&str]) {
+    if let Some(t) = body.text.as_mut() {
+        *t = scrub(t, secrets);
+    }
+    for line in &mut body.sse_raw {
+        *line = scrub(line, secrets);
+    }
+}
+
+/// A new shared tap for a body with these headers.
+pub fn new_tap(dir: Direction, settings: &RecordSettings, headers: &HeaderMap) -> SharedTap {
+    let get = |name: http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    Arc::new(Mutex::new(Some(BodyTap::new(
+        dir,
+        get(http::header::CONTENT_TYPE),
+        get(http::header::CONTENT_ENCODING),
+        settings.tap.clone(),
+    ))))
+}
+
+/// Takes the tap out (once); a poisoned lock still holds a usable tap.
+pub fn take_tap(tap: SharedTap) -> Option<BodyTap> {
+    tap.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+pin_project_lite::pin_project! {
+    /// Passes frames through unchanged, showing each data frame to a tap.
+    pub struct Tapped<B> {
+        #[pin]
+        inner: B,
+        tap: SharedTap,
+    }
+}
+
+impl<B> Tapped<B> {
+    pub fn new(inner: B, tap: SharedTap) -> Self {
+        Tapped { inner, tap }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tapped<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                if let Some(tap) = this.tap.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    tap.observe(data);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_utc(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(rfc3339_utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_709_164_800_123);
+        assert_eq!(rfc3339_utc(t), "2024-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_every_text_field() {
+        let mut log = RequestLog::begin("req_1", "POST", "/relayapi/TOKEN123/chat", "127.0.0.1".into());
+        log.secret("TOKEN123");
+        log.secret("sk-live-key");
+        log.record().query = "a=TOKEN123".into();
+        let settings = RecordSettings {
+            tap: Arc::new(TapConfig { capture_bodies: true, ..TapConfig::default() }),
+            bodies: true,
+            redact_headers: vec![],
+        };
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("x-note", "contains sk-live-key".parse().unwrap());
+        let tap = log.tap_request(&settings, &h);
+        tap.lock().unwrap().as_mut().unwrap().observe(br#"{"model":"m","messages":[{"content":"my key is sk-live-key"}]}"#);
+        let rec = log.finish(200, None, 10, false);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains("TOKEN123") && !json.contains("sk-live-key"), "{json}");
+        assert_eq!(rec.model_requested.as_deref(), Some("m"));
+        assert!(rec.bytes_in > 0);
+    }
+}
