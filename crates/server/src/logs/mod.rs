@@ -5,3 +5,6 @@
 //! - [`record`]: the record type (`docs/logging.md`).
 
 pub mod record;
+pub mod pipeline;
+pub mod sinks;
+pub mod spool;
