@@ -164,7 +164,9 @@ struct RateLimit {
 
 impl RateLimit {
     fn new() -> Self {
-        RateLimit { last_ms: AtomicU64::new(u64::MAX) }
+        RateLimit {
+            last_ms: AtomicU64::new(u64::MAX),
+        }
     }
 
     /// True (and records the time) when a line may be logged now.
@@ -175,7 +177,9 @@ impl RateLimit {
         if last != u64::MAX && now < last.saturating_add(interval) {
             return false;
         }
-        self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        self.last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
@@ -292,7 +296,9 @@ pub struct LogPipeline {
 
 impl std::fmt::Debug for LogPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogPipeline").field("sinks", &self.inner.lanes.len()).finish()
+        f.debug_struct("LogPipeline")
+            .field("sinks", &self.inner.lanes.len())
+            .finish()
     }
 }
 
@@ -311,14 +317,19 @@ impl LogPipeline {
         for sink in sinks {
             let counters = Arc::new(Counters::new(sink.name().to_string()));
             let (queue, rx) = mpsc::channel(settings.queue_capacity);
-            let spool: Arc<tokio::sync::Mutex<Option<Spool>>> = Arc::new(tokio::sync::Mutex::new(None));
+            let spool: Arc<tokio::sync::Mutex<Option<Spool>>> =
+                Arc::new(tokio::sync::Mutex::new(None));
             let notify = Arc::new(Notify::new());
             let mut opener = None;
             let overflow = match &settings.spool_dir {
                 Some(dir) => {
                     // Held by the batcher until the spool is open, so the
                     // writer waits for it instead of dropping.
-                    opener = spool.clone().try_lock_owned().ok().map(|g| (g, dir.clone()));
+                    opener = spool
+                        .clone()
+                        .try_lock_owned()
+                        .ok()
+                        .map(|g| (g, dir.clone()));
                     let (tx, orx) = mpsc::channel(SPOOL_CHANNEL_CAPACITY);
                     tasks.push(tokio::spawn(spool_writer(
                         orx,
@@ -343,7 +354,12 @@ impl LogPipeline {
                 leftover: Vec::new(),
             };
             tasks.push(tokio::spawn(batcher.run(opener)));
-            lanes.push(Lane { queue, overflow, capacity: settings.queue_capacity, counters });
+            lanes.push(Lane {
+                queue,
+                overflow,
+                capacity: settings.queue_capacity,
+                counters,
+            });
         }
         LogPipeline {
             inner: Arc::new(Inner {
@@ -381,7 +397,10 @@ impl LogPipeline {
         self.inner
             .lanes
             .iter()
-            .map(|l| l.counters.snapshot(l.capacity.saturating_sub(l.queue.capacity()) as u64))
+            .map(|l| {
+                l.counters
+                    .snapshot(l.capacity.saturating_sub(l.queue.capacity()) as u64)
+            })
             .collect()
     }
 
@@ -392,7 +411,9 @@ impl LogPipeline {
         let start = Instant::now();
         let hard = start + deadline;
         let stop = start + deadline.mul_f64(0.8);
-        self.inner.shutdown_tx.send_replace(Some(Deadlines { stop, hard }));
+        self.inner
+            .shutdown_tx
+            .send_replace(Some(Deadlines { stop, hard }));
         let tasks = match self.inner.tasks.lock() {
             Ok(mut g) => std::mem::take(&mut *g),
             Err(_) => Vec::new(),
@@ -400,7 +421,10 @@ impl LogPipeline {
         let mut timed_out = false;
         for task in tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout_at(hard + Duration::from_millis(50), task).await.is_err() {
+            if tokio::time::timeout_at(hard + Duration::from_millis(50), task)
+                .await
+                .is_err()
+            {
                 timed_out = true;
                 abort.abort();
             }
@@ -420,7 +444,11 @@ impl LogPipeline {
         if timed_out {
             tracing::warn!("log pipeline shutdown hit its deadline; tasks aborted");
         }
-        ShutdownReport { sinks, undelivered, timed_out }
+        ShutdownReport {
+            sinks,
+            undelivered,
+            timed_out,
+        }
     }
 }
 
@@ -438,7 +466,10 @@ async fn wait_shutdown(rx: &mut watch::Receiver<Option<Deadlines>>) -> Deadlines
 
 fn implicit_deadlines() -> Deadlines {
     let now = Instant::now();
-    Deadlines { stop: now + IMPLICIT_GRACE.mul_f64(0.8), hard: now + IMPLICIT_GRACE }
+    Deadlines {
+        stop: now + IMPLICIT_GRACE.mul_f64(0.8),
+        hard: now + IMPLICIT_GRACE,
+    }
 }
 
 /// Drains the spool channel into the spool file.
@@ -472,10 +503,15 @@ async fn spool_writer(
         let out = match guard.as_mut() {
             Some(s) => {
                 let out = s.append(&buf).await;
-                counters.in_spool.store(s.pending_records(), Ordering::Relaxed);
+                counters
+                    .in_spool
+                    .store(s.pending_records(), Ordering::Relaxed);
                 out
             }
-            None => super::spool::AppendOutcome { written: 0, dropped: buf.len() as u64 },
+            None => super::spool::AppendOutcome {
+                written: 0,
+                dropped: buf.len() as u64,
+            },
         };
         drop(guard);
         counters.spooled.fetch_add(out.written, Ordering::Relaxed);
@@ -513,7 +549,9 @@ impl Batcher {
         if let Some((mut guard, dir)) = opener {
             match Spool::open(&dir, self.sink.name(), self.settings.spool_max_bytes).await {
                 Ok(s) => {
-                    self.counters.in_spool.store(s.pending_records(), Ordering::Relaxed);
+                    self.counters
+                        .in_spool
+                        .store(s.pending_records(), Ordering::Relaxed);
                     *guard = Some(s);
                 }
                 Err(e) => {
@@ -624,7 +662,12 @@ impl Batcher {
                         tracing::warn!(sink = %self.sink.name(), records = n, error = %e, "log sink failing; retrying");
                     }
                     self.healthy = false;
-                    let wake = Instant::now() + backoff(attempt, self.settings.retry_initial, self.settings.retry_max);
+                    let wake = Instant::now()
+                        + backoff(
+                            attempt,
+                            self.settings.retry_initial,
+                            self.settings.retry_max,
+                        );
                     attempt = attempt.saturating_add(1);
                     match stop {
                         Some(stop) if wake >= stop => return Delivery::Abandoned(batch),
@@ -653,7 +696,9 @@ impl Batcher {
                 match spool.oldest().await {
                     Ok(Some(seg)) => seg,
                     Ok(None) => {
-                        self.counters.in_spool.store(spool.pending_records(), Ordering::Relaxed);
+                        self.counters
+                            .in_spool
+                            .store(spool.pending_records(), Ordering::Relaxed);
                         return;
                     }
                     Err(e) => {
@@ -688,7 +733,9 @@ impl Batcher {
                 let out = spool.append(chunk).await;
                 self.counters.add_dropped(out.dropped);
             }
-            self.counters.in_spool.store(spool.pending_records(), Ordering::Relaxed);
+            self.counters
+                .in_spool
+                .store(spool.pending_records(), Ordering::Relaxed);
             if abandoned.is_some() {
                 return;
             }
@@ -723,8 +770,12 @@ impl Batcher {
             match guard.as_mut() {
                 Some(spool) => {
                     let out = spool.append(&undelivered).await;
-                    self.counters.spooled.fetch_add(out.written, Ordering::Relaxed);
-                    self.counters.in_spool.store(spool.pending_records(), Ordering::Relaxed);
+                    self.counters
+                        .spooled
+                        .fetch_add(out.written, Ordering::Relaxed);
+                    self.counters
+                        .in_spool
+                        .store(spool.pending_records(), Ordering::Relaxed);
                     self.counters.add_dropped(out.dropped);
                 }
                 None => self.counters.add_dropped(n),
@@ -738,7 +789,9 @@ impl Batcher {
                 self.counters.set_error(&e);
                 tracing::warn!(sink = %self.sink.name(), error = %e, "log sink flush failed");
             }
-            Err(_) => tracing::warn!(sink = %self.sink.name(), "log sink flush hit the shutdown deadline"),
+            Err(_) => {
+                tracing::warn!(sink = %self.sink.name(), "log sink flush hit the shutdown deadline")
+            }
         }
     }
 }
@@ -787,7 +840,8 @@ pub fn estimated_size(r: &LogRecord) -> usize {
         })
     }
     fn headers(h: &Option<Vec<(String, String)>>) -> usize {
-        h.as_ref().map_or(0, |h| h.iter().map(|(k, v)| k.len() + v.len() + 8).sum())
+        h.as_ref()
+            .map_or(0, |h| h.iter().map(|(k, v)| k.len() + v.len() + 8).sum())
     }
     320 + r.request_id.len()
         + r.started_at.len()
@@ -811,6 +865,7 @@ pub fn estimated_size(r: &LogRecord) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::logs::sinks::SinkFuture;
 
@@ -823,13 +878,18 @@ mod tests {
             assert!(d <= max);
             assert!(d <= init * 2u32.pow(attempt.min(10)));
         }
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(5, init, max)).collect();
+        let samples: std::collections::HashSet<_> =
+            (0..20).map(|_| backoff(5, init, max)).collect();
         assert!(samples.len() > 1, "jitter");
     }
 
     #[test]
     fn size_estimate_is_not_below_json_size_for_plain_records() {
-        let r = LogRecord { request_id: "req_1".into(), path: "/v1/chat".into(), ..Default::default() };
+        let r = LogRecord {
+            request_id: "req_1".into(),
+            path: "/v1/chat".into(),
+            ..Default::default()
+        };
         assert!(estimated_size(&r) >= serde_json::to_vec(&r).unwrap().len());
     }
 
@@ -856,7 +916,10 @@ mod tests {
 
     #[tokio::test]
     async fn batches_by_count_and_delay_and_retries_same_batch() {
-        let sink = Arc::new(Memory { batches: Mutex::new(Vec::new()), fail: AtomicU64::new(2) });
+        let sink = Arc::new(Memory {
+            batches: Mutex::new(Vec::new()),
+            fail: AtomicU64::new(2),
+        });
         let p = LogPipeline::start(
             vec![sink.clone() as Arc<dyn Sink>],
             BatchSettings {
@@ -868,7 +931,10 @@ mod tests {
             },
         );
         for i in 0..6 {
-            p.push(Arc::new(LogRecord { request_id: format!("r{i}"), ..Default::default() }));
+            p.push(Arc::new(LogRecord {
+                request_id: format!("r{i}"),
+                ..Default::default()
+            }));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(*sink.batches.lock().unwrap(), vec![4, 2]);
@@ -881,10 +947,17 @@ mod tests {
 
     #[tokio::test]
     async fn no_spool_overflow_drops_are_counted_and_push_after_shutdown_too() {
-        let sink = Arc::new(Memory { batches: Mutex::new(Vec::new()), fail: AtomicU64::new(u64::MAX) });
+        let sink = Arc::new(Memory {
+            batches: Mutex::new(Vec::new()),
+            fail: AtomicU64::new(u64::MAX),
+        });
         let p = LogPipeline::start(
             vec![sink.clone() as Arc<dyn Sink>],
-            BatchSettings { queue_capacity: 5, max_records: 1, ..Default::default() },
+            BatchSettings {
+                queue_capacity: 5,
+                max_records: 1,
+                ..Default::default()
+            },
         );
         let p2 = p.clone();
         for _ in 0..100 {

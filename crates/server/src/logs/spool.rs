@@ -83,9 +83,19 @@ pub struct Spool {
 fn dir_name(sink: &str) -> String {
     let s: String = sink
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if s.is_empty() { "sink".to_string() } else { s }
+    if s.is_empty() {
+        "sink".to_string()
+    } else {
+        s
+    }
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -103,7 +113,9 @@ impl Spool {
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name.strip_suffix(".jsonl") else { continue };
+            let Some(stem) = name.strip_suffix(".jsonl") else {
+                continue;
+            };
             if let Ok(seq) = stem.parse::<u64>() {
                 seqs.push(seq);
             }
@@ -121,12 +133,19 @@ impl Spool {
         for seq in seqs {
             let data = tokio::fs::read(segment_path(&spool.dir, seq)).await?;
             let bytes = data.len() as u64;
-            let records = data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+            let records = data
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count() as u64;
             if bytes == 0 {
                 let _ = tokio::fs::remove_file(segment_path(&spool.dir, seq)).await;
                 continue;
             }
-            spool.sealed.push_back(SegmentMeta { seq, bytes, records });
+            spool.sealed.push_back(SegmentMeta {
+                seq,
+                bytes,
+                records,
+            });
             spool.total_bytes += bytes;
             spool.total_records += records;
         }
@@ -201,7 +220,14 @@ impl Spool {
                 .append(true)
                 .open(segment_path(&self.dir, seq))
                 .await?;
-            self.active = Some(Active { meta: SegmentMeta { seq, bytes: 0, records: 0 }, file });
+            self.active = Some(Active {
+                meta: SegmentMeta {
+                    seq,
+                    bytes: 0,
+                    records: 0,
+                },
+                file,
+            });
         }
         let Some(active) = self.active.as_mut() else {
             return Err(io::Error::other("no active segment"));
@@ -233,7 +259,11 @@ impl Spool {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(meta.seq);
-                return Ok(Some(ReplaySegment { seq: meta.seq, records: Vec::new(), bad_lines: 0 }));
+                return Ok(Some(ReplaySegment {
+                    seq: meta.seq,
+                    records: Vec::new(),
+                    bad_lines: 0,
+                }));
             }
             Err(e) => return Err(e),
         };
@@ -245,7 +275,11 @@ impl Spool {
                 Err(_) => bad_lines += 1,
             }
         }
-        Ok(Some(ReplaySegment { seq: meta.seq, records, bad_lines }))
+        Ok(Some(ReplaySegment {
+            seq: meta.seq,
+            records,
+            bad_lines,
+        }))
     }
 
     /// Deletes a replayed segment.
@@ -271,10 +305,15 @@ impl Spool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn rec(id: &str) -> Arc<LogRecord> {
-        Arc::new(LogRecord { request_id: id.into(), status: 200, ..Default::default() })
+        Arc::new(LogRecord {
+            request_id: id.into(),
+            status: 200,
+            ..Default::default()
+        })
     }
 
     #[tokio::test]
@@ -282,7 +321,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = Spool::open(tmp.path(), "web hook", 10_000).await.unwrap();
         let out = s.append(&[rec("a"), rec("b")]).await;
-        assert_eq!(out, AppendOutcome { written: 2, dropped: 0 });
+        assert_eq!(
+            out,
+            AppendOutcome {
+                written: 2,
+                dropped: 0
+            }
+        );
         drop(s);
         let mut s = Spool::open(tmp.path(), "web hook", 10_000).await.unwrap();
         assert_eq!(s.pending_records(), 2);
@@ -301,7 +346,13 @@ mod tests {
         let mut s = Spool::open(tmp.path(), "bounded", line * 3).await.unwrap();
         let recs: Vec<_> = (0..5).map(|i| rec(&format!("{i}"))).collect();
         // same-length ids → each line has the same size
-        assert_eq!(s.append(&recs).await, AppendOutcome { written: 3, dropped: 2 });
+        assert_eq!(
+            s.append(&recs).await,
+            AppendOutcome {
+                written: 3,
+                dropped: 2
+            }
+        );
         assert_eq!(s.pending_bytes(), line * 3);
     }
 

@@ -43,6 +43,30 @@ impl ConsoleFormat {
     }
 }
 
+/// The `log.console` config value: `true`/`false`, or `{"format": ...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum ConsoleSetting {
+    /// `true`: on, [`ConsoleFormat::auto`]; `false`: off.
+    Enabled(bool),
+    /// `{"format": "pretty"|"json"}`: on with that format (auto if absent).
+    Format {
+        #[serde(default)]
+        format: Option<ConsoleFormat>,
+    },
+}
+
+impl ConsoleSetting {
+    /// The format to use, or `None` when the console sink is off.
+    pub fn resolve(&self) -> Option<ConsoleFormat> {
+        match self {
+            ConsoleSetting::Enabled(false) => None,
+            ConsoleSetting::Enabled(true) => Some(ConsoleFormat::auto()),
+            ConsoleSetting::Format { format } => Some(format.unwrap_or_else(ConsoleFormat::auto)),
+        }
+    }
+}
+
 /// Writes records to stderr (or any writer, for tests).
 pub struct ConsoleSink {
     format: ConsoleFormat,
@@ -52,14 +76,21 @@ pub struct ConsoleSink {
 
 impl std::fmt::Debug for ConsoleSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleSink").field("format", &self.format).field("color", &self.color).finish()
+        f.debug_struct("ConsoleSink")
+            .field("format", &self.format)
+            .field("color", &self.color)
+            .finish()
     }
 }
 
 impl ConsoleSink {
     /// Writes to `out`, without colours (use [`ConsoleSink::with_color`]).
     pub fn new(format: ConsoleFormat, out: Box<dyn Write + Send>) -> Self {
-        ConsoleSink { format, color: false, out: Arc::new(Mutex::new(out)) }
+        ConsoleSink {
+            format,
+            color: false,
+            out: Arc::new(Mutex::new(out)),
+        }
     }
 
     /// Writes to stderr, coloured when stderr is a terminal.
@@ -79,8 +110,9 @@ impl ConsoleSink {
         for r in batch {
             match self.format {
                 ConsoleFormat::Json => {
-                    serde_json::to_writer(&mut buf, &**r)
-                        .map_err(|_| SinkError::Permanent("console: record not serializable".into()))?;
+                    serde_json::to_writer(&mut buf, &**r).map_err(|_| {
+                        SinkError::Permanent("console: record not serializable".into())
+                    })?;
                     buf.push(b'\n');
                 }
                 ConsoleFormat::Pretty => {
@@ -95,7 +127,15 @@ impl ConsoleSink {
 
 /// Escapes control characters (ANSI injection) in a field.
 fn clean(s: &str) -> String {
-    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// The human line for one record.
@@ -114,7 +154,13 @@ pub fn pretty_line(r: &LogRecord, color: bool) -> String {
         _ => "31",
     };
     let mut line = String::with_capacity(160);
-    let _ = write!(line, "{} {} {}", paint("2", &clean(&r.started_at)), paint(status_color, &r.status.to_string()), clean(&r.method));
+    let _ = write!(
+        line,
+        "{} {} {}",
+        paint("2", &clean(&r.started_at)),
+        paint(status_color, &r.status.to_string()),
+        clean(&r.method)
+    );
     let _ = write!(line, " {}", clean(&r.path));
     if !r.query.is_empty() {
         let _ = write!(line, "?{}", clean(&r.query));
@@ -158,10 +204,12 @@ impl Sink for ConsoleSink {
             let buf = self.render(batch)?;
             let out = self.out.clone();
             tokio::task::spawn_blocking(move || {
-                let mut w = out.lock().map_err(|_| SinkError::Permanent("console: writer poisoned".into()))?;
-                w.write_all(&buf)
-                    .and_then(|()| w.flush())
-                    .map_err(|e| SinkError::Retryable(format!("console: write failed ({})", e.kind())))
+                let mut w = out
+                    .lock()
+                    .map_err(|_| SinkError::Permanent("console: writer poisoned".into()))?;
+                w.write_all(&buf).and_then(|()| w.flush()).map_err(|e| {
+                    SinkError::Retryable(format!("console: write failed ({})", e.kind()))
+                })
             })
             .await
             .map_err(|_| SinkError::Retryable("console: writer task failed".into()))?
@@ -171,8 +219,25 @@ impl Sink for ConsoleSink {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::logs::record::Usage;
+
+    #[test]
+    fn console_setting_accepts_bool_and_object() {
+        let parse = |j: &str| serde_json::from_str::<ConsoleSetting>(j).unwrap();
+        assert_eq!(parse("false").resolve(), None);
+        assert_eq!(parse("true").resolve(), Some(ConsoleFormat::auto()));
+        assert_eq!(
+            parse(r#"{"format":"json"}"#).resolve(),
+            Some(ConsoleFormat::Json)
+        );
+        assert_eq!(
+            parse(r#"{"format":"pretty"}"#).resolve(),
+            Some(ConsoleFormat::Pretty)
+        );
+        assert!(serde_json::from_str::<ConsoleSetting>(r#"{"format":"xml"}"#).is_err());
+    }
 
     #[test]
     fn pretty_line_has_the_fields_and_no_colour_when_off() {
@@ -186,7 +251,12 @@ mod tests {
             provider: Some("openai".into()),
             model_sent: Some("gpt-4o".into()),
             status: 200,
-            usage: Some(Usage { prompt_tokens: 12, completion_tokens: 30, total_tokens: 42, cached_tokens: None }),
+            usage: Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 30,
+                total_tokens: 42,
+                cached_tokens: None,
+            }),
             sub: Some("user\x1b[31m".into()),
             ..Default::default()
         };

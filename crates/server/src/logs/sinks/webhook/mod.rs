@@ -61,7 +61,13 @@ impl std::fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSink")
             .field("url", &redacted_url(&self.uri))
-            .field("secret", &self.secret.as_ref().map(|_| relayapi_token::secret::REDACTED))
+            .field(
+                "secret",
+                &self
+                    .secret
+                    .as_ref()
+                    .map(|_| relayapi_token::secret::REDACTED),
+            )
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -69,7 +75,11 @@ impl std::fmt::Debug for WebhookSink {
 
 /// `scheme://host:port/path` with userinfo removed and the query masked.
 pub fn redacted_url(uri: &Uri) -> String {
-    let mut s = format!("{}://{}", uri.scheme_str().unwrap_or("http"), uri.host().unwrap_or(""));
+    let mut s = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.host().unwrap_or("")
+    );
     if let Some(p) = uri.port_u16() {
         s.push_str(&format!(":{p}"));
     }
@@ -94,14 +104,23 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 impl WebhookSink {
     /// A sink posting to `callback_url` (http or https), signing with
     /// `secret` when given (an empty secret means none).
-    pub fn new(callback_url: String, secret: Option<SecretString>, client: HttpsClient) -> Result<Self, InvalidCallbackUrl> {
+    pub fn new(
+        callback_url: String,
+        secret: Option<SecretString>,
+        client: HttpsClient,
+    ) -> Result<Self, InvalidCallbackUrl> {
         let uri: Uri = callback_url.parse().map_err(|_| InvalidCallbackUrl)?;
         match uri.scheme_str() {
             Some("http") | Some("https") if uri.host().is_some() => {}
             _ => return Err(InvalidCallbackUrl),
         }
         let secret = secret.filter(|s| !s.is_empty());
-        Ok(WebhookSink { uri, secret, client, timeout: DEFAULT_TIMEOUT })
+        Ok(WebhookSink {
+            uri,
+            secret,
+            client,
+            timeout: DEFAULT_TIMEOUT,
+        })
     }
 
     /// Changes the per-request timeout (default 10 s).
@@ -127,7 +146,10 @@ impl WebhookSink {
     async fn post(&self, body: Bytes) -> Result<(), SinkError> {
         let mut req = hyper::Request::post(self.uri.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, concat!("relayapi/", env!("CARGO_PKG_VERSION")));
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("relayapi/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(secret) = &self.secret {
             req = req.header(SIGNATURE_HEADER, signature(secret.expose(), &body));
         }
@@ -135,12 +157,18 @@ impl WebhookSink {
             .body(full(body))
             .map_err(|_| SinkError::Permanent("webhook: could not build the request".into()))?;
         let resp = self.client.request(req).await.map_err(|e| {
-            let kind = if e.is_connect() { "connection failed" } else { "request failed" };
+            let kind = if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
             SinkError::Retryable(format!("webhook: {kind}"))
         })?;
         let status = resp.status();
         // Read a small answer so the connection can be reused; ignore it.
-        let _ = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await;
+        let _ = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await;
         classify(status)
     }
 }
@@ -167,7 +195,10 @@ impl Sink for WebhookSink {
             let body = Self::body(batch)?;
             match tokio::time::timeout(self.timeout, self.post(body)).await {
                 Ok(r) => r,
-                Err(_) => Err(SinkError::Retryable(format!("webhook: no answer within {:?}", self.timeout))),
+                Err(_) => Err(SinkError::Retryable(format!(
+                    "webhook: no answer within {:?}",
+                    self.timeout
+                ))),
             }
         })
     }
@@ -175,6 +206,7 @@ impl Sink for WebhookSink {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use hyper::StatusCode;
 
@@ -183,10 +215,22 @@ mod tests {
         assert!(classify(StatusCode::OK).is_ok());
         assert!(classify(StatusCode::NO_CONTENT).is_ok());
         for c in [408, 429, 500, 502, 503] {
-            assert!(matches!(classify(StatusCode::from_u16(c).unwrap()), Err(SinkError::Retryable(_))), "{c}");
+            assert!(
+                matches!(
+                    classify(StatusCode::from_u16(c).unwrap()),
+                    Err(SinkError::Retryable(_))
+                ),
+                "{c}"
+            );
         }
         for c in [400, 401, 403, 404, 413, 301] {
-            assert!(matches!(classify(StatusCode::from_u16(c).unwrap()), Err(SinkError::Permanent(_))), "{c}");
+            assert!(
+                matches!(
+                    classify(StatusCode::from_u16(c).unwrap()),
+                    Err(SinkError::Permanent(_))
+                ),
+                "{c}"
+            );
         }
     }
 
@@ -203,7 +247,10 @@ mod tests {
         for leak in ["pa55word", "alice", "t0ps3cret", "hmac-s3cret"] {
             assert!(!dbg.contains(leak), "{dbg}");
         }
-        assert!(dbg.contains("https://hooks.example.com:8443/in?[REDACTED]"), "{dbg}");
+        assert!(
+            dbg.contains("https://hooks.example.com:8443/in?[REDACTED]"),
+            "{dbg}"
+        );
         assert!(WebhookSink::new("not a url".into(), None, client.clone()).is_err());
         assert!(WebhookSink::new("ftp://x/".into(), None, client).is_err());
     }
