@@ -201,7 +201,7 @@ impl Default for CorsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `true` (pretty on a terminal, JSON lines otherwise), `false`, or `{"format": "pretty"|"json"}`.
-    pub console: ConsoleSetting,
+    pub console: crate::logs::sinks::console::ConsoleSetting,
     pub database: DatabaseLogSettings,
     pub web: WebLogSettings,
     pub parquet: ParquetLogSettings,
@@ -229,7 +229,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            console: ConsoleSetting::Enabled(true),
+            console: crate::logs::sinks::console::ConsoleSetting::Enabled(true),
             database: DatabaseLogSettings::default(),
             web: WebLogSettings::default(),
             parquet: ParquetLogSettings::default(),
@@ -249,32 +249,7 @@ impl Default for LogSettings {
 impl LogSettings {
     /// True when any sink is on (then the request path builds records).
     pub fn any_sink(&self) -> bool {
-        self.console.format().is_some() || self.web.enabled
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ConsoleSetting {
-    Enabled(bool),
-    Format { format: ConsoleFormatName },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConsoleFormatName {
-    Pretty,
-    Json,
-}
-
-impl ConsoleSetting {
-    /// `None` = off; `Some(None)` = automatic; `Some(Some(f))` = fixed format.
-    pub fn format(&self) -> Option<Option<ConsoleFormatName>> {
-        match self {
-            ConsoleSetting::Enabled(false) => None,
-            ConsoleSetting::Enabled(true) => Some(None),
-            ConsoleSetting::Format { format } => Some(Some(*format)),
-        }
+        self.console.resolve().is_some() || self.web.enabled
     }
 }
 
@@ -476,9 +451,13 @@ impl Config {
             ));
         }
         if log.max_body_bytes == 0 || log.queue_capacity == 0 || log.batch_max_records == 0 {
-            problems.push("log: max_body_bytes, queue_capacity and batch_max_records must be ≥ 1".into());
+            problems.push(
+                "log: max_body_bytes, queue_capacity and batch_max_records must be ≥ 1".into(),
+            );
         }
-        if log.database.enabled && !matches!(log.database.kind.as_str(), "sqlite" | "postgres" | "mysql") {
+        if log.database.enabled
+            && !matches!(log.database.kind.as_str(), "sqlite" | "postgres" | "mysql")
+        {
             problems.push(format!(
                 "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\"",
                 log.database.kind

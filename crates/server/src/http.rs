@@ -32,6 +32,10 @@ use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::keyfile::{KeyStore, Keys};
 use crate::limits::{RateSpec, TrafficLimiter};
+use crate::logs::redact;
+use crate::logs::request::{new_tap, take_tap, RequestLog, Tapped};
+use crate::logs::tap::Direction;
+use crate::logs::Logger;
 use crate::providers::Registry;
 use crate::proxy::{self, full, Finish, FinishReason, IdleTimeout, RelayBody};
 use crate::usage::{Admission, UsageStore};
@@ -67,6 +71,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub cors: Cors,
     pub stats: Stats,
+    /// Request logging, when any sink is on.
+    pub logger: Option<Logger>,
     pub started: Instant,
     /// Request ids are `<random process prefix>-<counter>`: unique, no syscall per request.
     id_prefix: String,
@@ -74,6 +80,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Must run inside a tokio runtime (the log pipeline spawns its tasks).
     pub fn new(config: Config, keys: Keys, usage: UsageStore) -> AppState {
         let rl = &config.rate_limit;
         let global = (rl.requests_per_second > 0.0).then(|| RateSpec {
@@ -91,6 +98,7 @@ impl AppState {
             limiter: TrafficLimiter::new(global, per_ip, rl.max_tracked_ips),
             registry: Registry::new(&config.providers),
             client: proxy::build_client(&config.upstream),
+            logger: Logger::start(&config.log),
             trusted_proxies: config.trusted_proxies(),
             cors: Cors::new(&config.cors),
             stats: Stats::default(),
@@ -139,10 +147,26 @@ pub async fn handle(
         // 3. the unauthenticated routes
         health(&state)
     } else {
-        match relay(state.clone(), peer, req).await {
+        let ip = client_ip(peer, req.headers(), &state.trusted_proxies);
+        let mut log = state.logger.as_ref().map(|_| {
+            RequestLog::begin(
+                request_id.to_str().unwrap_or(""),
+                req.method().as_str(),
+                ip.to_string(),
+            )
+        });
+        match relay(state.clone(), ip, req, &mut log).await {
             Ok(r) => r,
             Err(e) => {
                 state.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                // A refusal is one record, written now (relay() handed the
+                // log to the response body only on success).
+                if let (Some(mut log), Some(logger)) = (log, &state.logger) {
+                    log.record().error_code = Some(e.code().to_string());
+                    logger
+                        .pipeline
+                        .push(Arc::new(log.finish(e.status().as_u16(), None, 0, false)));
+                }
                 error_response(e)
             }
         }
@@ -157,34 +181,61 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// Steps 4–8 for a request under the base path.
+/// Steps 4–8 for a request under the base path. `log` (when logging is on)
+/// is filled in along the way; on success it moves into the response body's
+/// finish hook, on error the caller writes it.
 async fn relay(
     state: Arc<AppState>,
-    peer: SocketAddr,
+    ip: std::net::IpAddr,
     req: Request<Incoming>,
+    log: &mut Option<RequestLog>,
 ) -> Result<Response<RelayBody>, ApiError> {
-    // 4. traffic limits, before any crypto
-    let ip = client_ip(peer, req.headers(), &state.trusted_proxies);
-    state
-        .limiter
-        .check(ip, Instant::now())
-        .map_err(|retry| ApiError::RateLimited(retry.0))?;
-
     let base = state.config.server.base_path.as_str();
     let path = req.uri().path();
     let rest = match path.strip_prefix(base) {
         Some(rest) => rest,
         None if path == base.trim_end_matches('/') => "",
-        None => return Err(ApiError::NotFound),
+        None => {
+            if let Some(log) = log.as_mut() {
+                log.record().path = redact::token_free_path(path);
+            }
+            return Err(ApiError::NotFound);
+        }
     };
+    // Only string work: where the token is, and the path and query without it
+    // (what the log may show even for a request refused next).
+    let located = auth::locate(rest, req.uri().query(), req.headers());
+    if let Some(log) = log.as_mut() {
+        let r = log.record();
+        r.path = format!("{base}{}", located.rest);
+        r.query.clone_from(&located.query);
+        if let Some(t) = &located.token {
+            log.secret(t);
+        }
+    }
+
+    // 4. traffic limits, before any crypto
+    state
+        .limiter
+        .check(ip, Instant::now())
+        .map_err(|retry| ApiError::RateLimited(retry.0))?;
 
     // 5. token
-    let located = auth::locate(rest, req.uri().query(), req.headers());
     let legacy_on = state.config.legacy_tokens;
     let (claims, format) =
         auth::authenticate(&state.keys.current(), &located, legacy_on, auth::unix_now())?;
     let mut rest = located.rest;
     let query = located.query;
+    if let Some(log) = log.as_mut() {
+        log.secret(claims.api_key.expose());
+        let r = log.record();
+        r.jti = Some(claims.jti.clone());
+        r.sub.clone_from(&claims.sub);
+        r.ext_info.clone_from(&claims.ext_info);
+        r.provider = Some(claims.provider.clone());
+        r.kid = located.token.as_deref().and_then(relayapi_token::peek_kid);
+        r.model_sent = claims.effective_model().map(str::to_string);
+    }
 
     // 6. policy
     let provider = match state.registry.get(&claims.provider) {
@@ -197,10 +248,19 @@ async fn relay(
             .ok_or(ApiError::ProviderUnknown)?,
         None => return Err(ApiError::ProviderUnknown),
     };
+    if let Some(log) = log.as_mut() {
+        log.record().provider = Some(provider.id.clone());
+    }
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let idle = state.config.upstream.idle_timeout;
-    let mut body: RelayBody = IdleTimeout::new(body, idle).boxed();
+    let mut body: RelayBody = match (log.as_mut(), &state.logger) {
+        (Some(log), Some(logger)) => {
+            let tap = log.tap_request(&logger.records, &headers);
+            Tapped::new(IdleTimeout::new(body, idle), tap).boxed()
+        }
+        _ => IdleTimeout::new(body, idle).boxed(),
+    };
     if proxy::needs_model_policy(&claims) {
         let cap = state.config.server.max_parsed_body_bytes;
         let bytes = proxy::read_capped(body, cap).await?;
@@ -241,6 +301,26 @@ async fn relay(
     // 8. respond: status and headers as the provider sent them, body streamed
     let (mut rparts, rbody) = upstream.into_parts();
     proxy::downstream_headers(&mut rparts.headers);
+    // The response tap and the record travel with the body to its finish hook.
+    let mut record_log = log.take();
+    let response_tap = match (record_log.as_mut(), &state.logger) {
+        (Some(log), Some(logger)) => {
+            log.mark_ttfb();
+            log.record().upstream_status = Some(rparts.status.as_u16());
+            if logger.records.bodies {
+                log.record().response_headers = Some(redact::redact_headers(
+                    &rparts.headers,
+                    &logger.records.redact_headers,
+                ));
+            }
+            Some(new_tap(
+                Direction::Response,
+                &logger.records,
+                &rparts.headers,
+            ))
+        }
+        _ => None,
+    };
     if let Some(n) = calls_remaining {
         rparts
             .headers
@@ -250,26 +330,42 @@ async fn relay(
     state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let finish_state = state.clone();
     let provider_id = provider.id.clone();
-    let body = Finish::new(
-        IdleTimeout::new(rbody, idle),
-        move |reason: FinishReason| {
-            let stats = &finish_state.stats;
-            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let outcome = match reason {
-                FinishReason::Complete { .. } => &stats.completed,
-                FinishReason::UpstreamError { .. } => &stats.upstream_aborted,
-                FinishReason::ClientGone { .. } => &stats.client_aborted,
+    let rbody: RelayBody = match &response_tap {
+        Some(tap) => Tapped::new(IdleTimeout::new(rbody, idle), tap.clone()).boxed(),
+        None => IdleTimeout::new(rbody, idle).boxed(),
+    };
+    let body = Finish::new(rbody, move |reason: FinishReason| {
+        if let (Some(log), Some(logger)) = (record_log, &finish_state.logger) {
+            let (bytes, aborted) = match reason {
+                FinishReason::Complete { bytes } | FinishReason::UpstreamError { bytes } => {
+                    (bytes, false)
+                }
+                FinishReason::ClientGone { bytes } => (bytes, true),
             };
-            outcome.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                provider = %provider_id,
-                status = status.as_u16(),
-                ?reason,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "request finished"
-            );
-        },
-    );
+            let outcome = response_tap.and_then(take_tap).map(|t| t.finish());
+            logger.pipeline.push(Arc::new(log.finish(
+                status.as_u16(),
+                outcome,
+                bytes,
+                aborted,
+            )));
+        }
+        let stats = &finish_state.stats;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let outcome = match reason {
+            FinishReason::Complete { .. } => &stats.completed,
+            FinishReason::UpstreamError { .. } => &stats.upstream_aborted,
+            FinishReason::ClientGone { .. } => &stats.client_aborted,
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            provider = %provider_id,
+            status = status.as_u16(),
+            ?reason,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request finished"
+        );
+    });
     let mut resp = Response::new(body.boxed());
     *resp.status_mut() = status;
     *resp.headers_mut() = rparts.headers;
@@ -305,7 +401,8 @@ fn health(state: &AppState) -> Response<RelayBody> {
             "completed": s.completed.load(Ordering::Relaxed),
             "upstream_aborted": s.upstream_aborted.load(Ordering::Relaxed),
             "client_aborted": s.client_aborted.load(Ordering::Relaxed),
-        }
+        },
+        "logs": state.logger.as_ref().map(|l| l.pipeline.stats()),
     });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = StatusCode::OK;

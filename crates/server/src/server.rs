@@ -2,8 +2,9 @@
 //! each, and shut down gracefully.
 //!
 //! Shutdown order: stop accepting → let in-flight requests (streams
-//! included) finish for at most `server.shutdown_grace` → close the usage
-//! store (its last writes are committed before the process exits).
+//! included) finish for at most `server.shutdown_grace` → flush the log
+//! sinks → close the usage store (its last writes are committed before the
+//! process exits).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,11 +75,21 @@ pub async fn serve(
         grace_secs = grace.as_secs_f64(),
         "shutting down: draining in-flight requests"
     );
+    let drain_started = std::time::Instant::now();
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+    if let Some(logger) = &state.logger {
+        // Every finished request's record is queued by now; flush the sinks
+        // in what is left of the grace period (at least a second).
+        let left = grace
+            .saturating_sub(drain_started.elapsed())
+            .max(std::time::Duration::from_secs(1));
+        let report = logger.pipeline.clone().shutdown(left).await;
+        tracing::debug!(?report, "log sinks flushed");
     }
     if let Err(e) = state.usage.close().await {
         tracing::error!(error = %e, "usage store did not close cleanly");

@@ -22,3 +22,74 @@ pub mod spool;
 pub mod sse;
 pub mod tap;
 pub mod usage;
+
+use std::sync::Arc;
+
+use crate::config::LogSettings;
+use pipeline::{BatchSettings, LogPipeline};
+use request::RecordSettings;
+use sinks::Sink;
+
+/// The running logging: the pipeline and what the request path needs to
+/// build records for it.
+#[derive(Debug)]
+pub struct Logger {
+    pub pipeline: LogPipeline,
+    pub records: RecordSettings,
+}
+
+impl Logger {
+    /// Starts the configured sinks; `None` when none is on (then the request
+    /// path does no logging work at all). Must run inside a tokio runtime.
+    pub fn start(settings: &LogSettings) -> Option<Logger> {
+        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        if let Some(format) = settings.console.resolve() {
+            sinks.push(Arc::new(sinks::console::ConsoleSink::stderr(format)));
+        }
+        if settings.web.enabled {
+            let client = crate::proxy::build_client(&crate::config::UpstreamSettings::default());
+            match sinks::webhook::WebhookSink::new(
+                settings.web.callback_url.clone(),
+                settings.web.secret.clone(),
+                client,
+            ) {
+                Ok(sink) => sinks.push(Arc::new(sink)),
+                // Validated at config load; this only guards a bypassed check.
+                Err(e) => tracing::error!(error = %e, "log.web disabled: invalid callback_url"),
+            }
+        }
+        if settings.database.enabled {
+            tracing::warn!(
+                kind = %settings.database.kind,
+                "log.database is configured, but this build has no database sink yet; records are not written there"
+            );
+        }
+        if settings.parquet.enabled {
+            tracing::warn!("log.parquet is configured, but this build has no Parquet sink yet; records are not written there");
+        }
+        if sinks.is_empty() {
+            return None;
+        }
+        let batch = BatchSettings {
+            max_records: settings.batch_max_records,
+            max_delay: settings.batch_max_delay,
+            queue_capacity: settings.queue_capacity,
+            spool_dir: settings.spool_dir.clone(),
+            spool_max_bytes: settings.spool_max_bytes,
+            ..BatchSettings::default()
+        };
+        Some(Logger {
+            pipeline: LogPipeline::start(sinks, batch),
+            records: RecordSettings {
+                tap: Arc::new(tap::TapConfig {
+                    capture_bodies: settings.bodies,
+                    max_capture_bytes: settings.max_body_bytes,
+                    redact_json_fields: settings.redact_json_fields.clone(),
+                    ..tap::TapConfig::default()
+                }),
+                bodies: settings.bodies,
+                redact_headers: settings.redact_headers.clone(),
+            },
+        })
+    }
+}

@@ -187,6 +187,22 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
     out
 }
 
+/// A path for the log with every segment that could be a token (starts
+/// like a JWE header) replaced — for requests refused before the token was
+/// even located.
+pub fn token_free_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with("eyJ") {
+                REDACTED
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

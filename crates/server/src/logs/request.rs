@@ -44,14 +44,14 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn begin(request_id: &str, method: &str, path: &str, client_ip: String) -> RequestLog {
+    /// Starts a record; the path (token removed) is set once the token is located.
+    pub fn begin(request_id: &str, method: &str, client_ip: String) -> RequestLog {
         RequestLog {
             record: LogRecord {
                 request_id: request_id.to_string(),
                 started_at: rfc3339_utc(SystemTime::now()),
                 client_ip,
                 method: method.to_string(),
-                path: path.to_string(),
                 ..LogRecord::default()
             },
             start: Instant::now(),
@@ -88,7 +88,13 @@ impl RequestLog {
 
     /// Ends the record: `status` the client got, the response tap (if the
     /// provider answered), `bytes_out` delivered, whether the client left.
-    pub fn finish(mut self, status: u16, response: Option<TapOutcome>, bytes_out: u64, client_aborted: bool) -> LogRecord {
+    pub fn finish(
+        mut self,
+        status: u16,
+        response: Option<TapOutcome>,
+        bytes_out: u64,
+        client_aborted: bool,
+    ) -> LogRecord {
         let r = &mut self.record;
         r.status = status;
         r.duration_ms = self.start.elapsed().as_millis() as u64;
@@ -110,10 +116,16 @@ impl RequestLog {
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
         r.path = scrub(&r.path, &secrets);
         r.query = scrub(&r.query, &secrets);
-        for body in [&mut r.request_body, &mut r.response_body].into_iter().flatten() {
+        for body in [&mut r.request_body, &mut r.response_body]
+            .into_iter()
+            .flatten()
+        {
             scrub_body(body, &secrets);
         }
-        for headers in [&mut r.request_headers, &mut r.response_headers].into_iter().flatten() {
+        for headers in [&mut r.request_headers, &mut r.response_headers]
+            .into_iter()
+            .flatten()
+        {
             for (_, v) in headers.iter_mut() {
                 *v = scrub(v, &secrets);
             }
@@ -166,7 +178,10 @@ impl<B: Body<Data = Bytes>> Body for Tapped<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -220,19 +235,26 @@ mod tests {
 
     #[test]
     fn rfc3339_formatting() {
-        assert_eq!(rfc3339_utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_utc(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_709_164_800_123);
         assert_eq!(rfc3339_utc(t), "2024-02-29T00:00:00.123Z");
     }
 
     #[test]
     fn secrets_are_scrubbed_from_every_text_field() {
-        let mut log = RequestLog::begin("req_1", "POST", "/relayapi/TOKEN123/chat", "127.0.0.1".into());
+        let mut log = RequestLog::begin("req_1", "POST", "127.0.0.1".into());
+        log.record().path = "/relayapi/TOKEN123/chat".into();
         log.secret("TOKEN123");
         log.secret("sk-live-key");
         log.record().query = "a=TOKEN123".into();
         let settings = RecordSettings {
-            tap: Arc::new(TapConfig { capture_bodies: true, ..TapConfig::default() }),
+            tap: Arc::new(TapConfig {
+                capture_bodies: true,
+                ..TapConfig::default()
+            }),
             bodies: true,
             redact_headers: vec![],
         };
@@ -240,10 +262,17 @@ mod tests {
         h.insert("content-type", "application/json".parse().unwrap());
         h.insert("x-note", "contains sk-live-key".parse().unwrap());
         let tap = log.tap_request(&settings, &h);
-        tap.lock().unwrap().as_mut().unwrap().observe(br#"{"model":"m","messages":[{"content":"my key is sk-live-key"}]}"#);
+        tap.lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .observe(br#"{"model":"m","messages":[{"content":"my key is sk-live-key"}]}"#);
         let rec = log.finish(200, None, 10, false);
         let json = serde_json::to_string(&rec).unwrap();
-        assert!(!json.contains("TOKEN123") && !json.contains("sk-live-key"), "{json}");
+        assert!(
+            !json.contains("TOKEN123") && !json.contains("sk-live-key"),
+            "{json}"
+        );
         assert_eq!(rec.model_requested.as_deref(), Some("m"));
         assert!(rec.bytes_in > 0);
     }

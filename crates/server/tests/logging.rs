@@ -1,0 +1,234 @@
+//! Request logging end to end: real requests through the relay, records
+//! delivered to a real local webhook receiver.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use relayapi::usage::UsageStore;
+use serde_json::Value;
+
+/// A webhook receiver on 127.0.0.1:0 that keeps every record it gets.
+async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let records: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let store = records.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                            store.lock().unwrap().extend(batch);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/logs"), records)
+}
+
+async fn logged_env(bodies: bool) -> (Env, Arc<Mutex<Vec<Value>>>) {
+    let (url, records) = receiver().await;
+    let env = Env::start_with(
+        move |c| {
+            c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
+            c.log.web.enabled = true;
+            c.log.web.callback_url = url;
+            c.log.bodies = bodies;
+            c.log.batch_max_delay = Duration::from_millis(20);
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    (env, records)
+}
+
+/// Waits until `n` records arrived, returns them.
+async fn wait_records(records: &Arc<Mutex<Vec<Value>>>, n: usize) -> Vec<Value> {
+    for _ in 0..300 {
+        if records.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A little longer: more than `n` would be a duplicate.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    records.lock().unwrap().clone()
+}
+
+fn by_id<'a>(records: &'a [Value], id: &str) -> &'a Value {
+    let hits: Vec<&Value> = records.iter().filter(|r| r["request_id"] == id).collect();
+    assert_eq!(hits.len(), 1, "exactly one record for {id}: {records:?}");
+    hits[0]
+}
+
+#[tokio::test]
+async fn one_record_per_request_with_usage_and_no_secret() {
+    let (env, records) = logged_env(true).await;
+    let mut claims = env.claims("openai");
+    claims.sub = Some("user-42".into());
+    claims.max_calls = Some(10);
+    let token = env.mint(&claims);
+    let url = format!("{}{token}/chat/completions", env.base());
+
+    // 1. JSON response.
+    let r1 = env
+        .http
+        .post(&url)
+        .header("x-request-id", "log-json")
+        .header("authorization", "Bearer sk-client-side-placeholder")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r1.status(), 200);
+    r1.text().await.unwrap();
+    // 2. Stream with the usage chunk.
+    let mut body = chat_body(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let r2 = env
+        .http
+        .post(&url)
+        .header("x-request-id", "log-sse")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r2.text().await.unwrap().contains("[DONE]"));
+    // 3. Refused by the relay.
+    let r3 = env
+        .http
+        .post(format!(
+            "{}{}x/chat/completions",
+            env.base(),
+            &token[..token.len() - 1]
+        ))
+        .header("x-request-id", "log-refused")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r3.status(), 401);
+    r3.text().await.unwrap();
+    // 4. Client leaves mid-stream.
+    let r4 = env
+        .http
+        .post(&url)
+        .header("x-request-id", "log-gone")
+        .header("x-mock-chunk-delay-ms", "100")
+        .header("x-mock-chunks", "30")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let mut s = r4.bytes_stream();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+
+    let all = wait_records(&records, 4).await;
+    assert_eq!(all.len(), 4, "{all:?}");
+
+    let json = by_id(&all, "log-json");
+    assert_eq!(json["status"], 200);
+    assert_eq!(json["upstream_status"], 200);
+    assert_eq!(json["provider"], "openai");
+    assert_eq!(json["sub"], "user-42");
+    assert_eq!(json["jti"], claims.jti);
+    assert_eq!(json["kid"], env.key.kid());
+    assert_eq!(json["model_requested"], "gpt-4o-mini");
+    assert_eq!(json["path"], "/relayapi/chat/completions");
+    assert!(json["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert!(json["bytes_in"].as_u64().unwrap() > 0 && json["bytes_out"].as_u64().unwrap() > 0);
+    assert!(json["response_body"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("hello relay"));
+    assert_eq!(json["stream"], false);
+    assert!(json["ttfb_ms"].is_u64());
+
+    let sse = by_id(&all, "log-sse");
+    assert_eq!(sse["stream"], true);
+    assert!(sse["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        sse["response_body"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello relay"),
+        "{sse}"
+    );
+    assert!(sse["response_body"]["sse_events"].as_u64().unwrap() >= 3);
+
+    let refused = by_id(&all, "log-refused");
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["error_code"], "token_invalid");
+    assert!(refused["upstream_status"].is_null());
+
+    let gone = by_id(&all, "log-gone");
+    assert_eq!(gone["client_aborted"], true);
+    assert_eq!(gone["stream"], true);
+
+    // The canaries: the provider key, the token, the .rai key — nowhere.
+    let text = serde_json::to_string(&all).unwrap();
+    for (what, secret) in [
+        ("provider key", MOCK_KEY),
+        ("token", token.as_str()),
+        ("token tail", &token[token.len() - 24..]),
+        ("aes_key", env.rai.crypto.aes_key.expose()),
+    ] {
+        assert!(!text.contains(secret), "{what} reached a log record");
+    }
+    assert!(!text.contains("sk-client-side-placeholder"));
+    assert!(
+        text.contains("[REDACTED]"),
+        "credential header values are masked, not dropped"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_stream_usage_and_path_token_removed() {
+    let (env, records) = logged_env(false).await;
+    let token = env.token("anthropic");
+    let resp = env
+        .http
+        .post(format!("{}{token}/v1/messages", env.base()))
+        .header("x-request-id", "log-anthropic")
+        .json(
+            &serde_json::json!({"model": "claude-x", "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "count my tokens"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.unwrap().contains("message_stop"));
+    let all = wait_records(&records, 1).await;
+    let r = by_id(&all, "log-anthropic");
+    assert_eq!(r["path"], "/relayapi/v1/messages");
+    let usage = &r["usage"];
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap() > 0
+            && usage["completion_tokens"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert!(
+        r["response_body"].is_null() && r["request_headers"].is_null(),
+        "bodies are off by default"
+    );
+}
