@@ -15,25 +15,38 @@ use serde_json::Value;
 
 /// A webhook receiver on 127.0.0.1:0 that keeps every record it gets.
 async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let (url, records, _) = switchable_receiver().await;
+    (url, records)
+}
+
+type Flag = Arc<std::sync::atomic::AtomicBool>;
+
+/// The same, answering 503 (and keeping nothing) while the flag is set.
+async fn switchable_receiver() -> (String, Arc<Mutex<Vec<Value>>>, Flag) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let records: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let store = records.clone();
+    let down: Flag = Arc::default();
+    let (store, is_down) = (records.clone(), down.clone());
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let store = store.clone();
+            let (store, is_down) = (store.clone(), is_down.clone());
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
+                        let (store, is_down) = (store.clone(), is_down.clone());
                         async move {
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
-                            store.lock().unwrap().extend(batch);
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::new()),
-                            ))
+                            let mut resp =
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                            if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            } else {
+                                let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                                store.lock().unwrap().extend(batch);
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -42,7 +55,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
             });
         }
     });
-    (format!("http://{addr}/logs"), records)
+    (format!("http://{addr}/logs"), records, down)
 }
 
 async fn logged_env(bodies: bool) -> (Env, Arc<Mutex<Vec<Value>>>) {
@@ -231,4 +244,69 @@ async fn anthropic_stream_usage_and_path_token_removed() {
         r["response_body"].is_null() && r["request_headers"].is_null(),
         "bodies are off by default"
     );
+}
+
+#[tokio::test]
+async fn webhook_outage_loses_no_record() {
+    let (url, records, down) = switchable_receiver().await;
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_path_buf();
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let env = Env::start_with(
+        move |c| {
+            c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
+            c.log.web.enabled = true;
+            c.log.web.callback_url = url;
+            c.log.batch_max_delay = Duration::from_millis(20);
+            // A tiny queue, so the outage overflows into the spool.
+            c.log.queue_capacity = 20;
+            c.log.spool_dir = Some(spool_dir);
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url = format!("{}{}/models", env.base(), env.token("openai"));
+    let n = 1000;
+    let statuses = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (http, url) = (env.http.clone(), url.clone());
+            async move {
+                let resp = http
+                    .get(&url)
+                    .header("x-request-id", format!("outage-{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                resp.bytes().await.unwrap();
+                status
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(
+        records.lock().unwrap().is_empty(),
+        "nothing is accepted while the receiver is down"
+    );
+
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut unique = std::collections::BTreeSet::new();
+    for _ in 0..600 {
+        unique = records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+            .filter(|id| id.starts_with("outage-"))
+            .collect();
+        if unique.len() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(unique.len(), n, "every record arrives after the outage");
+    let stats = env.relay.state.logger.as_ref().unwrap().pipeline.stats();
+    assert_eq!(stats[0].dropped, 0, "{stats:?}");
 }
