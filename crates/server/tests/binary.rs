@@ -388,3 +388,71 @@ fn earlier_cli_spellings_and_the_sample_key() {
     );
     assert!(relay.url.starts_with("http://127.0.0.1:"));
 }
+
+#[tokio::test]
+async fn sigterm_under_load_every_admitted_request_is_logged() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "server": {"port": 0, "shutdown_grace": 10},
+        "usage": {"store": "memory"},
+        "log": {"console": {"format": "json"}},
+        "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let base = retarget(&mint_url(dir.path(), &[]), &relay);
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("load-{i}");
+            let resp = http
+                .post(format!("{base}chat/completions"))
+                .header("x-request-id", &id)
+                .header("x-mock-chunk-delay-ms", "20")
+                .header("x-mock-chunks", "10")
+                .json(&serde_json::json!({"model": "m", "stream": i % 2 == 0, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status() == 200 => r.text().await.ok().map(|_| id),
+                _ => None,
+            }
+        }));
+    }
+    // Streams take ~200 ms: signal while most are in flight.
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    relay.signal("-TERM");
+    let mut admitted = Vec::new();
+    for t in tasks {
+        if let Some(id) = t.await.unwrap() {
+            admitted.push(id);
+        }
+    }
+    let stderr = relay.stderr.clone();
+    let mut relay = relay;
+    let status = tokio::task::spawn_blocking(move || relay.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let logs = std::fs::read_to_string(stderr).unwrap();
+    let logged: std::collections::BTreeMap<String, usize> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+        .fold(Default::default(), |mut m, id| {
+            *m.entry(id).or_default() += 1;
+            m
+        });
+    assert!(
+        admitted.len() >= 40,
+        "the load should mostly run before the signal: {}",
+        admitted.len()
+    );
+    for id in &admitted {
+        assert_eq!(logged.get(id), Some(&1), "{id} must be logged exactly once");
+    }
+}
