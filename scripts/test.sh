@@ -70,4 +70,9 @@ fi
 banner "Node e2e: node --test $JS/"
 node --test "$JS/"
 
+# The benchmark suite's smoke run (seconds; asserts that every scenario
+# produces numbers, nothing about the numbers), so the suite cannot rot.
+banner "benchmark smoke (bench/run.sh --quick)"
+./scripts/bench-smoke.sh
+
 banner "all tests passed"

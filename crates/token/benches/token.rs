@@ -3,10 +3,16 @@
 //! pays) — and of minting one (what a backend pays).
 //!
 //! `cargo bench -p relayapi-token --bench token`
-//! Gate: decode + validate ≤ 5 µs (v2). Legacy tokens do not exist yet.
+//! Gate: decode + validate ≤ 5 µs (v2 and legacy).
 
+use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use relayapi_token::{decode_v2, encode_v2, open_v2, peek_kid, Claims, Keyring, RaiConfig, V2Key};
+use relayapi_token::{
+    decode_legacy, decode_v2, encode_v2, open_v2, peek_kid, Claims, Keyring, LegacyKey,
+    LegacyKeyring, RaiConfig, V2Key,
+};
 
 const NOW: i64 = 1_700_000_000;
 /// A realistic provider key length (OpenAI project keys are ~164 chars).
@@ -64,6 +70,29 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("encode/full_claims", |b| {
         b.iter(|| encode_v2(black_box(&key), black_box(&full)).unwrap())
+    });
+    g.finish();
+
+    // Legacy (earlier Go relay): base64url(IV || AES-256-CBC(PKCS#7(JSON))),
+    // minted here the way the old SDKs did (the crate only decodes).
+    let rai = RaiConfig::generate("http://localhost", 8840);
+    let mut lring = LegacyKeyring::new();
+    lring.insert(LegacyKey::from_rai(&rai));
+    let json = format!(
+        r#"{{"id":"1700000000000","api_key":"{}","max_calls":100,"expire_time":"2023-11-15T00:00:00Z","created_at":"2023-11-14T22:13:20Z","provider":"openai","ext_info":""}}"#,
+        api_key()
+    );
+    let key: [u8; 32] = *rai.aes_key_bytes();
+    let iv = [7u8; 16];
+    let ct = cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into())
+        .encrypt_padded_vec_mut::<Pkcs7>(json.as_bytes());
+    let legacy = URL_SAFE_NO_PAD.encode([iv.to_vec(), ct].concat());
+    decode_legacy(&lring, &legacy, None, NOW).unwrap();
+    let mut g = c.benchmark_group("legacy");
+    g.bench_function("decode_validate", |b| {
+        b.iter(|| {
+            decode_legacy(black_box(&lring), black_box(&legacy), None, black_box(NOW)).unwrap()
+        })
     });
     g.finish();
 }

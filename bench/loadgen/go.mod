@@ -1,0 +1,3 @@
+module relayapi/bench/loadgen
+
+go 1.21
