@@ -237,7 +237,12 @@ def relay(tmp_path_factory: pytest.TempPathFactory):
         config = {
             "server": {"port": 0},
             "usage": {"store": "memory"},
-            "providers": {"openai": {"base_url": f"{mock.url}/v1"}},
+            "providers": {
+                "openai": {"base_url": f"{mock.url}/v1"},
+                # test_other_sdks.py: Anthropic's and Google's official SDKs.
+                "anthropic": {"base_url": mock.url},
+                "gemini": {"base_url": mock.url},
+            },
             # test_legacy.py: tokens of the earlier Go server through the same relay.
             "legacy_tokens": True,
         }

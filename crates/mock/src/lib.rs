@@ -24,7 +24,7 @@
 //! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
 //! | `POST /openai/deployments/{deployment}/chat/completions`, `.../embeddings` (Azure) | same as OpenAI |
 //! | `POST /v1/messages` (Anthropic; also needs `anthropic-version`) | `x-api-key: KEY` |
-//! | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent[?alt=sse]` | `x-goog-api-key: KEY` or `?key=KEY` |
+//! | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent[?alt=sse]` (also under `/v1/`) | `x-goog-api-key: KEY` or `?key=KEY` |
 //! | `ANY /echo[/{*path}]`, `ANY /v1/echo[/{*path}]`, `POST /v1/upload` | the key in any of the places above |
 //!
 //! Every other path answers 404 with an OpenAI-style error body.
@@ -120,7 +120,10 @@ pub fn router(cfg: MockConfig) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         // Gemini: `{model}:{method}` is parsed by the handler (axum cannot
         // split a segment on `:`).
+        // split a segment on `:`). Google serves both API versions; recent
+        // google-genai SDKs call `v1` when given a custom base URL.
         .route("/v1beta/models/{*rest}", post(gemini::models_action))
+        .route("/v1/models/{*rest}", post(gemini::models_action))
         // Debugging aids for the relay's tests and benchmarks.
         .route("/echo", any(echo::echo))
         .route("/echo/{*path}", any(echo::echo))
