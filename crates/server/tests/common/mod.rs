@@ -26,6 +26,9 @@ pub fn config_for(mock_url: &str) -> Config {
     let mut config = Config::default();
     config.server.port = 0;
     config.usage.store = "memory".into();
+    // The console sink writes straight to the test process's stderr (past
+    // the test harness's capture); tests that log turn sinks on themselves.
+    config.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
     let mut p = BTreeMap::new();
     let ov = |url: String| ProviderOverride {
         base_url: Some(url),
