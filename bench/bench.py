@@ -636,6 +636,10 @@ def machine():
 
 
 def main():
+    # RELAYAPI_* variables are config overrides to the relay (an unknown one is
+    # an error): none of the caller's (e.g. the test script's RELAYAPI_BIN) apply.
+    for k in [k for k in os.environ if k.startswith("RELAYAPI_")]:
+        del os.environ[k]
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--loadgen")

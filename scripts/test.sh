@@ -48,6 +48,20 @@ else
   echo "$want" > "$STAMP"
 fi
 
+# The earlier server's published SDK (relayapi-sdk 1.0.0) in a venv of its
+# own: it imports as `relayapi`, like ours (tests/e2e/test_legacy_published_sdk.py).
+LEGACY_REQ=tests/e2e/legacy_sdk/requirements.txt
+LEGACY_STAMP=.venv-legacy-sdk/.requirements.sha256
+if [ ! -x .venv-legacy-sdk/bin/python ]; then
+  python3 -m venv .venv-legacy-sdk
+fi
+want=$(hash_of "$LEGACY_REQ")
+if [ "$(cat "$LEGACY_STAMP" 2>/dev/null || true)" != "$want" ]; then
+  .venv-legacy-sdk/bin/python -m pip install -q --disable-pip-version-check -r "$LEGACY_REQ"
+  echo "$want" > "$LEGACY_STAMP"
+fi
+export RELAYAPI_LEGACY_SDK_PYTHON="$ROOT/.venv-legacy-sdk/bin/python"
+
 banner "Python e2e: pytest tests/e2e"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 

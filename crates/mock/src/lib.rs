@@ -21,7 +21,7 @@
 //! | Route | Auth |
 //! |---|---|
 //! | `GET /health` | none |
-//! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
+//! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/images/generations`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
 //! | `POST /openai/deployments/{deployment}/chat/completions`, `.../embeddings` (Azure) | same as OpenAI |
 //! | `POST /v1/messages` (Anthropic; also needs `anthropic-version`) | `x-api-key: KEY` |
 //! | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent[?alt=sse]` (also under `/v1/`) | `x-goog-api-key: KEY` or `?key=KEY` |
@@ -106,6 +106,7 @@ pub fn router(cfg: MockConfig) -> Router {
         // OpenAI
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))
         // Azure OpenAI: same handlers, the deployment names the model.
         .route(

@@ -399,6 +399,60 @@ async fn embed_route(
     )
 }
 
+#[derive(Deserialize)]
+struct ImagesRequest {
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    response_format: Option<String>,
+}
+
+/// A 1×1 transparent PNG: what `b64_json` images decode to.
+const PIXEL_PNG_B64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+/// `POST /v1/images/generations`: `n` (1–10) fake images, as URLs or
+/// (`response_format: "b64_json"`) a 1×1 PNG.
+pub(crate) async fn images_generations(
+    State(cfg): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !auth::openai(&headers, &cfg.api_key) {
+        return unauthorized();
+    }
+    if let Some(resp) = Knobs::from_headers(&headers).before_response().await {
+        return resp;
+    }
+    let req: ImagesRequest = match serde_json::from_slice(&body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(&format!("invalid JSON body: {e}"), "invalid_json"),
+    };
+    let Some(prompt) = req.prompt.filter(|p| !p.is_empty()) else {
+        return bad_request("'prompt' is a required property", "missing_prompt");
+    };
+    let n = req.n.unwrap_or(1);
+    if !(1..=10).contains(&n) {
+        return bad_request("'n' must be between 1 and 10", "invalid_n");
+    }
+    let b64 = req.response_format.as_deref() == Some("b64_json");
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            if b64 {
+                json!({"b64_json": PIXEL_PNG_B64, "revised_prompt": prompt})
+            } else {
+                json!({"url": format!("https://images.mock.invalid/{i}.png"), "revised_prompt": prompt})
+            }
+        })
+        .collect();
+    reply::json_response(
+        StatusCode::OK,
+        &json!({"created": 1_700_000_000, "data": data}),
+    )
+}
+
 /// Models listed by `GET /v1/models`.
 const MODELS: &[&str] = &[
     "gpt-4o-mini",

@@ -686,6 +686,48 @@ async fn embeddings_are_deterministic() {
 }
 
 #[tokio::test]
+async fn images_generations_answers_urls_or_base64() {
+    let m = start().await;
+    let c = client();
+    let send = |body: Value| {
+        c.post(format!("{}/v1/images/generations", m.url()))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+    };
+    let r = send(json!({"prompt": "a cat", "n": 2})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert!(v["data"][1]["url"].as_str().unwrap().ends_with("1.png"));
+    let v: Value = send(json!({"prompt": "a cat", "response_format": "b64_json"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["data"][0]["b64_json"]
+        .as_str()
+        .unwrap()
+        .starts_with("iVBOR"));
+    for bad in [
+        json!({"n": 1}),
+        json!({"prompt": "x", "n": 0}),
+        json!({"prompt": "x", "n": 11}),
+    ] {
+        assert_eq!(send(bad).await.unwrap().status(), 400);
+    }
+    let r = c
+        .post(format!("{}/v1/images/generations", m.url()))
+        .bearer_auth("wrong")
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
 async fn unknown_routes_get_an_openai_style_404() {
     let m = start().await;
     let r = client()

@@ -80,9 +80,13 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
         };
         let mut value = value;
         if param != "key" && glued_path.is_none() {
-            if let Some(slash) = value.find('/') {
-                glued_path = Some(&value[slash..]);
-                value = &value[..slash];
+            // The glued path starts at the first `/`, or earlier when the
+            // SDK glued it on without one (`rai_hash=<64 hex>chat/completions`).
+            let head = &value[..value.find('/').unwrap_or(value.len())];
+            let (end, glued_start) = glued_cut(param, head);
+            if glued_start < value.len() {
+                glued_path = Some(&value[glued_start..]);
+                value = &value[..end];
             }
         }
         let decoded = percent_encoding::percent_decode_str(value.trim_end_matches('='))
@@ -117,6 +121,61 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
         query: kept,
     }
 }
+
+/// Where a `token` or `rai_hash` query value (`head`: up to its first `/`)
+/// ends, and where a path glued onto it starts, as `(end, glued_start)`;
+/// `glued_start == head.len()` means nothing is glued before the `/`.
+///
+/// Official SDKs append their path to a base URL that ends in a query
+/// (`?token=T&rai_hash=H`): older ones after a `/`, current ones directly
+/// (`…&rai_hash=Hchat/completions`, `…?token=Tmodels`). The credential's own
+/// shape says where it ends: `rai_hash` is 64 hex digits; a legacy token ends
+/// at its `=` padding or else at the longest length that encodes whole AES
+/// blocks (those lengths are ≥ 21 characters apart, longer than any first
+/// path segment an SDK appends); a v2 token (JWE) ends 22 characters (the
+/// 16-byte tag) after its last `.`.
+fn glued_cut(param: &str, head: &str) -> (usize, usize) {
+    let whole = (head.len(), head.len());
+    let after_padding = |end: usize| {
+        let pad = head[end..].bytes().take_while(|b| *b == b'=').count();
+        (end, end + pad)
+    };
+    match param {
+        "rai_hash" => {
+            let hex = head.bytes().take(64).all(|b| b.is_ascii_hexdigit());
+            if head.len() > 64 && hex {
+                after_padding(64)
+            } else {
+                whole
+            }
+        }
+        "token" => {
+            if let Some(dot) = head.rfind('.') {
+                let end = dot + 1 + JWE_TAG_CHARS;
+                return if head.len() > end { (end, end) } else { whole };
+            }
+            if let Some(eq) = head.find('=') {
+                return after_padding(eq);
+            }
+            // Unpadded base64url of 16·k bytes (k ≥ 2: IV + one block).
+            let encoded = |blocks: usize| (blocks * 16 * 4).div_ceil(3);
+            let mut blocks = 2;
+            while encoded(blocks + 1) <= head.len() {
+                blocks += 1;
+            }
+            let end = encoded(blocks);
+            if end < head.len() {
+                (end, end)
+            } else {
+                whole
+            }
+        }
+        _ => whole,
+    }
+}
+
+/// Base64url characters of a JWE's 16-byte AES-GCM tag.
+const JWE_TAG_CHARS: usize = 22;
 
 fn header_token(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers
@@ -252,6 +311,72 @@ mod tests {
             if query.contains("rai_hash") {
                 assert_eq!(l.rai_hash.as_deref(), Some("H"), "{query}");
             }
+        }
+    }
+
+    #[test]
+    fn paths_glued_without_a_slash_are_recovered() {
+        // What current official SDKs make of `…/relayapi/?token=T&rai_hash=H`.
+        let hash = "5763d8489b1248389ae69f43109744512f2262e9c92140ae6038158a6a8c7498";
+        let legacy = "A".repeat(128); // 96 bytes: IV + 5 blocks
+        let jwe = format!("{T}Zw"); // T's tag is 20 characters; a real one has 22
+        let h = HeaderMap::new();
+        let cases = [
+            (
+                format!("token={legacy}&rai_hash={hash}chat/completions"),
+                legacy.clone(),
+                "chat/completions",
+            ),
+            (
+                format!("token={legacy}&rai_hash={hash}models"),
+                legacy.clone(),
+                "models",
+            ),
+            (
+                format!("token={legacy}&rai_hash={hash}==embeddings"),
+                legacy.clone(),
+                "embeddings",
+            ),
+            (
+                format!("token={legacy}chat/completions"),
+                legacy.clone(),
+                "chat/completions",
+            ),
+            (format!("token={legacy}models"), legacy.clone(), "models"),
+            (
+                format!("token={legacy}=moderations"),
+                legacy.clone(),
+                "moderations",
+            ),
+            (
+                format!("token={jwe}chat/completions"),
+                jwe.clone(),
+                "chat/completions",
+            ),
+            (format!("token={jwe}models"), jwe.clone(), "models"),
+            // Nothing glued: the value is left alone.
+            (
+                format!("token={legacy}&rai_hash={hash}"),
+                legacy.clone(),
+                "",
+            ),
+            (format!("token={jwe}"), jwe.clone(), ""),
+        ];
+        for (query, want_token, want_rest) in cases {
+            let l = locate("", Some(&query), &h);
+            assert_eq!(l.token.as_deref(), Some(want_token.as_str()), "{query}");
+            assert_eq!(l.rest, want_rest, "{query}");
+            assert_eq!(l.query, "", "{query}");
+            if query.contains("rai_hash") {
+                assert_eq!(l.rai_hash.as_deref(), Some(hash), "{query}");
+            }
+        }
+        // Every legacy length (IV + 1..=40 blocks) splits off a short segment.
+        for blocks in 2..=41usize {
+            let token = "B".repeat((blocks * 64).div_ceil(3));
+            let l = locate("", Some(&format!("token={token}embeddings")), &h);
+            assert_eq!(l.token.as_deref(), Some(token.as_str()), "{blocks} blocks");
+            assert_eq!(l.rest, "embeddings");
         }
     }
 

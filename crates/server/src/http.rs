@@ -143,7 +143,9 @@ pub async fn handle(
     let preflight = state.cors.is_preflight(req.method(), req.headers());
     let mut resp = if preflight {
         state.cors.preflight(req.headers())
-    } else if req.uri().path() == "/health" && req.method() == Method::GET {
+    } else if req.method() == Method::GET
+        && is_health_path(req.uri().path(), &state.config.server.base_path)
+    {
         // 3. the unauthenticated routes
         health(&state)
     } else {
@@ -225,6 +227,9 @@ async fn relay(
     let (claims, format) =
         auth::authenticate(&state.keys.current(), &located, legacy_on, auth::unix_now())?;
     let mut rest = located.rest;
+    if format == auth::TokenFormat::Legacy {
+        rest = strip_repeated_base(&rest, base).to_string();
+    }
     let query = located.query;
     if let Some(log) = log.as_mut() {
         log.secret(claims.api_key.expose());
@@ -372,6 +377,40 @@ async fn relay(
     Ok(resp)
 }
 
+/// `/health`, also under the base path and with doubled slashes: the
+/// earlier SDK's `health_check()` asks for `/relayapi//health`.
+fn is_health_path(path: &str, base_path: &str) -> bool {
+    if path == "/health" {
+        return true;
+    }
+    if !path.ends_with("/health") {
+        return false;
+    }
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let mut base = base_path.split('/').filter(|s| !s.is_empty());
+    loop {
+        match (base.next(), segments.next()) {
+            (Some(b), Some(s)) if b == s => {}
+            (Some(_), _) => return false,
+            (None, Some("health")) => return segments.next().is_none(),
+            (None, _) => return false,
+        }
+    }
+}
+
+/// The earlier SDK wrote its base path twice (`/relayapi//relayapi/chat/completions`);
+/// for its tokens the second copy is dropped. (A v2 token never gets this
+/// treatment: a base path like `/v1/` must not eat a provider's `v1/`.)
+fn strip_repeated_base<'a>(rest: &'a str, base_path: &str) -> &'a str {
+    let base = base_path.trim_matches('/');
+    match rest.strip_prefix(base) {
+        Some(after) if !base.is_empty() && (after.is_empty() || after.starts_with('/')) => {
+            after.trim_start_matches('/')
+        }
+        _ => rest,
+    }
+}
+
 pub fn error_response(e: ApiError) -> Response<RelayBody> {
     let mut resp = Response::new(full(e.body()));
     *resp.status_mut() = e.status();
@@ -411,4 +450,49 @@ fn health(state: &AppState) -> Response<RelayBody> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_answers_at_the_root_and_under_the_base_path() {
+        for p in [
+            "/health",
+            "/relayapi/health",
+            "/relayapi//health",
+            "//relayapi/health",
+        ] {
+            assert!(is_health_path(p, "/relayapi/"), "{p}");
+        }
+        for p in [
+            "/relayapi/x/health",
+            "/other/health",
+            "/relayapi/healthz",
+            "/health/x",
+            "/",
+        ] {
+            assert!(!is_health_path(p, "/relayapi/"), "{p}");
+        }
+        assert!(is_health_path("/a/b/health", "/a/b/"));
+    }
+
+    #[test]
+    fn the_earlier_sdks_doubled_base_path_is_dropped() {
+        assert_eq!(
+            strip_repeated_base("relayapi/chat/completions", "/relayapi/"),
+            "chat/completions"
+        );
+        assert_eq!(strip_repeated_base("relayapi", "/relayapi/"), "");
+        assert_eq!(
+            strip_repeated_base("relayapixyz/a", "/relayapi/"),
+            "relayapixyz/a"
+        );
+        assert_eq!(
+            strip_repeated_base("chat/completions", "/relayapi/"),
+            "chat/completions"
+        );
+        assert_eq!(strip_repeated_base("chat", "/"), "chat");
+    }
 }

@@ -84,9 +84,11 @@ test('relay refusals surface as APIError with status, code and requestId', async
   // model_not_allowed
   const pinned = await client.createToken({ apiKey: stack.mockKey, models: ['gpt-4o'] });
   await assert.rejects(client.chatCompletions(pinned, [{ role: 'user', content: 'x' }], MODEL), (e) => e.status === 403 && e.code === 'model_not_allowed');
-  // provider error passed through (the mock has no images endpoint)
+  // images through the relay, and a provider error passed through (the mock refuses n = 0)
   const img = await client.createToken({ apiKey: stack.mockKey });
-  await assert.rejects(client.imagesGenerations(img, 'a cat'), (e) => e instanceof APIError && e.status === 404);
+  const images = await client.imagesGenerations(img, 'a cat', { n: 2 });
+  assert.equal(images.data.length, 2);
+  await assert.rejects(client.imagesGenerations(img, 'a cat', { n: 0 }), (e) => e instanceof APIError && e.status === 400);
 });
 
 const run = promisify(execFile);

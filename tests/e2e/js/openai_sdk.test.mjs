@@ -8,8 +8,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { createHash, hkdfSync, randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync, existsSync, rmSync, openSync, closeSync } from 'node:fs';
+import { createCipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync, readFileSync, existsSync, rmSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -95,6 +95,7 @@ before(async () => {
     server: { port: 0 },
     usage: { store: 'memory' },
     providers: { openai: { base_url: `${mock.url}/v1` } },
+    legacy_tokens: true, // the earlier server's tokens and query-string base URLs
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
   const rai = JSON.parse(
@@ -257,4 +258,43 @@ test('a jose token with an unknown claim is refused with token_invalid', async (
     client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }] }),
     (err) => err instanceof OpenAI.AuthenticationError && err.code === 'token_invalid',
   );
+});
+
+// The earlier server's JavaScript generator: base64url(IV || AES-256-CBC(JSON)),
+// key = the .rai aes_key; its base URL carries the token in the query.
+function legacyToken(maxCalls = 10) {
+  const now = new Date();
+  const json = JSON.stringify({
+    id: `token-${now.getTime()}`,
+    api_key: mockKey,
+    max_calls: maxCalls,
+    expire_time: new Date(now.getTime() + 3600_000).toISOString(),
+    created_at: now.toISOString(),
+    provider: 'openai',
+    ext_info: '',
+  });
+  const iv = randomBytes(16);
+  const cipher = createCipheriv('aes-256-cbc', Buffer.from(aesKey, 'hex'), iv);
+  return b64url(Buffer.concat([iv, cipher.update(json, 'utf8'), cipher.final()]));
+}
+
+test('query-string base URLs (earlier SDKs) work with the current openai SDK', async () => {
+  const rai = JSON.parse(readFileSync(raiPath, 'utf8'));
+  const c = rai.crypto;
+  const raiHash = createHash('sha256').update(c.method + c.aes_key + c.aes_iv_seed).digest('hex');
+  const bases = [
+    `${relayBase()}?token=${legacyToken()}&rai_hash=${raiHash}`,
+    `${relayBase()}?token=${legacyToken()}`,
+    `${relayBase()}?token=${mint('--expire', '10m')}`,
+  ];
+  for (const baseURL of bases) {
+    const client = new OpenAI({ baseURL, apiKey: 'unused', maxRetries: 0, timeout: 30_000 });
+    const reply = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'legacy base url' }],
+    });
+    assert.equal(reply.choices[0].message.content, 'mock reply to: legacy base url', baseURL);
+    const models = await client.models.list();
+    assert.ok(models.data.length > 0, baseURL);
+  }
 });
