@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use http::HeaderMap;
-use relayapi_token::Claims;
+use relayapi_token::{Claims, Credential};
 
 use crate::error::ApiError;
 use crate::keyfile::Keys;
@@ -152,18 +152,28 @@ pub fn authenticate(
         ));
     }
     let l = relayapi_token::decode_legacy(&keys.legacy, token, located.rai_hash.as_deref(), now)?;
+    // Legacy tokens know none of the policy claims (origins, paths, rps, …).
     let claims = Claims {
         jti: l.counter_id,
         iat: l.created_at,
         nbf: None,
         exp: l.expire_time,
         provider: l.provider,
-        api_key: l.api_key,
+        credential: Credential::ApiKey(l.api_key),
         max_calls: Some(l.max_calls),
         model: None,
         models: None,
         sub: None,
         ext_info: (!l.ext_info.is_empty()).then_some(l.ext_info),
+        origins: None,
+        ips: None,
+        paths: None,
+        methods: None,
+        rps: None,
+        burst: None,
+        concurrency: None,
+        max_tokens: None,
+        max_body_bytes: None,
         extra: BTreeMap::new(),
     };
     Ok((claims, TokenFormat::Legacy))

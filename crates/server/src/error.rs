@@ -22,6 +22,9 @@ pub enum ApiError {
     ModelNotAllowed,
     RateLimited(Duration),
     ProviderUnknown,
+    /// A `key_ref` token names a credential this relay does not hold (or one
+    /// for another provider).
+    CredentialUnknown,
     PayloadTooLarge,
     InvalidBody,
     NotFound,
@@ -40,7 +43,9 @@ impl ApiError {
             | ApiError::TokenNotYetValid => StatusCode::UNAUTHORIZED,
             ApiError::TokenExhausted | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotAllowed => StatusCode::FORBIDDEN,
-            ApiError::ProviderUnknown | ApiError::InvalidBody => StatusCode::BAD_REQUEST,
+            ApiError::ProviderUnknown | ApiError::CredentialUnknown | ApiError::InvalidBody => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -61,6 +66,7 @@ impl ApiError {
             ApiError::ModelNotAllowed => "model_not_allowed",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::ProviderUnknown => "provider_unknown",
+            ApiError::CredentialUnknown => "credential_unknown",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::InvalidBody => "invalid_body",
             ApiError::NotFound => "not_found",
@@ -81,6 +87,7 @@ impl ApiError {
             ApiError::ModelNotAllowed => "permission_error",
             ApiError::TokenExhausted | ApiError::RateLimited(_) => "rate_limit_error",
             ApiError::ProviderUnknown
+            | ApiError::CredentialUnknown
             | ApiError::PayloadTooLarge
             | ApiError::InvalidBody
             | ApiError::NotFound => "invalid_request_error",
@@ -99,6 +106,7 @@ impl ApiError {
             ApiError::ModelNotAllowed => "This token may not use the requested model.",
             ApiError::RateLimited(_) => "Too many requests. Retry after the time given in the Retry-After header.",
             ApiError::ProviderUnknown => "The token names a provider this relay does not serve.",
+            ApiError::CredentialUnknown => "The token names a provider credential (key_ref) this relay does not hold for its provider.",
             ApiError::PayloadTooLarge => "The request body is larger than this relay accepts.",
             ApiError::InvalidBody => "The request body is not the JSON object this token requires.",
             ApiError::NotFound => "No such route. Relayed requests start with the relay's base path.",

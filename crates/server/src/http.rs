@@ -227,7 +227,9 @@ async fn relay(
     let mut rest = located.rest;
     let query = located.query;
     if let Some(log) = log.as_mut() {
-        log.secret(claims.api_key.expose());
+        if let Some(key) = claims.api_key() {
+            log.secret(key.expose());
+        }
         let r = log.record();
         r.jti = Some(claims.jti.clone());
         r.sub.clone_from(&claims.sub);
@@ -284,7 +286,9 @@ async fn relay(
 
     // 7. forward
     let url = provider.upstream_url(&rest, &query);
-    let headers = proxy::upstream_headers(headers, &provider, claims.api_key.expose())?;
+    // Relay-held credentials (`key_ref`) are not configurable yet.
+    let api_key = claims.api_key().ok_or(ApiError::CredentialUnknown)?;
+    let headers = proxy::upstream_headers(headers, &provider, api_key.expose())?;
     let mut upstream_req = Request::new(body);
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = url.parse().map_err(|_| ApiError::NotFound)?;
