@@ -44,8 +44,9 @@ impl RetryAfter {
 }
 
 /// GCRA parameters in nanoseconds, precomputed so a check is integer math.
+/// Also used by the per-token `rps` limiter (`policy::rate`).
 #[derive(Debug, Clone, Copy)]
-struct Gcra {
+pub(crate) struct Gcra {
     /// Emission interval: 1 / rate.
     interval: u64,
     /// Burst tolerance: interval * (burst - 1). A request is admitted when
@@ -54,7 +55,7 @@ struct Gcra {
 }
 
 impl Gcra {
-    fn new(spec: RateSpec) -> Self {
+    pub(crate) fn new(spec: RateSpec) -> Self {
         let per_second = if spec.per_second.is_finite() && spec.per_second > 0.0 {
             spec.per_second
         } else {
@@ -71,7 +72,7 @@ impl Gcra {
 
     /// Given the stored TAT and now, the new TAT to store, or how long to wait.
     #[inline]
-    fn step(&self, tat: u64, now: u64) -> Result<u64, RetryAfter> {
+    pub(crate) fn step(&self, tat: u64, now: u64) -> Result<u64, RetryAfter> {
         let tat = tat.max(now);
         let ahead = tat - now;
         if ahead > self.tolerance {
@@ -84,7 +85,7 @@ impl Gcra {
 
 /// Nanoseconds since `origin`; instants before it count as the origin.
 #[inline]
-fn nanos_since(origin: Instant, now: Instant) -> u64 {
+pub(crate) fn nanos_since(origin: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -199,12 +200,16 @@ impl IpLimiter {
 /// clients get a fresh burst, which only errs in their favour, and the global
 /// limiter still bounds total load. We free 1/8 of the shard at once so the
 /// O(shard) sweep is amortised over many inserts instead of paid per insert.
-fn make_room(shard: &mut HashMap<IpAddr, u64>, cap: usize, now: u64) {
+pub(crate) fn make_room<K: std::hash::Hash + Eq + Clone>(
+    shard: &mut HashMap<K, u64>,
+    cap: usize,
+    now: u64,
+) {
     shard.retain(|_, tat| *tat > now);
     let target = cap - (cap / 8).max(1);
     if shard.len() > target {
         let excess = shard.len() - target;
-        let victims: Vec<IpAddr> = shard.keys().take(excess).copied().collect();
+        let victims: Vec<K> = shard.keys().take(excess).cloned().collect();
         for v in victims {
             shard.remove(&v);
         }
