@@ -374,7 +374,10 @@ mod tests {
 
     #[test]
     fn ipv6_is_grouped_by_64_and_mapped_v4_is_v4() {
-        let lim = IpLimiter::new(spec(1.0, 1), 100);
+        // Room for 100 keys per shard: with 1 per shard, two of the three
+        // keys below land in the same shard about one run in twenty, and
+        // the eviction then makes the count flaky.
+        let lim = IpLimiter::new(spec(1.0, 1), 64 * 100);
         let t = Instant::now();
         lim.check("2001:db8:1:2::1".parse().unwrap(), t).unwrap();
         // Same /64, different interface id: same bucket.
