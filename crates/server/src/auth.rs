@@ -153,29 +153,15 @@ pub fn authenticate(
     }
     let l = relayapi_token::decode_legacy(&keys.legacy, token, located.rai_hash.as_deref(), now)?;
     // Legacy tokens know none of the policy claims (origins, paths, rps, …).
-    let claims = Claims {
-        jti: l.counter_id,
-        iat: l.created_at,
-        nbf: None,
-        exp: l.expire_time,
-        provider: l.provider,
-        credential: Credential::ApiKey(l.api_key),
-        max_calls: Some(l.max_calls),
-        model: None,
-        models: None,
-        sub: None,
-        ext_info: (!l.ext_info.is_empty()).then_some(l.ext_info),
-        origins: None,
-        ips: None,
-        paths: None,
-        methods: None,
-        rps: None,
-        burst: None,
-        concurrency: None,
-        max_tokens: None,
-        max_body_bytes: None,
-        extra: BTreeMap::new(),
-    };
+    let mut claims = Claims::from_required(
+        l.counter_id,
+        l.created_at,
+        l.expire_time,
+        l.provider,
+        Credential::ApiKey(l.api_key),
+    );
+    claims.max_calls = Some(l.max_calls);
+    claims.ext_info = (!l.ext_info.is_empty()).then_some(l.ext_info);
     Ok((claims, TokenFormat::Legacy))
 }
 

@@ -85,7 +85,7 @@ impl Gcra {
 
 /// Nanoseconds since `origin`; instants before it count as the origin.
 #[inline]
-pub(crate) fn nanos_since(origin: Instant, now: Instant) -> u64 {
+fn nanos_since(origin: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -127,39 +127,36 @@ impl GlobalLimiter {
 
 const IP_SHARDS: usize = 64;
 
-/// One rate per client IP (IPv6 grouped by /64), with bounded memory.
+/// GCRA state (one TAT) per key with bounded memory: the table behind the
+/// per-IP limiter, also used per token (`policy::rate`). The rate is given
+/// with each check, so different keys may run at different rates.
 #[derive(Debug)]
-pub struct IpLimiter {
-    gcra: Gcra,
+pub(crate) struct KeyedTats<K> {
     origin: Instant,
     hasher: RandomState,
     /// Per shard: key -> TAT in ns since `origin`. Each map holds at most
     /// `shard_cap` entries. Locked only inside the sync `check`.
-    shards: Box<[Mutex<HashMap<IpAddr, u64>>]>,
+    shards: Box<[Mutex<HashMap<K, u64>>]>,
     shard_cap: usize,
 }
 
-impl IpLimiter {
-    /// `max_tracked` bounds the number of IPs remembered in total: shards ×
+impl<K: std::hash::Hash + Eq + Clone> KeyedTats<K> {
+    /// `max_tracked` bounds the number of keys remembered in total: shards ×
     /// per-shard cap never exceeds it (fewer shards when it is small).
-    pub fn new(spec: RateSpec, max_tracked: usize) -> Self {
+    pub(crate) fn new(max_tracked: usize) -> Self {
         let max_tracked = max_tracked.max(1);
         let shard_count = IP_SHARDS.min(max_tracked);
-        let shard_cap = max_tracked / shard_count;
-        let shards = (0..shard_count)
-            .map(|_| Mutex::new(HashMap::new()))
-            .collect::<Vec<_>>()
-            .into_boxed_slice();
         Self {
-            gcra: Gcra::new(spec),
             origin: Instant::now(),
             hasher: RandomState::new(),
-            shards,
-            shard_cap,
+            shards: (0..shard_count)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            shard_cap: max_tracked / shard_count,
         }
     }
 
-    fn shard(&self, key: &IpAddr) -> MutexGuard<'_, HashMap<IpAddr, u64>> {
+    fn shard<Q: std::hash::Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, u64>> {
         let idx = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
         // A panic while holding the lock cannot leave a TAT half-written, so
         // a poisoned map is still valid.
@@ -168,29 +165,60 @@ impl IpLimiter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), RetryAfter> {
-        let key = ip_key(ip);
+    /// Admits one request for `key` at the rate of `gcra`, or says how long
+    /// to wait.
+    pub(crate) fn check<Q>(&self, key: &Q, gcra: &Gcra, now: Instant) -> Result<(), RetryAfter>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let now = nanos_since(self.origin, now);
-        let mut shard = self.shard(&key);
-        if let Some(tat) = shard.get_mut(&key) {
-            *tat = self.gcra.step(*tat, now)?;
+        let mut shard = self.shard(key);
+        if let Some(tat) = shard.get_mut(key) {
+            *tat = gcra.step(*tat, now)?;
             return Ok(());
         }
         // Unknown key: same as TAT 0, which always admits (burst >= 1).
-        let next = self.gcra.step(0, now)?;
+        let next = gcra.step(0, now)?;
         if shard.len() >= self.shard_cap {
             make_room(&mut shard, self.shard_cap, now);
         }
-        shard.insert(key, next);
+        shard.insert(key.to_owned(), next);
         Ok(())
     }
 
-    /// Number of IP keys currently remembered.
-    pub fn tracked(&self) -> usize {
+    /// Number of keys currently remembered.
+    pub(crate) fn tracked(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
+    }
+}
+
+/// One rate per client IP (IPv6 grouped by /64), with bounded memory.
+#[derive(Debug)]
+pub struct IpLimiter {
+    gcra: Gcra,
+    tats: KeyedTats<IpAddr>,
+}
+
+impl IpLimiter {
+    /// `max_tracked` bounds the number of IPs remembered in total.
+    pub fn new(spec: RateSpec, max_tracked: usize) -> Self {
+        Self {
+            gcra: Gcra::new(spec),
+            tats: KeyedTats::new(max_tracked),
+        }
+    }
+
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), RetryAfter> {
+        self.tats.check(&ip_key(ip), &self.gcra, now)
+    }
+
+    /// Number of IP keys currently remembered.
+    pub fn tracked(&self) -> usize {
+        self.tats.tracked()
     }
 }
 
@@ -200,11 +228,7 @@ impl IpLimiter {
 /// clients get a fresh burst, which only errs in their favour, and the global
 /// limiter still bounds total load. We free 1/8 of the shard at once so the
 /// O(shard) sweep is amortised over many inserts instead of paid per insert.
-pub(crate) fn make_room<K: std::hash::Hash + Eq + Clone>(
-    shard: &mut HashMap<K, u64>,
-    cap: usize,
-    now: u64,
-) {
+fn make_room<K: std::hash::Hash + Eq + Clone>(shard: &mut HashMap<K, u64>, cap: usize, now: u64) {
     shard.retain(|_, tat| *tat > now);
     let target = cap - (cap / 8).max(1);
     if shard.len() > target {
@@ -409,6 +433,7 @@ mod tests {
         assert!(lim.tracked() > max / 2, "{}", lim.tracked());
         // Capacity never grows past what the cap needs (no ever-growing tables).
         let cap: usize = lim
+            .tats
             .shards
             .iter()
             .map(|s| s.lock().unwrap().capacity())

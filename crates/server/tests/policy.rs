@@ -42,6 +42,13 @@ async fn raw(
     (status, body)
 }
 
+/// A request body of `n` chunks of `size` bytes, sent without Content-Length.
+fn chunked(n: usize, size: usize) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..n).map(|_| Ok(vec![b'a'; size])).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
 fn chat_json() -> String {
     chat_body(false).to_string()
 }
@@ -454,14 +461,10 @@ async fn max_body_bytes_refuses_big_bodies_up_front_and_while_streaming() {
         "the big body was not forwarded"
     );
     // Chunked upload (no Content-Length): cut once it passes the limit.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..10).map(|_| Ok(vec![b'a'; 100])).collect();
     let r = env
         .http
         .post(format!("{}{token}/upload", env.base()))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunked(10, 100))
         .send()
         .await
         .unwrap();
@@ -789,13 +792,10 @@ async fn key_ref_rotates_keys_and_retries_once_on_429() {
     let before = env.mock.journal().total();
     let mut saw_429 = false;
     for _ in 0..3 {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(b"abc".to_vec())];
         let r = env
             .http
             .post(format!("{}{token}/upload", env.base()))
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks,
-            )))
+            .body(chunked(1, 3))
             .send()
             .await
             .unwrap();

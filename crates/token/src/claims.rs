@@ -142,23 +142,31 @@ impl Claims {
         ttl_secs: i64,
         now: i64,
     ) -> Claims {
-        Claims {
-            jti: new_jti(),
-            iat: now,
-            exp: now.saturating_add(ttl_secs),
-            provider: provider.into(),
-            ..Claims::blank(credential)
-        }
+        Claims::from_required(
+            new_jti(),
+            now,
+            now.saturating_add(ttl_secs),
+            provider,
+            credential,
+        )
     }
 
-    /// All optional claims absent, required ones empty (not a valid set).
-    fn blank(credential: Credential) -> Claims {
+    /// The required claims as given and no optional claim: for code that
+    /// builds claims from another token format (the relay's legacy tokens).
+    /// Nothing is checked here; [`Claims::check_structure`] does.
+    pub fn from_required(
+        jti: impl Into<String>,
+        iat: i64,
+        exp: i64,
+        provider: impl Into<String>,
+        credential: Credential,
+    ) -> Claims {
         Claims {
-            jti: String::new(),
-            iat: 0,
+            jti: jti.into(),
+            iat,
             nbf: None,
-            exp: 0,
-            provider: String::new(),
+            exp,
+            provider: provider.into(),
             credential,
             max_calls: None,
             model: None,
@@ -367,7 +375,7 @@ impl Claims {
         let mut provider = None;
         let mut api_key = None;
         let mut key_ref = None;
-        let mut c = Claims::blank(Credential::KeyRef(String::new()));
+        let mut c = Claims::from_required("", 0, 0, "", Credential::KeyRef(String::new()));
 
         for (name, value) in obj.0 {
             match name.as_str() {

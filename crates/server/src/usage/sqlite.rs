@@ -91,6 +91,10 @@ fn unavailable(context: &str, e: impl std::fmt::Display) -> UsageError {
     UsageError::Unavailable(format!("{context}: {e}"))
 }
 
+fn unexpected() -> UsageError {
+    UsageError::Unavailable("unexpected reply".into())
+}
+
 fn closed() -> UsageError {
     UsageError::Unavailable("usage store closed".into())
 }
@@ -185,7 +189,7 @@ impl SqliteStore {
     async fn policy(&self, jti: &str, op: PolicyOp) -> Result<PolicyOutcome, UsageError> {
         match self.request(jti, Op::Policy(op)).await? {
             Outcome::Policy(o) => Ok(o),
-            _ => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(unexpected()),
         }
     }
 
@@ -203,7 +207,7 @@ impl SqliteStore {
         };
         match self.policy(jti, op).await? {
             PolicyOutcome::Budget(a) => Ok(a),
-            _ => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(unexpected()),
         }
     }
 
@@ -231,7 +235,7 @@ impl SqliteStore {
     pub async fn tokens_used(&self, jti: &str) -> Result<u64, UsageError> {
         match self.policy(jti, PolicyOp::TokensUsed).await? {
             PolicyOutcome::Used(n) => Ok(n),
-            _ => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(unexpected()),
         }
     }
 
@@ -246,7 +250,7 @@ impl SqliteStore {
                     .insert(jti.to_owned(), at);
                 Ok(at)
             }
-            _ => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(unexpected()),
         }
     }
 
@@ -278,7 +282,7 @@ impl SqliteStore {
         self.flush_usage().await?;
         match self.policy(jti, PolicyOp::TokenReport).await? {
             PolicyOutcome::Token(r) => Ok(*r),
-            _ => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(unexpected()),
         }
     }
 
@@ -289,7 +293,7 @@ impl SqliteStore {
             .await?
         {
             PolicyOutcome::Subs(r) => Ok(r),
-            _ => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(unexpected()),
         }
     }
 }
