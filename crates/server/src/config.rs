@@ -835,6 +835,48 @@ mod tests {
     }
 
     #[test]
+    fn credentials_admin_and_policy_are_validated_without_echoing_keys() {
+        let ok = r#"{"credentials": {"team": {"provider": "openai", "api_keys": ["sk-canary-aaaa", "sk-canary-bbbb"]}},
+                     "admin": {"api_key": "admin-canary-0123456789"},
+                     "policy": {"default_token_reservation": 100}}"#;
+        let c = load_str("c.json", ok, &vec![]).unwrap();
+        assert!(c.admin.enabled());
+        assert_eq!(c.credentials["team"].api_keys.len(), 2);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("canary"), "{dbg}");
+
+        let bad = r#"{"credentials": {"team": {"provider": "nope", "api_keys": ["sk-canary-cc\n"]},
+                                      "empty": {"provider": "openai", "api_keys": []}},
+                      "admin": {"listen": "localhost", "api_key": "short-canary", "api_key_sha256": "zz"},
+                      "policy": {"default_token_reservation": 0, "max_tracked_tokens": 0}}"#;
+        let msg = load_str("c.json", bad, &vec![]).unwrap_err().to_string();
+        for needle in [
+            "credentials.team.provider",
+            "credentials.team.api_keys[0]",
+            "credentials.empty.api_keys",
+            "admin.listen",
+            "admin: set either",
+            "admin.api_key:",
+            "admin.api_key_sha256",
+            "policy.default_token_reservation",
+            "policy.max_tracked_tokens",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+        assert!(!msg.contains("canary"), "{msg}");
+        // The admin key from the environment (the CLI's own variables are not settings).
+        let env = vec![
+            (
+                "RELAYAPI_ADMIN_API_KEY".to_string(),
+                "env-admin-key-0123456789".to_string(),
+            ),
+            ("RELAYAPI_ADMIN_KEY".to_string(), "for the cli".to_string()),
+        ];
+        let c = load_str("c.json", "{}", &env).unwrap();
+        assert!(c.admin.enabled());
+    }
+
+    #[test]
     fn unknown_field_is_reported_with_its_path() {
         let err = load_str("c.json", r#"{"server": {"prot": 1}}"#, &vec![]).unwrap_err();
         let msg = err.to_string();

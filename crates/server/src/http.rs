@@ -186,7 +186,8 @@ pub async fn handle(
                 ip.to_string(),
             )
         });
-        match relay(state.clone(), ip, req, &mut log).await {
+        let mut refusal_headers = HeaderMap::new();
+        match relay(state.clone(), ip, req, &mut log, &mut refusal_headers).await {
             Ok(r) => r,
             Err(e) => {
                 state.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -201,7 +202,9 @@ pub async fn handle(
                         .pipeline
                         .push(Arc::new(log.finish(e.status().as_u16(), None, 0, false)));
                 }
-                error_response(e)
+                let mut resp = error_response(e);
+                resp.headers_mut().extend(refusal_headers);
+                resp
             }
         }
     };
@@ -217,12 +220,14 @@ pub async fn handle(
 
 /// Steps 4–8 for a request under the base path. `log` (when logging is on)
 /// is filled in along the way; on success it moves into the response body's
-/// finish hook, on error the caller writes it.
+/// finish hook, on error the caller writes it. `refusal_headers` are added
+/// to the error answer (`Allow` on a 405).
 async fn relay(
     state: Arc<AppState>,
     ip: std::net::IpAddr,
     req: Request<Incoming>,
     log: &mut Option<RequestLog>,
+    refusal_headers: &mut HeaderMap,
 ) -> Result<Response<RelayBody>, ApiError> {
     let base = state.config.server.base_path.as_str();
     let path = req.uri().path();
@@ -282,9 +287,14 @@ async fn relay(
     }
 
     // 6. policy: static scopes first (nothing is counted for these)
-    if let Some(normalised) =
-        policy::check_scope(&claims, req.method(), origin.as_ref(), ip, &rest)?
-    {
+    let scoped = policy::check_scope(&claims, req.method(), origin.as_ref(), ip, &rest);
+    if scoped == Err(ApiError::MethodNotAllowed) {
+        let allow = claims.methods.as_deref().unwrap_or_default().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            refusal_headers.insert(header::ALLOW, v);
+        }
+    }
+    if let Some(normalised) = scoped? {
         rest = normalised;
     }
     let provider = match state.registry.get(&claims.provider) {

@@ -178,6 +178,7 @@ async fn methods_are_enforced_with_405() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(error_code(r).await, (405, "method_not_allowed".into()));
     assert_eq!(env.mock.journal().total(), 0);
     let r = env

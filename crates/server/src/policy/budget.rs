@@ -137,7 +137,11 @@ fn is_usage_only_event(event: &[u8]) -> bool {
             return false;
         }
     }
-    if !data.contains("\"usage\"") {
+    // Every chunk of such a stream names `"usage"` (as null); only the
+    // usage-only one has no choices. Cheap tests first, JSON last.
+    if !data.contains("\"usage\"")
+        || !(data.contains("\"choices\":[]") || data.contains("\"choices\": []"))
+    {
         return false;
     }
     match serde_json::from_str::<Value>(&data) {
