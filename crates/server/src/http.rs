@@ -281,7 +281,11 @@ async fn relay(
         r.model_sent = claims.effective_model().map(str::to_string);
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
-    if req.method() == Method::GET && rest.trim_end_matches('/') == USAGE_ROUTE {
+    // `_relayapi/` is the relay's own namespace: never forwarded.
+    if rest == "_relayapi" || rest.starts_with("_relayapi/") {
+        if req.method() != Method::GET || rest.trim_end_matches('/') != USAGE_ROUTE {
+            return Err(ApiError::NotFound);
+        }
         policy::check_origin_and_ip(&claims, origin.as_ref(), ip)?;
         return token_usage(&state, &claims, log).await;
     }

@@ -713,6 +713,23 @@ async fn usage_route_shows_limits_and_what_is_left_without_counting() {
         let v = usage_of(&env, &token).await;
         assert_eq!(v["remaining"]["calls"], 2);
     }
+    // The relay's own namespace is never forwarded.
+    for (method, path) in [("POST", "_relayapi/usage"), ("GET", "_relayapi/other")] {
+        let r = env
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("{}{token}/{path}", env.base()),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (404, "not_found".into()),
+            "{method} {path}"
+        );
+    }
     assert_eq!(env.mock.journal().total(), 1);
     // Without limits: nulls, not zeros.
     let v = usage_of(&env, &env.token("openai")).await;
