@@ -171,9 +171,17 @@ pub struct AdminArgs {
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
     /// Revoke a token by its id (jti); the relay refuses it from now on.
-    Revoke { jti: String },
+    Revoke {
+        /// The token id; it may start with `-` (base64url), so it is never
+        /// taken for a flag.
+        #[arg(allow_hyphen_values = true)]
+        jti: String,
+    },
     /// Show a token's usage: calls, LLM tokens, first/last use, revoked.
-    Token { jti: String },
+    Token {
+        #[arg(allow_hyphen_values = true)]
+        jti: String,
+    },
     /// Usage totals for one end user (--sub), or for all of them.
     Usage {
         #[arg(long)]
