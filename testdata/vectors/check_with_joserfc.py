@@ -26,8 +26,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
 HERE = pathlib.Path(__file__).resolve().parent
-ORDER = ["jti", "iat", "nbf", "exp", "provider", "api_key", "max_calls",
-         "model", "models", "sub", "ext_info"]
+ORDER = ["jti", "iat", "nbf", "exp", "provider", "api_key", "key_ref", "max_calls",
+         "model", "models", "sub", "ext_info", "origins", "ips", "paths", "methods",
+         "rps", "burst", "concurrency", "max_tokens", "max_body_bytes"]
 ALGS = ["dir", "A256GCM"]
 
 

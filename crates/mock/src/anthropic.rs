@@ -51,7 +51,7 @@ pub(crate) async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !auth::anthropic(&headers, &cfg.api_key) {
+    if !auth::anthropic(&headers, &cfg) {
         return error_response(
             StatusCode::UNAUTHORIZED,
             "authentication_error",

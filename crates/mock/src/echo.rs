@@ -42,7 +42,7 @@ pub(crate) async fn echo(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !auth::any(&headers, query.as_deref(), &cfg.api_key) {
+    if !auth::any(&headers, query.as_deref(), &cfg) {
         return unauthorized();
     }
     if let Some(resp) = Knobs::from_headers(&headers).before_response().await {
@@ -93,7 +93,7 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !auth::any(&headers, query.as_deref(), &cfg.api_key) {
+    if !auth::any(&headers, query.as_deref(), &cfg) {
         return unauthorized();
     }
     if let Some(resp) = Knobs::from_headers(&headers).before_response().await {

@@ -62,7 +62,7 @@ pub(crate) async fn models_action(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !auth::gemini(&headers, query.as_deref(), &cfg.api_key) {
+    if !auth::gemini(&headers, query.as_deref(), &cfg) {
         return error_response(
             StatusCode::UNAUTHORIZED,
             "API key not valid.",

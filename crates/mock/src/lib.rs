@@ -16,6 +16,8 @@
 //!   applies chunk delays, resets and stalls.
 //! - `reply`: the deterministic reply text, token estimates, ids and SSE framing.
 //! - `echo`: the debug echo route and the streaming upload sink.
+//! - [`journal`]: what reached the mock (per request: method, path, key),
+//!   requests in flight and their peak, per-key faults.
 //!
 //! # Routes
 //! | Route | Auth |
@@ -43,12 +45,21 @@
 //! - `x-mock-stall-after: N`: in streams, stop sending (hang) after N events.
 //! - `x-mock-response-bytes: N`: non-stream replies are padded so the JSON
 //!   body is about N bytes.
+//!
+//! # Several keys, per-key faults, the journal
+//! [`MockConfig::with_extra_keys`] accepts more keys besides the primary one;
+//! [`MockConfig::with_key_fault`] makes every request carrying a given key
+//! answer a status (e.g. 429) — so a relay's key rotation and retry can be
+//! observed. [`MockServer::journal`] (or `GET /_mock/journal`) lists the
+//! requests that arrived and which key each carried, with the number in
+//! flight and the peak; `POST /_mock/reset` clears it.
 
 mod anthropic;
 mod auth;
 mod echo;
 mod faults;
 mod gemini;
+pub mod journal;
 mod openai;
 mod reply;
 
@@ -76,8 +87,14 @@ const MAX_JSON_BODY: usize = 64 << 20;
 /// Configuration of one mock instance.
 #[derive(Debug, Clone)]
 pub struct MockConfig {
-    /// The only credential accepted, in whichever place the provider expects it.
+    /// The primary credential accepted, in whichever place the provider expects it.
     pub api_key: String,
+    /// More keys accepted the same way.
+    pub extra_api_keys: Vec<String>,
+    /// A request carrying this key is answered with this status.
+    pub key_faults: Vec<(String, u16)>,
+    /// Shared record of what arrived (see [`journal`]).
+    pub journal: Arc<journal::Journal>,
 }
 
 impl MockConfig {
@@ -85,7 +102,29 @@ impl MockConfig {
     pub fn new(api_key: impl Into<String>) -> Self {
         Self {
             api_key: api_key.into(),
+            extra_api_keys: Vec::new(),
+            key_faults: Vec::new(),
+            journal: Arc::default(),
         }
+    }
+
+    /// Also accepts `keys`.
+    pub fn with_extra_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
+        self.extra_api_keys.extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Accepts `key` and answers every request carrying it with `status`.
+    pub fn with_key_fault(mut self, key: impl Into<String>, status: u16) -> Self {
+        let key = key.into();
+        self.extra_api_keys.push(key.clone());
+        self.key_faults.push((key, status));
+        self
+    }
+
+    /// Every accepted key, the primary first.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.api_key.as_str()).chain(self.extra_api_keys.iter().map(String::as_str))
     }
 }
 
@@ -131,8 +170,14 @@ pub fn router(cfg: MockConfig) -> Router {
         .route("/v1/echo", any(echo::echo))
         .route("/v1/echo/{*path}", any(echo::echo))
         .route("/v1/upload", post(echo::upload))
+        .route("/_mock/journal", get(journal_route))
+        .route("/_mock/reset", post(reset_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            journal::layer,
+        ))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state)
 }
@@ -166,6 +211,7 @@ where
 #[derive(Debug)]
 pub struct MockServer {
     addr: SocketAddr,
+    journal: Arc<journal::Journal>,
     task: JoinHandle<io::Result<()>>,
 }
 
@@ -174,8 +220,18 @@ impl MockServer {
     pub async fn start(cfg: MockConfig) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let journal = cfg.journal.clone();
         let task = tokio::spawn(serve(listener, cfg));
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            journal,
+            task,
+        })
+    }
+
+    /// What reached this mock.
+    pub fn journal(&self) -> &journal::Journal {
+        &self.journal
     }
 
     /// The bound address.
@@ -193,6 +249,15 @@ impl Drop for MockServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+async fn journal_route(axum::extract::State(cfg): axum::extract::State<AppState>) -> Response {
+    reply::json_response(StatusCode::OK, &cfg.journal.to_json())
+}
+
+async fn reset_route(axum::extract::State(cfg): axum::extract::State<AppState>) -> Response {
+    cfg.journal.reset();
+    reply::json_response(StatusCode::OK, &serde_json::json!({"reset": true}))
 }
 
 async fn health() -> Response {

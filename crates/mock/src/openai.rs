@@ -149,7 +149,7 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(&cfg.api_key, &headers, &body, None).await
+    chat(&cfg, &headers, &body, None).await
 }
 
 /// `POST /openai/deployments/{deployment}/chat/completions` (Azure).
@@ -159,11 +159,16 @@ pub(crate) async fn azure_chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(&cfg.api_key, &headers, &body, Some(deployment)).await
+    chat(&cfg, &headers, &body, Some(deployment)).await
 }
 
-async fn chat(key: &str, headers: &HeaderMap, body: &[u8], deployment: Option<String>) -> Response {
-    if !auth::openai(headers, key) {
+async fn chat(
+    cfg: &crate::MockConfig,
+    headers: &HeaderMap,
+    body: &[u8],
+    deployment: Option<String>,
+) -> Response {
+    if !auth::openai(headers, cfg) {
         return unauthorized();
     }
     let req = serde_json::from_slice::<ChatRequest>(body);
@@ -334,7 +339,7 @@ pub(crate) async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    embed_route(&cfg.api_key, &headers, &body, None).await
+    embed_route(&cfg, &headers, &body, None).await
 }
 
 /// `POST /openai/deployments/{deployment}/embeddings` (Azure).
@@ -344,16 +349,16 @@ pub(crate) async fn azure_embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    embed_route(&cfg.api_key, &headers, &body, Some(deployment)).await
+    embed_route(&cfg, &headers, &body, Some(deployment)).await
 }
 
 async fn embed_route(
-    key: &str,
+    cfg: &crate::MockConfig,
     headers: &HeaderMap,
     body: &[u8],
     deployment: Option<String>,
 ) -> Response {
-    if !auth::openai(headers, key) {
+    if !auth::openai(headers, cfg) {
         return unauthorized();
     }
     if let Some(resp) = Knobs::from_headers(headers).before_response().await {
@@ -464,7 +469,7 @@ const MODELS: &[&str] = &[
 
 /// `GET /v1/models`.
 pub(crate) async fn models(State(cfg): State<AppState>, headers: HeaderMap) -> Response {
-    if !auth::openai(&headers, &cfg.api_key) {
+    if !auth::openai(&headers, &cfg) {
         return unauthorized();
     }
     if let Some(resp) = Knobs::from_headers(&headers).before_response().await {

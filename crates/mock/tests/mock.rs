@@ -782,3 +782,72 @@ async fn binary_prints_its_address_first_and_serves() {
     let _ = child.wait();
     assert_eq!(r.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn journal_records_keys_faults_and_in_flight_streams() {
+    let m = MockServer::start(
+        MockConfig::new(KEY)
+            .with_extra_keys(["sk-second"])
+            .with_key_fault("sk-limited", 429),
+    )
+    .await
+    .unwrap();
+    let chat = |key: &'static str| {
+        client()
+            .post(format!("{}/v1/chat/completions", m.url()))
+            .bearer_auth(key)
+            .json(&chat_body(false))
+            .send()
+    };
+    assert_eq!(chat(KEY).await.unwrap().status(), 200);
+    assert_eq!(chat("sk-second").await.unwrap().status(), 200);
+    let limited = chat("sk-limited").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let v: Value = limited.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "mock_key_status_429");
+    assert_eq!(chat("sk-unknown").await.unwrap().status(), 401);
+    let keys: Vec<Option<String>> = m.journal().entries().into_iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        [
+            Some(KEY.to_string()),
+            Some("sk-second".into()),
+            Some("sk-limited".into()),
+            None
+        ]
+    );
+    // A stream is in flight until its body ends.
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", m.url()))
+        .bearer_auth(KEY)
+        .header("x-mock-chunk-delay-ms", "100")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.journal().in_flight(), 1);
+    let _ = resp.bytes().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.journal().in_flight() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.journal().in_flight(), 0);
+    assert_eq!(m.journal().max_in_flight(), 1);
+    // The same over HTTP, then a reset.
+    let j: Value = client()
+        .get(format!("{}/_mock/journal", m.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["total"], 5);
+    assert_eq!(j["requests"][1]["key"], "sk-second");
+    client()
+        .post(format!("{}/_mock/reset", m.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.journal().total(), 0);
+}

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use http::HeaderMap;
-use relayapi_token::Claims;
+use relayapi_token::{Claims, Credential};
 
 use crate::error::ApiError;
 use crate::keyfile::Keys;
@@ -211,20 +211,16 @@ pub fn authenticate(
         ));
     }
     let l = relayapi_token::decode_legacy(&keys.legacy, token, located.rai_hash.as_deref(), now)?;
-    let claims = Claims {
-        jti: l.counter_id,
-        iat: l.created_at,
-        nbf: None,
-        exp: l.expire_time,
-        provider: l.provider,
-        api_key: l.api_key,
-        max_calls: Some(l.max_calls),
-        model: None,
-        models: None,
-        sub: None,
-        ext_info: (!l.ext_info.is_empty()).then_some(l.ext_info),
-        extra: BTreeMap::new(),
-    };
+    // Legacy tokens know none of the policy claims (origins, paths, rps, …).
+    let mut claims = Claims::from_required(
+        l.counter_id,
+        l.created_at,
+        l.expire_time,
+        l.provider,
+        Credential::ApiKey(l.api_key),
+    );
+    claims.max_calls = Some(l.max_calls);
+    claims.ext_info = (!l.ext_info.is_empty()).then_some(l.ext_info);
     Ok((claims, TokenFormat::Legacy))
 }
 

@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `gen-config`, `token`, `check-config`.
+//! The command line: `serve` (default), `gen-config`, `token`, `check-config`,
+//! and `admin` (a client of the admin API: `revoke`, `token`, `usage`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,9 @@ pub enum Command {
         port: u16,
     },
     /// Mint a token (or a ready base URL) from the command line.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
+    /// Talk to a running relay's admin API (revoke tokens, read usage).
+    Admin(AdminArgs),
     /// Validate the config and .rai files and explain every problem.
     CheckConfig {
         #[arg(long, env = "RELAYAPI_CONFIG")]
@@ -87,8 +90,12 @@ pub struct TokenArgs {
     #[arg(long)]
     pub provider: String,
     /// The provider API key the token carries (encrypted).
+    #[arg(long, required_unless_present = "key_ref", conflicts_with = "key_ref")]
+    pub api_key: Option<String>,
+    /// Instead of --api-key: the name of a credential in the relay's config
+    /// (`credentials`); the token then carries no provider key.
     #[arg(long)]
-    pub api_key: String,
+    pub key_ref: Option<String>,
     /// Lifetime, e.g. 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub expire: Duration,
@@ -107,9 +114,79 @@ pub struct TokenArgs {
     /// Free text for logs.
     #[arg(long)]
     pub ext_info: Option<String>,
+    /// Allowed browser origins, comma-separated (`https://app.example.com`, `*.example.com`).
+    #[arg(long, value_delimiter = ',')]
+    pub origins: Vec<String>,
+    /// Allowed client networks, comma-separated (`203.0.113.0/24`, `2001:db8::/32`, `198.51.100.7`).
+    #[arg(long, value_delimiter = ',')]
+    pub ips: Vec<String>,
+    /// Allowed path prefixes after the base path, comma-separated (`chat/completions`).
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Vec<String>,
+    /// Allowed HTTP methods, comma-separated (`POST,GET`).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Per-token rate limit, requests per second.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rps: Option<u64>,
+    /// Burst for --rps (default: the rps).
+    #[arg(long, requires = "rps", value_parser = clap::value_parser!(u64).range(1..))]
+    pub burst: Option<u64>,
+    /// Most requests of this token in flight at once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: Option<u64>,
+    /// Budget in LLM tokens (prompt + completion over all calls).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens: Option<u64>,
+    /// Largest request body, bytes.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_body_bytes: Option<u64>,
     /// Print the ready base URL for an SDK instead of the bare token.
     #[arg(long)]
     pub url: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Base URL of the admin API.
+    #[arg(
+        long,
+        env = "RELAYAPI_ADMIN_URL",
+        default_value = "http://127.0.0.1:8841",
+        global = true
+    )]
+    pub admin_url: String,
+    /// The admin key (prefer the environment variable over the flag: flags show in `ps`).
+    #[arg(
+        long,
+        env = "RELAYAPI_ADMIN_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_key: Option<String>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Revoke a token by its id (jti); the relay refuses it from now on.
+    Revoke {
+        /// The token id; it may start with `-` (base64url), so it is never
+        /// taken for a flag.
+        #[arg(allow_hyphen_values = true)]
+        jti: String,
+    },
+    /// Show a token's usage: calls, LLM tokens, first/last use, revoked.
+    Token {
+        #[arg(allow_hyphen_values = true)]
+        jti: String,
+    },
+    /// Usage totals for one end user (--sub), or for all of them.
+    Usage {
+        #[arg(long)]
+        sub: Option<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -236,7 +313,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              They cannot be made tamper-proof; move backends to v2 tokens and turn this off (docs/migration.md)"
         );
     }
+    let admin_key = crate::admin::AdminKey::from_settings(&config.admin);
+    let admin_listener = match &admin_key {
+        Some(_) => {
+            let listen = config.admin.listen.clone();
+            let l = tokio::net::TcpListener::bind(&listen).await.with_context(|| {
+                format!("admin.listen: cannot listen on {listen}; pick a free port or stop what uses it")
+            })?;
+            tracing::info!(addr = %l.local_addr()?, "admin API ready");
+            Some(l)
+        }
+        None => None,
+    };
     let state = Arc::new(AppState::new(config, keys.keys, usage));
+    crate::http::spawn_background(&state);
+    let admin = match (admin_listener, admin_key) {
+        (Some(l), Some(key)) => {
+            let state = state.clone();
+            Some(tokio::spawn(crate::admin::serve(
+                l,
+                state,
+                key,
+                std::future::pending(),
+            )))
+        }
+        _ => None,
+    };
     if rai_path.is_dir() {
         let reload_state = state.clone();
         tokio::spawn(keyfile::watch_dir(
@@ -249,6 +351,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
     crate::server::serve(listener, state, crate::server::shutdown_signal()).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     Ok(())
 }
 
@@ -268,17 +373,55 @@ pub fn token(a: TokenArgs) -> anyhow::Result<()> {
             registry.ids().join(", ")
         );
     }
-    if a.api_key.trim().is_empty() {
-        bail!("--api-key: must not be empty");
-    }
     let now = crate::auth::unix_now();
     let ttl = i64::try_from(a.expire.as_secs()).unwrap_or(i64::MAX / 2);
-    let mut claims = Claims::new(&a.provider, SecretString::new(a.api_key), ttl, now);
+    let mut claims = match (a.api_key, a.key_ref) {
+        (Some(key), _) if key.trim().is_empty() => bail!("--api-key: must not be empty"),
+        (Some(key), _) => Claims::new(&a.provider, SecretString::new(key), ttl, now),
+        (None, Some(name)) if name.trim().is_empty() => bail!("--key-ref: must not be empty"),
+        (None, Some(name)) => Claims::new_key_ref(&a.provider, name, ttl, now),
+        (None, None) => bail!("give --api-key KEY or --key-ref NAME"),
+    };
     claims.max_calls = a.max_calls;
     claims.model = a.model;
     claims.models = (!a.models.is_empty()).then_some(a.models);
     claims.sub = a.sub;
     claims.ext_info = a.ext_info;
+    let methods: Vec<String> = a
+        .methods
+        .iter()
+        .map(|m| m.trim().to_ascii_uppercase())
+        .collect();
+    use relayapi_token::scope;
+    claims.origins = scope_flag(
+        "--origins",
+        a.origins,
+        |s| scope::OriginPattern::parse(s).is_some(),
+        "an origin like https://app.example.com or a wildcard like *.example.com",
+    )?;
+    claims.ips = scope_flag(
+        "--ips",
+        a.ips,
+        |s| scope::IpNetwork::parse(s).is_some(),
+        "an IP address or a CIDR network with zero host bits, like 203.0.113.0/24",
+    )?;
+    claims.paths = scope_flag(
+        "--paths",
+        a.paths,
+        scope::is_path_prefix,
+        "a path prefix after the base path without a leading '/', like chat/completions",
+    )?;
+    claims.methods = scope_flag(
+        "--methods",
+        methods,
+        scope::is_method,
+        "an HTTP method like POST",
+    )?;
+    claims.rps = a.rps;
+    claims.burst = a.burst;
+    claims.concurrency = a.concurrency;
+    claims.max_tokens = a.max_tokens;
+    claims.max_body_bytes = a.max_body_bytes;
     let token = relayapi_token::encode_v2(&V2Key::from_rai(&rai), &claims)?;
     if a.url {
         println!("{}{}/", rai.base_url(), token);
@@ -286,6 +429,99 @@ pub fn token(a: TokenArgs) -> anyhow::Result<()> {
         println!("{token}");
     }
     Ok(())
+}
+
+/// A list flag of a policy claim: every item valid and distinct, or an
+/// error naming the flag and the item.
+fn scope_flag(
+    flag: &str,
+    items: Vec<String>,
+    valid: impl Fn(&str) -> bool,
+    expected: &str,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let items: Vec<String> = items.into_iter().map(|s| s.trim().to_string()).collect();
+    if items.is_empty() {
+        return Ok(None);
+    }
+    for (i, item) in items.iter().enumerate() {
+        if !valid(item) {
+            bail!("{flag}: {item:?} is not {expected}");
+        }
+        if items[..i].contains(item) {
+            bail!("{flag}: {item:?} is listed twice");
+        }
+    }
+    Ok(Some(items))
+}
+
+/// `relayapi admin …`: one request to the admin API, the JSON answer on
+/// stdout; an error answer becomes the error message (and exit status 1).
+pub async fn admin(a: AdminArgs) -> anyhow::Result<()> {
+    let Some(key) = a.admin_key.filter(|k| !k.is_empty()) else {
+        bail!("--admin-key: give the admin key (or set RELAYAPI_ADMIN_KEY)");
+    };
+    let base = a.admin_url.trim_end_matches('/');
+    let (method, path) = match &a.command {
+        AdminCommand::Revoke { jti } => (
+            http::Method::POST,
+            format!("/admin/tokens/{}/revoke", encode(jti)),
+        ),
+        AdminCommand::Token { jti } => {
+            (http::Method::GET, format!("/admin/tokens/{}", encode(jti)))
+        }
+        AdminCommand::Usage { sub: Some(sub) } => (
+            http::Method::GET,
+            format!("/admin/usage?sub={}", encode(sub)),
+        ),
+        AdminCommand::Usage { sub: None } => (http::Method::GET, "/admin/usage".to_string()),
+    };
+    let url = format!("{base}{path}");
+    let uri: http::Uri = url.parse().with_context(|| {
+        format!("--admin-url: {base:?} is not a URL like http://127.0.0.1:8841")
+    })?;
+    let mut auth = http::HeaderValue::from_str(&format!("Bearer {key}"))
+        .context("--admin-key: not a valid header value")?;
+    auth.set_sensitive(true);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::AUTHORIZATION, auth)
+        .body(crate::proxy::full(bytes::Bytes::new()))
+        .context("building the admin request")?;
+    let client = crate::proxy::build_client(&crate::config::UpstreamSettings::default());
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .context("the admin API did not answer within 30 s")?
+        .with_context(|| {
+            format!("cannot reach the admin API at {base}; is the relay running with an admin key?")
+        })?;
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .context("reading the admin API's answer")?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    if !status.is_success() {
+        let msg = value["error"]["message"].as_str().unwrap_or("no message");
+        let code = value["error"]["code"].as_str().unwrap_or("unknown");
+        bail!("admin API answered {status}: {code}: {msg}");
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
 
 pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! `RELAYAPI_*` environment variables. Field names keep the shape existing
 //! RelayAPI deployments already use (`server.*`, `rate_limit.*`, `log.*`) and
 //! add the sections this server needs (`upstream`, `usage`, `cors`,
-//! `providers`).
+//! `providers`, `credentials`, `policy`, `admin`).
 //!
 //! Validation collects *every* problem before failing, and each message names
 //! the file, the field path and the fix (see [`ConfigError`]).
@@ -33,6 +33,73 @@ pub struct Config {
     pub legacy: LegacySettings,
     /// Request logging: sinks, body capture, redaction (docs/logging.md).
     pub log: LogSettings,
+    /// Provider keys held by the relay, by name, for `key_ref` tokens.
+    pub credentials: BTreeMap<String, CredentialSettings>,
+    /// Defaults and bounds of per-token policy enforcement.
+    pub policy: PolicySettings,
+    /// The admin API (revocation, usage): its own listener, off without a key.
+    pub admin: AdminSettings,
+}
+
+/// One relay-held credential: a provider and one or more keys, used in
+/// turn (round-robin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CredentialSettings {
+    /// Registry id (or alias) of the provider these keys belong to.
+    pub provider: String,
+    /// The provider keys. Secrets: never printed.
+    pub api_keys: Vec<relayapi_token::SecretString>,
+}
+
+/// Per-token policy: defaults the token does not set, and memory bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// LLM tokens reserved for a call of a `max_tokens` token when the
+    /// request names no output limit (`max_tokens`, `max_completion_tokens`,
+    /// `max_output_tokens`, `generationConfig.maxOutputTokens`).
+    pub default_token_reservation: u64,
+    /// Most tokens whose `rps` state is remembered at once (bounds memory).
+    pub max_tracked_tokens: usize,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            default_token_reservation: 4096,
+            max_tracked_tokens: 100_000,
+        }
+    }
+}
+
+/// The admin listener. Without `api_key` or `api_key_sha256` it is off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// `host:port` to bind; loopback by default.
+    pub listen: String,
+    /// The admin key in clear (a secret; prefer `api_key_sha256`).
+    pub api_key: Option<relayapi_token::SecretString>,
+    /// Lower- or upper-case hex SHA-256 of the admin key.
+    pub api_key_sha256: Option<String>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8841".into(),
+            api_key: None,
+            api_key_sha256: None,
+        }
+    }
+}
+
+impl AdminSettings {
+    /// True when an admin key is configured (then the listener runs).
+    pub fn enabled(&self) -> bool {
+        self.api_key.is_some() || self.api_key_sha256.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -463,11 +530,73 @@ impl Config {
                 log.database.kind
             ));
         }
+        self.validate_policy(problems);
         for (i, u) in self.legacy.allowed_provider_urls.iter().enumerate() {
             if crate::providers::url_origin(u).is_none() {
                 problems.push(format!(
                     "legacy.allowed_provider_urls[{i}]: {u:?} is not an http(s) URL; write an origin like \"https://api.example.com\""
                 ));
+            }
+        }
+    }
+
+    fn validate_policy(&self, problems: &mut Vec<String>) {
+        let registry = crate::providers::Registry::new(&self.providers);
+        for (name, c) in &self.credentials {
+            let field = format!("credentials.{name}");
+            if name.is_empty() {
+                problems.push("credentials: a credential name must not be empty".into());
+            }
+            if registry.get(&c.provider).is_none() {
+                problems.push(format!(
+                    "{field}.provider: {:?} is not a provider of this relay; use one of: {}",
+                    c.provider,
+                    registry.ids().join(", ")
+                ));
+            }
+            if c.api_keys.is_empty() {
+                problems.push(format!(
+                    "{field}.api_keys: list at least one provider key, e.g. [\"sk-...\"]"
+                ));
+            }
+            for (i, k) in c.api_keys.iter().enumerate() {
+                let bad = k.expose().trim().is_empty()
+                    || http::HeaderValue::from_str(k.expose()).is_err();
+                if bad {
+                    // Never echo the key itself.
+                    problems.push(format!(
+                        "{field}.api_keys[{i}]: must be a non-empty key without spaces at the ends or control characters"
+                    ));
+                }
+            }
+        }
+        let p = &self.policy;
+        if p.default_token_reservation == 0 {
+            problems.push("policy.default_token_reservation: must be ≥ 1".into());
+        }
+        if p.max_tracked_tokens == 0 {
+            problems.push("policy.max_tracked_tokens: must be ≥ 1".into());
+        }
+        let a = &self.admin;
+        if a.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "admin.listen: {:?} is not an address to bind; write e.g. \"127.0.0.1:8841\"",
+                a.listen
+            ));
+        }
+        if a.api_key.is_some() && a.api_key_sha256.is_some() {
+            problems.push("admin: set either api_key or api_key_sha256, not both".into());
+        }
+        if a.api_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
+            problems.push(
+                "admin.api_key: use at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+            );
+        }
+        if let Some(h) = &a.api_key_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(
+                    "admin.api_key_sha256: must be 64 hex characters, e.g. the output of `printf %s \"$KEY\" | sha256sum`".into(),
+                );
             }
         }
     }
@@ -537,7 +666,10 @@ fn apply_env(tree: &mut Value, env: &Env, problems: &mut Vec<String>) {
             continue;
         };
         // Variables that the CLI reads itself.
-        if matches!(rest, "CONFIG" | "RAI" | "LOG" | "LOG_FORMAT") {
+        if matches!(
+            rest,
+            "CONFIG" | "RAI" | "LOG" | "LOG_FORMAT" | "ADMIN_URL" | "ADMIN_KEY"
+        ) {
             continue;
         }
         let rest = rest.to_ascii_lowercase();
@@ -700,6 +832,48 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "missing {needle} in {msg}");
         }
+    }
+
+    #[test]
+    fn credentials_admin_and_policy_are_validated_without_echoing_keys() {
+        let ok = r#"{"credentials": {"team": {"provider": "openai", "api_keys": ["sk-canary-aaaa", "sk-canary-bbbb"]}},
+                     "admin": {"api_key": "admin-canary-0123456789"},
+                     "policy": {"default_token_reservation": 100}}"#;
+        let c = load_str("c.json", ok, &vec![]).unwrap();
+        assert!(c.admin.enabled());
+        assert_eq!(c.credentials["team"].api_keys.len(), 2);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("canary"), "{dbg}");
+
+        let bad = r#"{"credentials": {"team": {"provider": "nope", "api_keys": ["sk-canary-cc\n"]},
+                                      "empty": {"provider": "openai", "api_keys": []}},
+                      "admin": {"listen": "localhost", "api_key": "short-canary", "api_key_sha256": "zz"},
+                      "policy": {"default_token_reservation": 0, "max_tracked_tokens": 0}}"#;
+        let msg = load_str("c.json", bad, &vec![]).unwrap_err().to_string();
+        for needle in [
+            "credentials.team.provider",
+            "credentials.team.api_keys[0]",
+            "credentials.empty.api_keys",
+            "admin.listen",
+            "admin: set either",
+            "admin.api_key:",
+            "admin.api_key_sha256",
+            "policy.default_token_reservation",
+            "policy.max_tracked_tokens",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+        assert!(!msg.contains("canary"), "{msg}");
+        // The admin key from the environment (the CLI's own variables are not settings).
+        let env = vec![
+            (
+                "RELAYAPI_ADMIN_API_KEY".to_string(),
+                "env-admin-key-0123456789".to_string(),
+            ),
+            ("RELAYAPI_ADMIN_KEY".to_string(), "for the cli".to_string()),
+        ];
+        let c = load_str("c.json", "{}", &env).unwrap();
+        assert!(c.admin.enabled());
     }
 
     #[test]

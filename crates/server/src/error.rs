@@ -19,9 +19,27 @@ pub enum ApiError {
     TokenExpired,
     TokenNotYetValid,
     TokenExhausted,
+    /// The token was revoked through the admin API.
+    TokenRevoked,
     ModelNotAllowed,
+    /// `origins`: the request's `Origin` is not one the token allows.
+    OriginNotAllowed,
+    /// `ips`: the client address is outside the token's networks.
+    IpNotAllowed,
+    /// `paths`: the (normalised) path is outside the token's prefixes, or
+    /// does not normalise cleanly.
+    PathNotAllowed,
+    /// `methods`: the HTTP method is not one the token allows.
+    MethodNotAllowed,
+    /// `concurrency`: the token already has that many requests in flight.
+    ConcurrencyExceeded,
+    /// `max_tokens`: the call's reservation does not fit in what is left.
+    BudgetExhausted,
     RateLimited(Duration),
     ProviderUnknown,
+    /// A `key_ref` token names a credential this relay does not hold (or one
+    /// for another provider).
+    CredentialUnknown,
     PayloadTooLarge,
     InvalidBody,
     NotFound,
@@ -37,10 +55,20 @@ impl ApiError {
             ApiError::TokenMissing
             | ApiError::TokenInvalid
             | ApiError::TokenExpired
-            | ApiError::TokenNotYetValid => StatusCode::UNAUTHORIZED,
-            ApiError::TokenExhausted | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ModelNotAllowed => StatusCode::FORBIDDEN,
-            ApiError::ProviderUnknown | ApiError::InvalidBody => StatusCode::BAD_REQUEST,
+            | ApiError::TokenNotYetValid
+            | ApiError::TokenRevoked => StatusCode::UNAUTHORIZED,
+            ApiError::TokenExhausted
+            | ApiError::RateLimited(_)
+            | ApiError::ConcurrencyExceeded
+            | ApiError::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ModelNotAllowed
+            | ApiError::OriginNotAllowed
+            | ApiError::IpNotAllowed
+            | ApiError::PathNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ProviderUnknown | ApiError::CredentialUnknown | ApiError::InvalidBody => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -58,9 +86,17 @@ impl ApiError {
             ApiError::TokenExpired => "token_expired",
             ApiError::TokenNotYetValid => "token_not_yet_valid",
             ApiError::TokenExhausted => "token_exhausted",
+            ApiError::TokenRevoked => "token_revoked",
             ApiError::ModelNotAllowed => "model_not_allowed",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::IpNotAllowed => "ip_not_allowed",
+            ApiError::PathNotAllowed => "path_not_allowed",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::ConcurrencyExceeded => "concurrency_exceeded",
+            ApiError::BudgetExhausted => "budget_exhausted",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::ProviderUnknown => "provider_unknown",
+            ApiError::CredentialUnknown => "credential_unknown",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::InvalidBody => "invalid_body",
             ApiError::NotFound => "not_found",
@@ -77,10 +113,19 @@ impl ApiError {
             ApiError::TokenMissing
             | ApiError::TokenInvalid
             | ApiError::TokenExpired
-            | ApiError::TokenNotYetValid => "authentication_error",
-            ApiError::ModelNotAllowed => "permission_error",
-            ApiError::TokenExhausted | ApiError::RateLimited(_) => "rate_limit_error",
+            | ApiError::TokenNotYetValid
+            | ApiError::TokenRevoked => "authentication_error",
+            ApiError::ModelNotAllowed
+            | ApiError::OriginNotAllowed
+            | ApiError::IpNotAllowed
+            | ApiError::PathNotAllowed
+            | ApiError::MethodNotAllowed => "permission_error",
+            ApiError::TokenExhausted
+            | ApiError::RateLimited(_)
+            | ApiError::ConcurrencyExceeded
+            | ApiError::BudgetExhausted => "rate_limit_error",
             ApiError::ProviderUnknown
+            | ApiError::CredentialUnknown
             | ApiError::PayloadTooLarge
             | ApiError::InvalidBody
             | ApiError::NotFound => "invalid_request_error",
@@ -96,9 +141,17 @@ impl ApiError {
             ApiError::TokenExpired => "The RelayAPI token has expired. Ask your backend for a new one.",
             ApiError::TokenNotYetValid => "The RelayAPI token is not valid yet.",
             ApiError::TokenExhausted => "The RelayAPI token has used all of its calls.",
+            ApiError::TokenRevoked => "The RelayAPI token has been revoked.",
             ApiError::ModelNotAllowed => "This token may not use the requested model.",
+            ApiError::OriginNotAllowed => "This token may not be used from this web origin.",
+            ApiError::IpNotAllowed => "This token may not be used from this network address.",
+            ApiError::PathNotAllowed => "This token may not call this path.",
+            ApiError::MethodNotAllowed => "This token may not use this HTTP method.",
+            ApiError::ConcurrencyExceeded => "Too many requests of this token are in progress. Retry when one has finished.",
+            ApiError::BudgetExhausted => "The RelayAPI token's LLM-token budget does not cover this request.",
             ApiError::RateLimited(_) => "Too many requests. Retry after the time given in the Retry-After header.",
             ApiError::ProviderUnknown => "The token names a provider this relay does not serve.",
+            ApiError::CredentialUnknown => "The token names a provider credential (key_ref) this relay does not hold for its provider.",
             ApiError::PayloadTooLarge => "The request body is larger than this relay accepts.",
             ApiError::InvalidBody => "The request body is not the JSON object this token requires.",
             ApiError::NotFound => "No such route. Relayed requests start with the relay's base path.",
@@ -118,6 +171,8 @@ impl ApiError {
 
     pub fn retry_after(self) -> Option<HeaderValue> {
         match self {
+            // A slot frees when any request of the token ends; no better hint.
+            ApiError::ConcurrencyExceeded => Some(HeaderValue::from_static("1")),
             ApiError::RateLimited(d) => {
                 let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
                 Some(HeaderValue::from(secs.max(1)))

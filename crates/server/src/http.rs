@@ -7,11 +7,19 @@
 //! 2. **CORS preflight** — answered here, without a token;
 //! 3. **unauthenticated routes** — `GET /health` (the complete list);
 //! 4. **traffic limits** — global and per-IP buckets, before any crypto;
-//! 5. **token** — located, decrypted, claims validated;
-//! 6. **policy** — provider known, `model`/`models`, `max_calls` reserved;
-//! 7. **forward** — provider URL, credential injected, bodies streamed;
+//! 5. **token** — located, decrypted, claims validated, not revoked; the
+//!    relay's own `GET {base}_relayapi/usage` is answered here;
+//! 6. **policy** — scopes (`origins`, `ips`, `methods`, `paths` after
+//!    normalisation), provider known, credential (`api_key` or `key_ref`),
+//!    per-token `rps` and `concurrency`, `max_body_bytes`, `model`/`models`,
+//!    the `max_tokens` reservation, `max_calls` reserved — cheap static
+//!    checks first, counters last, so a refusal spends as little as possible;
+//! 7. **forward** — provider URL, credential injected, bodies streamed; a
+//!    `key_ref` call may be retried once on the next key;
 //! 8. **respond** — provider status and headers, body streamed with a
-//!    finish hook; our `x-request-id` and CORS headers on every answer.
+//!    finish hook; our `x-request-id` and CORS headers on every answer;
+//! 9. **finish** — the hook settles the budget, releases the concurrency
+//!    slot, records usage statistics and writes the log record.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,16 +37,20 @@ use crate::auth;
 use crate::client_ip::client_ip;
 use crate::config::Config;
 use crate::cors::Cors;
+use crate::credentials::{Credential, Credentials};
 use crate::error::ApiError;
 use crate::keyfile::{KeyStore, Keys};
 use crate::limits::{RateSpec, TrafficLimiter};
 use crate::logs::redact;
-use crate::logs::request::{new_tap, take_tap, RequestLog, Tapped};
+use crate::logs::request::{new_tap, take_tap, RecordSettings, RequestLog, Tapped};
 use crate::logs::tap::Direction;
 use crate::logs::Logger;
+use crate::policy::body_limit::LimitedBody;
+use crate::policy::budget::{self, StripUsageChunk};
+use crate::policy::{self, PolicyState};
 use crate::providers::Registry;
 use crate::proxy::{self, full, Finish, FinishReason, IdleTimeout, RelayBody};
-use crate::usage::{Admission, UsageStore};
+use crate::usage::{Admission, BudgetAdmission, UsageDelta, UsageStore};
 
 /// Counters for `/health`; relaxed atomics, they are statistics.
 #[derive(Debug, Default)]
@@ -73,6 +85,13 @@ pub struct AppState {
     pub stats: Stats,
     /// Request logging, when any sink is on.
     pub logger: Option<Logger>,
+    /// Per-token rate and concurrency state, policy defaults.
+    pub policy: PolicyState,
+    /// Relay-held provider keys for `key_ref` tokens.
+    pub credentials: Credentials,
+    /// Tap settings for reading usage when logging is off (budget tokens,
+    /// and every token while the admin API is on): no capture.
+    usage_tap: RecordSettings,
     pub started: Instant,
     /// Request ids are `<random process prefix>-<counter>`: unique, no syscall per request.
     id_prefix: String,
@@ -94,9 +113,17 @@ impl AppState {
         let mut prefix = [0u8; 4];
         // Uniqueness across restarts is nice to have, not a safety property.
         let _ = getrandom::getrandom(&mut prefix);
+        let registry = Registry::new(&config.providers);
         AppState {
             limiter: TrafficLimiter::new(global, per_ip, rl.max_tracked_ips),
-            registry: Registry::new(&config.providers),
+            policy: PolicyState::new(&config.policy),
+            credentials: Credentials::new(&config.credentials, &registry),
+            usage_tap: RecordSettings {
+                tap: Default::default(),
+                bodies: false,
+                redact_headers: Vec::new(),
+            },
+            registry,
             client: proxy::build_client(&config.upstream),
             logger: Logger::start(&config.log),
             trusted_proxies: config.trusted_proxies(),
@@ -141,6 +168,10 @@ pub async fn handle(
 
     // 2. CORS preflight: no token, no limits below.
     let preflight = state.cors.is_preflight(req.method(), req.headers());
+    // Preflights carry no token, so they are answered from the config alone;
+    // the real request is then checked against the token's `origins`, and
+    // refused without CORS headers (the browser hides the answer).
+    let mut cors_headers = !preflight;
     let mut resp = if preflight {
         state.cors.preflight(req.headers())
     } else if req.method() == Method::GET
@@ -157,10 +188,14 @@ pub async fn handle(
                 ip.to_string(),
             )
         });
-        match relay(state.clone(), ip, req, &mut log).await {
+        let mut refusal_headers = HeaderMap::new();
+        match relay(state.clone(), ip, req, &mut log, &mut refusal_headers).await {
             Ok(r) => r,
             Err(e) => {
                 state.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if e == ApiError::OriginNotAllowed {
+                    cors_headers = false;
+                }
                 // A refusal is one record, written now (relay() handed the
                 // log to the response body only on success).
                 if let (Some(mut log), Some(logger)) = (log, &state.logger) {
@@ -169,7 +204,9 @@ pub async fn handle(
                         .pipeline
                         .push(Arc::new(log.finish(e.status().as_u16(), None, 0, false)));
                 }
-                error_response(e)
+                let mut resp = error_response(e);
+                resp.headers_mut().extend(refusal_headers);
+                resp
             }
         }
     };
@@ -177,7 +214,7 @@ pub async fn handle(
     // 8. what every answer carries
     let headers = resp.headers_mut();
     headers.insert("x-request-id", request_id);
-    if !preflight {
+    if cors_headers {
         state.cors.decorate(origin.as_ref(), headers);
     }
     Ok(resp)
@@ -185,12 +222,14 @@ pub async fn handle(
 
 /// Steps 4–8 for a request under the base path. `log` (when logging is on)
 /// is filled in along the way; on success it moves into the response body's
-/// finish hook, on error the caller writes it.
+/// finish hook, on error the caller writes it. `refusal_headers` are added
+/// to the error answer (`Allow` on a 405).
 async fn relay(
     state: Arc<AppState>,
     ip: std::net::IpAddr,
     req: Request<Incoming>,
     log: &mut Option<RequestLog>,
+    refusal_headers: &mut HeaderMap,
 ) -> Result<Response<RelayBody>, ApiError> {
     let base = state.config.server.base_path.as_str();
     let path = req.uri().path();
@@ -226,13 +265,18 @@ async fn relay(
     let legacy_on = state.config.legacy_tokens;
     let (claims, format) =
         auth::authenticate(&state.keys.current(), &located, legacy_on, auth::unix_now())?;
+    if state.usage.is_revoked(&claims.jti) {
+        return Err(ApiError::TokenRevoked);
+    }
     let mut rest = located.rest;
     if format == auth::TokenFormat::Legacy {
         rest = strip_repeated_base(&rest, base).to_string();
     }
     let query = located.query;
     if let Some(log) = log.as_mut() {
-        log.secret(claims.api_key.expose());
+        if let Some(key) = claims.api_key() {
+            log.secret(key.expose());
+        }
         let r = log.record();
         r.jti = Some(claims.jti.clone());
         r.sub.clone_from(&claims.sub);
@@ -241,8 +285,27 @@ async fn relay(
         r.kid = located.token.as_deref().and_then(relayapi_token::peek_kid);
         r.model_sent = claims.effective_model().map(str::to_string);
     }
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    // `_relayapi/` is the relay's own namespace: never forwarded.
+    if rest == "_relayapi" || rest.starts_with("_relayapi/") {
+        if req.method() != Method::GET || rest.trim_end_matches('/') != USAGE_ROUTE {
+            return Err(ApiError::NotFound);
+        }
+        policy::check_origin_and_ip(&claims, origin.as_ref(), ip)?;
+        return token_usage(&state, &claims, log).await;
+    }
 
-    // 6. policy
+    // 6. policy: static scopes first (nothing is counted for these)
+    let scoped = policy::check_scope(&claims, req.method(), origin.as_ref(), ip, &rest);
+    if scoped == Err(ApiError::MethodNotAllowed) {
+        let allow = claims.methods.as_deref().unwrap_or_default().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            refusal_headers.insert(header::ALLOW, v);
+        }
+    }
+    if let Some(normalised) = scoped? {
+        rest = normalised;
+    }
     let provider = match state.registry.get(&claims.provider) {
         Some(p) if p.configured => p.clone(),
         Some(_) => return Err(ApiError::ProviderUnknown),
@@ -256,24 +319,103 @@ async fn relay(
     if let Some(log) = log.as_mut() {
         log.record().provider = Some(provider.id.clone());
     }
+    let credential = upstream_credential(&state.credentials, &claims, &provider.id)?;
+    // per-token counters: rate, then a concurrency slot (held to the finish)
+    if let Some(rps) = claims.rps {
+        let burst = claims.effective_burst().unwrap_or(rps);
+        state
+            .policy
+            .rates
+            .check(&claims.jti, rps, burst, Instant::now())
+            .map_err(|retry| ApiError::RateLimited(retry.0))?;
+    }
+    let slot = match claims.concurrency {
+        Some(limit) => Some(
+            state
+                .policy
+                .in_flight
+                .acquire(&claims.jti, limit)
+                .ok_or(ApiError::ConcurrencyExceeded)?,
+        ),
+        None => None,
+    };
+
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let idle = state.config.upstream.idle_timeout;
-    let mut body: RelayBody = match (log.as_mut(), &state.logger) {
-        (Some(log), Some(logger)) => {
-            let tap = log.tap_request(&logger.records, &headers);
-            Tapped::new(IdleTimeout::new(body, idle), tap).boxed()
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_big = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut body: RelayBody = IdleTimeout::new(body, idle).boxed();
+    if let Some(max) = claims.max_body_bytes {
+        if declared_len.is_some_and(|n| n > max) {
+            return Err(ApiError::PayloadTooLarge);
         }
-        _ => IdleTimeout::new(body, idle).boxed(),
+        body = LimitedBody::new(body, max, too_big.clone()).boxed();
+    }
+    if let (Some(log), Some(logger)) = (log.as_mut(), &state.logger) {
+        let tap = log.tap_request(&logger.records, &headers);
+        body = Tapped::new(body, tap).boxed();
+    }
+    let cap = state.config.server.max_parsed_body_bytes;
+    let read_error = |e: ApiError| {
+        if too_big.load(std::sync::atomic::Ordering::Acquire) {
+            ApiError::PayloadTooLarge
+        } else {
+            e
+        }
     };
+    // The body, when it had to be read (model policy, budget, or a key_ref
+    // retry); then every attempt sends these bytes.
+    let mut buffered: Option<Bytes> = None;
     if proxy::needs_model_policy(&claims) {
-        let cap = state.config.server.max_parsed_body_bytes;
-        let bytes = proxy::read_capped(body, cap).await?;
+        let bytes = proxy::read_capped(body, cap).await.map_err(read_error)?;
         let (new_rest, new_body) = proxy::apply_model_policy(&claims, &rest, &bytes)?;
         rest = new_rest;
-        let bytes = new_body.unwrap_or(bytes);
+        buffered = Some(new_body.unwrap_or(bytes));
+        body = full(Bytes::new());
+    }
+    let mut strip_usage = false;
+    let mut reservation = None;
+    if let Some(max_tokens) = claims.max_tokens {
+        if buffered.is_none() && is_json_or_untyped(&headers) {
+            buffered = Some(proxy::read_capped(body, cap).await.map_err(read_error)?);
+            body = full(Bytes::new());
+        }
+        let seen = budget::inspect(
+            &rest,
+            buffered.as_deref().unwrap_or_default(),
+            state.policy.default_reservation,
+        );
+        if let Some(new_body) = seen.new_body {
+            buffered = Some(new_body);
+        }
+        if seen.strip_usage_chunk {
+            // The stripper reads the event stream: ask for it uncompressed.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            strip_usage = true;
+        }
+        reservation = Some(reserve_budget(&state, &claims, max_tokens, seen.reserve).await?);
+    }
+    let retry_possible = credential.pool().is_some_and(|c| c.len() > 1);
+    if retry_possible && buffered.is_none() {
+        // A small body of known length is read so that the one retry can
+        // resend it; a streamed or large body is sent once, without retry.
+        let empty = declared_len == Some(0) || http_body::Body::is_end_stream(&body);
+        if empty {
+            buffered = Some(Bytes::new());
+        } else if declared_len.is_some_and(|n| n <= cap as u64) {
+            buffered = Some(proxy::read_capped(body, cap).await.map_err(read_error)?);
+            body = full(Bytes::new());
+        }
+    }
+    if let Some(bytes) = &buffered {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        body = full(bytes);
     }
     let calls_remaining = match claims.max_calls {
         None => None,
@@ -287,20 +429,62 @@ async fn relay(
         },
     };
 
-    // 7. forward
+    // 7. forward (a key_ref call with a replayable body may try two keys)
     let url = provider.upstream_url(&rest, &query);
-    let headers = proxy::upstream_headers(headers, &provider, claims.api_key.expose())?;
-    let mut upstream_req = Request::new(body);
-    *upstream_req.method_mut() = parts.method;
-    *upstream_req.uri_mut() = url.parse().map_err(|_| ApiError::NotFound)?;
-    *upstream_req.headers_mut() = headers;
+    let uri: http::Uri = url.parse().map_err(|_| ApiError::NotFound)?;
     let started = Instant::now();
-    let upstream = proxy::send(
-        &state.client,
-        upstream_req,
-        state.config.upstream.first_byte_timeout,
-    )
-    .await?;
+    let mut attempt_key = credential.first();
+    let mut retried = false;
+    let upstream = loop {
+        let Some((key_index, key)) = attempt_key else {
+            return Err(ApiError::CredentialUnknown);
+        };
+        if let Some(log) = log.as_mut() {
+            log.secret(key.expose());
+        }
+        let next_key = match (&buffered, credential.pool()) {
+            (Some(_), Some(pool)) if !retried => pool.key_after(key_index),
+            _ => None,
+        };
+        let attempt_headers = if next_key.is_some() {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let attempt_body = match &buffered {
+            Some(bytes) => full(bytes.clone()),
+            None => std::mem::replace(&mut body, full(Bytes::new())),
+        };
+        let mut upstream_req = Request::new(attempt_body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri.clone();
+        *upstream_req.headers_mut() =
+            proxy::upstream_headers(attempt_headers, &provider, key.expose())?;
+        let sent = proxy::send(
+            &state.client,
+            upstream_req,
+            state.config.upstream.first_byte_timeout,
+        )
+        .await;
+        let retry = match &sent {
+            Ok(resp) => {
+                resp.status() == StatusCode::TOO_MANY_REQUESTS || resp.status().is_server_error()
+            }
+            Err(e) => *e == ApiError::UpstreamUnreachable,
+        };
+        match (sent, next_key) {
+            (_, Some(next)) if retry => {
+                tracing::debug!(
+                    key = key_index,
+                    "retrying once with the credential's next key"
+                );
+                attempt_key = Some(next);
+                retried = true;
+            }
+            (Ok(resp), _) => break resp,
+            (Err(e), _) => return Err(read_error(e)),
+        }
+    };
     state.stats.relayed.fetch_add(1, Ordering::Relaxed);
 
     // 8. respond: status and headers as the provider sent them, body streamed
@@ -324,6 +508,12 @@ async fn relay(
                 &rparts.headers,
             ))
         }
+        // Budgets are settled, and the admin API counts, from the usage.
+        _ if reservation.is_some() || state.config.admin.enabled() => Some(new_tap(
+            Direction::Response,
+            &state.usage_tap,
+            &rparts.headers,
+        )),
         _ => None,
     };
     if let Some(n) = calls_remaining {
@@ -331,15 +521,56 @@ async fn relay(
             .headers
             .insert("x-relayapi-calls-remaining", HeaderValue::from(n));
     }
+    if let Some(r) = &reservation {
+        rparts.headers.insert(
+            "x-relayapi-tokens-remaining",
+            HeaderValue::from(r.remaining),
+        );
+    }
+    // Only an uncompressed event stream is filtered (an error answer is JSON).
+    let strip_usage = strip_usage
+        && !rparts.headers.contains_key(header::CONTENT_ENCODING)
+        && rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    if strip_usage {
+        rparts.headers.remove(header::CONTENT_LENGTH);
+    }
     let status = rparts.status;
     state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let finish_state = state.clone();
     let provider_id = provider.id.clone();
-    let rbody: RelayBody = match &response_tap {
+    let (jti, sub, exp) = (claims.jti.clone(), claims.sub.clone(), claims.exp);
+    let mut rbody: RelayBody = match &response_tap {
         Some(tap) => Tapped::new(IdleTimeout::new(rbody, idle), tap.clone()).boxed(),
         None => IdleTimeout::new(rbody, idle).boxed(),
     };
+    if strip_usage {
+        rbody = StripUsageChunk::new(rbody).boxed();
+    }
     let body = Finish::new(rbody, move |reason: FinishReason| {
+        // 9. finish: exactly once, whatever happened to the stream
+        let outcome = response_tap.and_then(take_tap).map(|t| t.finish());
+        let usage = outcome.as_ref().and_then(|o| o.usage.as_ref());
+        if let Some(r) = reservation {
+            let charged = budget::charge(r.reserved, Some(status.as_u16()), Some(reason), usage);
+            r.settle(&finish_state.usage, charged);
+        }
+        drop(slot);
+        let now = auth::unix_now();
+        finish_state.usage.record_use(
+            &jti,
+            UsageDelta {
+                sub,
+                calls: 1,
+                llm_tokens: usage.map_or(0, |u| u.total_tokens),
+                first_use: now,
+                last_use: now,
+                exp,
+            },
+        );
         if let (Some(log), Some(logger)) = (record_log, &finish_state.logger) {
             let (bytes, aborted) = match reason {
                 FinishReason::Complete { bytes } | FinishReason::UpstreamError { bytes } => {
@@ -347,7 +578,6 @@ async fn relay(
                 }
                 FinishReason::ClientGone { bytes } => (bytes, true),
             };
-            let outcome = response_tap.and_then(take_tap).map(|t| t.finish());
             logger.pipeline.push(Arc::new(log.finish(
                 status.as_u16(),
                 outcome,
@@ -411,6 +641,203 @@ fn strip_repeated_base<'a>(rest: &'a str, base_path: &str) -> &'a str {
     }
 }
 
+/// The relay's own route under the base path: the token's limits and what
+/// is left (`GET {base_path}_relayapi/usage`, token anywhere it may be).
+pub const USAGE_ROUTE: &str = "_relayapi/usage";
+
+/// Which key a call uses: the token's own, or a relay-held credential.
+enum UpstreamCredential<'a> {
+    Token(&'a relayapi_token::SecretString),
+    Pool(&'a Credential),
+}
+
+impl<'a> UpstreamCredential<'a> {
+    fn pool(&self) -> Option<&'a Credential> {
+        match self {
+            UpstreamCredential::Pool(c) => Some(c),
+            UpstreamCredential::Token(_) => None,
+        }
+    }
+
+    /// The key of the first attempt (round-robin for a pool).
+    fn first(&self) -> Option<(usize, &'a relayapi_token::SecretString)> {
+        match self {
+            UpstreamCredential::Token(k) => Some((0, k)),
+            UpstreamCredential::Pool(c) => c.next_key(),
+        }
+    }
+}
+
+/// Resolves `api_key` / `key_ref`. A `key_ref` must name a credential held
+/// for the same provider the token names (`credential_unknown` otherwise).
+fn upstream_credential<'a>(
+    credentials: &'a Credentials,
+    claims: &'a relayapi_token::Claims,
+    provider_id: &str,
+) -> Result<UpstreamCredential<'a>, ApiError> {
+    match &claims.credential {
+        relayapi_token::Credential::ApiKey(key) => Ok(UpstreamCredential::Token(key)),
+        relayapi_token::Credential::KeyRef(name) => credentials
+            .get(name)
+            .filter(|c| c.provider_id == provider_id && !c.is_empty())
+            .map(UpstreamCredential::Pool)
+            .ok_or(ApiError::CredentialUnknown),
+    }
+}
+
+/// A budget reservation in flight. Dropped without [`Reservation::settle`]
+/// (the call failed before an answer), it is released.
+struct Reservation {
+    jti: String,
+    reserved: u64,
+    /// Budget left after this reservation, for `x-relayapi-tokens-remaining`.
+    remaining: u64,
+    /// Set until settled; a drop with it still set releases the reservation.
+    state: Option<Arc<AppState>>,
+}
+
+impl Reservation {
+    fn settle(mut self, usage: &UsageStore, charged: u64) {
+        self.state = None;
+        usage.settle_tokens(&self.jti, self.reserved, charged);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.usage.settle_tokens(&self.jti, self.reserved, 0);
+        }
+    }
+}
+
+async fn reserve_budget(
+    state: &Arc<AppState>,
+    claims: &relayapi_token::Claims,
+    max_tokens: u64,
+    amount: u64,
+) -> Result<Reservation, ApiError> {
+    match state
+        .usage
+        .reserve_tokens(&claims.jti, max_tokens, amount, claims.exp)
+        .await
+    {
+        Ok(BudgetAdmission::Admitted { remaining, .. }) => Ok(Reservation {
+            jti: claims.jti.clone(),
+            reserved: amount,
+            remaining,
+            state: Some(state.clone()),
+        }),
+        Ok(BudgetAdmission::Exhausted { .. }) => Err(ApiError::BudgetExhausted),
+        Err(e) => {
+            tracing::error!(error = %e, "usage store failed; refusing the call");
+            Err(ApiError::ServiceUnavailable)
+        }
+    }
+}
+
+/// True when the request body is JSON, or says nothing about its type; only
+/// then does a budget token's body get read to find its output limit.
+fn is_json_or_untyped(headers: &HeaderMap) -> bool {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(ct) => {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        }
+    }
+}
+
+/// `GET {base}_relayapi/usage`: the token's limits and what is left. Not a
+/// call: nothing is counted or reserved. Never shows a provider key.
+async fn token_usage(
+    state: &AppState,
+    claims: &relayapi_token::Claims,
+    log: &mut Option<RequestLog>,
+) -> Result<Response<RelayBody>, ApiError> {
+    let store = &state.usage;
+    let failed = |e: crate::usage::UsageError| {
+        tracing::error!(error = %e, "usage store failed");
+        ApiError::ServiceUnavailable
+    };
+    let calls_used = match claims.max_calls {
+        Some(_) => store.calls_used(&claims.jti).await.map_err(failed)?,
+        None => 0,
+    };
+    let tokens_used = match claims.max_tokens {
+        Some(_) => store.tokens_used(&claims.jti).await.map_err(failed)?,
+        None => 0,
+    };
+    let body = serde_json::json!({
+        "provider": claims.provider,
+        "sub": claims.sub,
+        "expires_at": claims.exp,
+        "limits": {
+            "max_calls": claims.max_calls,
+            "max_tokens": claims.max_tokens,
+            "rps": claims.rps,
+            "burst": claims.effective_burst(),
+            "concurrency": claims.concurrency,
+            "max_body_bytes": claims.max_body_bytes,
+            "model": claims.effective_model(),
+            "models": claims.models,
+            "origins": claims.origins,
+            "ips": claims.ips,
+            "paths": claims.paths,
+            "methods": claims.methods,
+        },
+        "used": {
+            "calls": claims.max_calls.map(|_| calls_used),
+            "tokens": claims.max_tokens.map(|_| tokens_used),
+        },
+        "remaining": {
+            "calls": claims.max_calls.map(|m| m.saturating_sub(calls_used)),
+            "tokens": claims.max_tokens.map(|m| m.saturating_sub(tokens_used)),
+        },
+    });
+    let bytes = Bytes::from(body.to_string());
+    if let (Some(log), Some(logger)) = (log.take(), &state.logger) {
+        let len = bytes.len() as u64;
+        logger
+            .pipeline
+            .push(Arc::new(log.finish(200, None, len, false)));
+    }
+    let mut resp = Response::new(full(bytes));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Background work of a running relay: writes the usage statistics every
+/// second (a nudge only: the store also writes them when it closes). Ends
+/// when the state is dropped.
+pub fn spawn_background(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            if let Err(e) = state.usage.flush_usage().await {
+                tracing::debug!(error = %e, "usage statistics not written");
+            }
+        }
+    });
+}
+
 pub fn error_response(e: ApiError) -> Response<RelayBody> {
     let mut resp = Response::new(full(e.body()));
     *resp.status_mut() = e.status();
@@ -442,6 +869,7 @@ fn health(state: &AppState) -> Response<RelayBody> {
             "client_aborted": s.client_aborted.load(Ordering::Relaxed),
         },
         "logs": state.logger.as_ref().map(|l| l.pipeline.stats()),
+        "usage": {"stats_dropped": state.usage.usage_dropped()},
     });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = StatusCode::OK;

@@ -8,22 +8,30 @@
 //! - [`keyfile`]: `.rai` client configs → the keyring;
 //! - [`auth`]: where the token is, and decoding it;
 //! - [`limits`], [`client_ip`]: traffic limits before any crypto;
-//! - [`usage`]: the `max_calls` store (SQLite file or memory);
+//! - [`policy`]: per-token scopes and limits (origins, ips, paths, methods,
+//!   rps, concurrency, body size, LLM-token budget);
+//! - [`credentials`]: provider keys held by the relay (`key_ref` tokens);
+//! - [`usage`]: the store for `max_calls`, budgets, revocations and usage
+//!   statistics (SQLite file or memory);
 //! - [`providers`]: the registry (compiled-in data + config overrides);
 //! - [`proxy`]: upstream client, header rules, streaming bodies;
 //! - [`cors`], [`error`]: browser access and the one error → HTTP mapping;
+//! - [`admin`]: the admin API (revocation, usage) on its own listener;
 //! - [`server`]: listener and graceful shutdown; [`cli`]: the commands.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod cors;
+pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod keyfile;
 pub mod limits;
 pub mod logs;
+pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;
@@ -35,9 +43,12 @@ use std::sync::Arc;
 /// A relay running inside the current runtime (tests, embedding).
 pub struct RunningRelay {
     pub addr: SocketAddr,
+    /// The admin API's address, when an admin key is configured.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<http::AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningRelay {
@@ -51,16 +62,37 @@ impl RunningRelay {
             tokio::net::TcpListener::bind((config.server.host.as_str(), config.server.port))
                 .await?;
         let addr = listener.local_addr()?;
+        let admin_key = admin::AdminKey::from_settings(&config.admin);
+        let admin_listener = match &admin_key {
+            Some(_) => Some(tokio::net::TcpListener::bind(config.admin.listen.as_str()).await?),
+            None => None,
+        };
         let state = Arc::new(http::AppState::new(config, keys.into(), usage));
+        http::spawn_background(&state);
+        let mut admin_addr = None;
+        let admin = match (admin_listener, admin_key) {
+            (Some(l), Some(key)) => {
+                admin_addr = Some(l.local_addr()?);
+                Some(tokio::spawn(admin::serve(
+                    l,
+                    state.clone(),
+                    key,
+                    std::future::pending(),
+                )))
+            }
+            _ => None,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
         Ok(RunningRelay {
             addr,
+            admin_addr,
             state,
             shutdown: Some(tx),
             task,
+            admin,
         })
     }
 
@@ -70,5 +102,9 @@ impl RunningRelay {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
+            let _ = admin.await;
+        }
     }
 }

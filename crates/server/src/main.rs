@@ -10,7 +10,8 @@ async fn main() -> std::process::ExitCode {
         None => cli::serve(args.serve).await,
         Some(Command::Serve(s)) => cli::serve(s).await,
         Some(Command::GenConfig { host, port }) => cli::gen_config(&host, port),
-        Some(Command::Token(t)) => cli::token(t),
+        Some(Command::Token(t)) => cli::token(*t),
+        Some(Command::Admin(a)) => cli::admin(a).await,
         Some(Command::CheckConfig { config, rai }) => cli::check_config(config, rai),
     };
     match result {

@@ -208,7 +208,7 @@ async fn token_failures_have_exact_codes() {
 
     // Unknown claim (fail closed) and a foreign alg, sealed with the right key.
     let mut raw: serde_json::Value = serde_json::from_str(&env.claims("openai").to_json()).unwrap();
-    raw["origins"] = serde_json::json!(["https://x"]);
+    raw["scopes"] = serde_json::json!(["chat"]);
     let kid = env.key.kid().to_string();
     let canonical = format!(r#"{{"alg":"dir","enc":"A256GCM","kid":"{kid}"}}"#);
     let a128 = format!(r#"{{"alg":"A128KW","enc":"A256GCM","kid":"{kid}"}}"#);

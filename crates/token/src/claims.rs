@@ -8,8 +8,15 @@
 //!   reproduce when minting.
 //! * [`Claims::validate`] applies the time rules (60 s leeway for `nbf` and
 //!   `iat`, none for `exp`).
+//!
+//! The policy claims (`origins`, `ips`, `paths`, `methods`, `rps`, `burst`,
+//! `concurrency`, `max_tokens`, `max_body_bytes`) are parsed here with the
+//! same fail-closed rules; their grammar and matching live in
+//! [`crate::scope`]. The upstream credential is either the provider key
+//! itself (`api_key`) or the name of a key held by the relay (`key_ref`):
+//! [`Credential`] makes "exactly one of the two" a property of the type.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -18,6 +25,7 @@ use serde_json::Value;
 use crate::error::TokenError;
 use crate::json::{write_string, write_value, UniqueObject};
 use crate::rai::random_bytes;
+use crate::scope::{self, IpNetwork, OriginPattern};
 use crate::secret::SecretString;
 
 /// Clock skew tolerated for `nbf` and `iat`, in seconds.
@@ -28,6 +36,17 @@ pub const MIN_JTI_LEN: usize = 22;
 
 /// Prefix of free-form metadata claims.
 pub const EXTRA_PREFIX: &str = "x_";
+
+/// How the relay authenticates to the provider for this token: exactly one
+/// of the `api_key` and `key_ref` claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `api_key`: the provider key travels (encrypted) in the token.
+    ApiKey(SecretString),
+    /// `key_ref`: the name of a credential in the relay's config; the token
+    /// carries no provider key at all.
+    KeyRef(String),
+}
 
 /// The claims of a v2 token. `Debug` redacts `api_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +61,8 @@ pub struct Claims {
     pub exp: i64,
     /// Upstream provider name, e.g. `openai`.
     pub provider: String,
-    /// Upstream provider API key.
-    pub api_key: SecretString,
+    /// The upstream credential: `api_key` or `key_ref`.
+    pub credential: Credential,
     /// Maximum number of relayed calls, at least 1.
     pub max_calls: Option<u64>,
     /// The only model the token may use.
@@ -55,6 +74,27 @@ pub struct Claims {
     /// Opaque string for the application (may hold JSON, see
     /// [`Claims::effective_model`]).
     pub ext_info: Option<String>,
+    /// Allowed `Origin`s (exact or `*.domain` wildcards), as minted; see
+    /// [`OriginPattern`].
+    pub origins: Option<Vec<String>>,
+    /// Allowed client networks (addresses or CIDR), as minted; see
+    /// [`IpNetwork`].
+    pub ips: Option<Vec<String>>,
+    /// Allowed path prefixes relative to the base path (no leading `/`),
+    /// matched on whole segments; see [`scope::path_has_prefix`].
+    pub paths: Option<Vec<String>>,
+    /// Allowed HTTP methods, upper-case.
+    pub methods: Option<Vec<String>>,
+    /// Per-token rate limit, requests per second, at least 1.
+    pub rps: Option<u64>,
+    /// Burst for `rps` (only with `rps`; default = `rps`), at least 1.
+    pub burst: Option<u64>,
+    /// Maximum in-flight requests for this token, at least 1.
+    pub concurrency: Option<u64>,
+    /// Budget in LLM tokens (prompt + completion over all calls), at least 1.
+    pub max_tokens: Option<u64>,
+    /// Maximum request body size in bytes, at least 1.
+    pub max_body_bytes: Option<u64>,
     /// `x_*` metadata claims; only keys starting with `x_` are allowed.
     pub extra: BTreeMap<String, Value>,
 }
@@ -82,20 +122,99 @@ impl Claims {
         ttl_secs: i64,
         now: i64,
     ) -> Claims {
+        Claims::with_credential(provider, Credential::ApiKey(api_key.into()), ttl_secs, now)
+    }
+
+    /// Like [`Claims::new`], for a token that names a credential held in the
+    /// relay's config (`key_ref`) instead of carrying a provider key.
+    pub fn new_key_ref(
+        provider: impl Into<String>,
+        key_ref: impl Into<String>,
+        ttl_secs: i64,
+        now: i64,
+    ) -> Claims {
+        Claims::with_credential(provider, Credential::KeyRef(key_ref.into()), ttl_secs, now)
+    }
+
+    fn with_credential(
+        provider: impl Into<String>,
+        credential: Credential,
+        ttl_secs: i64,
+        now: i64,
+    ) -> Claims {
+        Claims::from_required(
+            new_jti(),
+            now,
+            now.saturating_add(ttl_secs),
+            provider,
+            credential,
+        )
+    }
+
+    /// The required claims as given and no optional claim: for code that
+    /// builds claims from another token format (the relay's legacy tokens).
+    /// Nothing is checked here; [`Claims::check_structure`] does.
+    pub fn from_required(
+        jti: impl Into<String>,
+        iat: i64,
+        exp: i64,
+        provider: impl Into<String>,
+        credential: Credential,
+    ) -> Claims {
         Claims {
-            jti: new_jti(),
-            iat: now,
+            jti: jti.into(),
+            iat,
             nbf: None,
-            exp: now.saturating_add(ttl_secs),
+            exp,
             provider: provider.into(),
-            api_key: api_key.into(),
+            credential,
             max_calls: None,
             model: None,
             models: None,
             sub: None,
             ext_info: None,
+            origins: None,
+            ips: None,
+            paths: None,
+            methods: None,
+            rps: None,
+            burst: None,
+            concurrency: None,
+            max_tokens: None,
+            max_body_bytes: None,
             extra: BTreeMap::new(),
         }
+    }
+
+    /// The provider key carried in the token (`api_key`), if any.
+    pub fn api_key(&self) -> Option<&SecretString> {
+        match &self.credential {
+            Credential::ApiKey(key) => Some(key),
+            Credential::KeyRef(_) => None,
+        }
+    }
+
+    /// The name of the relay-held credential (`key_ref`), if any.
+    pub fn key_ref(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::KeyRef(name) => Some(name),
+            Credential::ApiKey(_) => None,
+        }
+    }
+
+    /// Replaces the credential with `api_key`.
+    #[must_use]
+    pub fn with_api_key(mut self, api_key: impl Into<SecretString>) -> Claims {
+        self.credential = Credential::ApiKey(api_key.into());
+        self
+    }
+
+    /// Replaces the credential with `key_ref` (the token then carries no
+    /// provider key).
+    #[must_use]
+    pub fn with_key_ref(mut self, key_ref: impl Into<String>) -> Claims {
+        self.credential = Credential::KeyRef(key_ref.into());
+        self
     }
 
     /// Sets `nbf`.
@@ -140,6 +259,100 @@ impl Claims {
         self
     }
 
+    /// Sets `origins` (exact origins or `*.domain` wildcards).
+    #[must_use]
+    pub fn with_origins<S: Into<String>>(mut self, origins: impl IntoIterator<Item = S>) -> Claims {
+        self.origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets `ips` (addresses or CIDR networks).
+    #[must_use]
+    pub fn with_ips<S: Into<String>>(mut self, ips: impl IntoIterator<Item = S>) -> Claims {
+        self.ips = Some(ips.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets `paths` (prefixes relative to the base path, no leading `/`).
+    #[must_use]
+    pub fn with_paths<S: Into<String>>(mut self, paths: impl IntoIterator<Item = S>) -> Claims {
+        self.paths = Some(paths.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets `methods` (upper-case).
+    #[must_use]
+    pub fn with_methods<S: Into<String>>(mut self, methods: impl IntoIterator<Item = S>) -> Claims {
+        self.methods = Some(methods.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets `rps` and, if given, `burst`.
+    #[must_use]
+    pub fn with_rps(mut self, rps: u64, burst: Option<u64>) -> Claims {
+        self.rps = Some(rps);
+        self.burst = burst;
+        self
+    }
+
+    /// Sets `concurrency`.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: u64) -> Claims {
+        self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Sets `max_tokens` (the LLM-token budget).
+    #[must_use]
+    pub fn with_max_tokens(mut self, max_tokens: u64) -> Claims {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets `max_body_bytes`.
+    #[must_use]
+    pub fn with_max_body_bytes(mut self, max_body_bytes: u64) -> Claims {
+        self.max_body_bytes = Some(max_body_bytes);
+        self
+    }
+
+    /// The burst of the per-token rate limit: `burst`, else `rps`.
+    pub fn effective_burst(&self) -> Option<u64> {
+        self.burst.or(self.rps)
+    }
+
+    /// True when the token has no `origins` claim or `origin` matches one
+    /// of its patterns.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.origins
+            .as_deref()
+            .map_or(true, |o| scope::origin_allowed(o, origin))
+    }
+
+    /// True when the token has no `ips` claim or `ip` is in one of its
+    /// networks.
+    pub fn allows_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.ips
+            .as_deref()
+            .map_or(true, |n| scope::ip_allowed(n, ip))
+    }
+
+    /// True when the token has no `paths` claim or the *normalised*
+    /// request path (relative to the base path, no leading `/`) has one of
+    /// its prefixes on whole segments.
+    pub fn allows_path(&self, normalised_path: &str) -> bool {
+        self.paths
+            .as_deref()
+            .map_or(true, |p| scope::path_allowed(p, normalised_path))
+    }
+
+    /// True when the token has no `methods` claim or lists `method`.
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods
+            .as_deref()
+            .map_or(true, |m| m.iter().any(|x| x == method))
+    }
+
     /// Adds an `x_*` metadata claim (other names make minting fail).
     #[must_use]
     pub fn with_extra(mut self, name: impl Into<String>, value: Value) -> Claims {
@@ -161,12 +374,8 @@ impl Claims {
         let mut exp = None;
         let mut provider = None;
         let mut api_key = None;
-        let mut max_calls = None;
-        let mut model = None;
-        let mut models = None;
-        let mut sub = None;
-        let mut ext_info = None;
-        let mut extra = BTreeMap::new();
+        let mut key_ref = None;
+        let mut c = Claims::from_required("", 0, 0, "", Credential::KeyRef(String::new()));
 
         for (name, value) in obj.0 {
             match name.as_str() {
@@ -176,32 +385,47 @@ impl Claims {
                 "exp" => exp = Some(int(&value)?),
                 "provider" => provider = Some(non_empty(value)?),
                 "api_key" => api_key = Some(SecretString::new(non_empty(value)?)),
-                "max_calls" => max_calls = Some(positive(&value)?),
-                "model" => model = Some(non_empty(value)?),
-                "models" => models = Some(model_list(value)?),
-                "sub" => sub = Some(string(value)?),
-                "ext_info" => ext_info = Some(string(value)?),
+                "key_ref" => key_ref = Some(non_empty(value)?),
+                "max_calls" => c.max_calls = Some(positive(&value)?),
+                "model" => c.model = Some(non_empty(value)?),
+                "models" => c.models = Some(model_list(value)?),
+                "sub" => c.sub = Some(string(value)?),
+                "ext_info" => c.ext_info = Some(string(value)?),
+                "origins" => {
+                    c.origins = Some(scope_list(value, |s| OriginPattern::parse(s).is_some())?);
+                }
+                "ips" => c.ips = Some(scope_list(value, |s| IpNetwork::parse(s).is_some())?),
+                "paths" => c.paths = Some(scope_list(value, scope::is_path_prefix)?),
+                "methods" => c.methods = Some(scope_list(value, scope::is_method)?),
+                "rps" => c.rps = Some(positive(&value)?),
+                "burst" => c.burst = Some(positive(&value)?),
+                "concurrency" => c.concurrency = Some(positive(&value)?),
+                "max_tokens" => c.max_tokens = Some(positive(&value)?),
+                "max_body_bytes" => c.max_body_bytes = Some(positive(&value)?),
                 _ if name.starts_with(EXTRA_PREFIX) => {
-                    extra.insert(name, value);
+                    c.extra.insert(name, value);
                 }
                 _ => return Err(TokenError::Invalid),
             }
         }
 
-        match (jti, iat, exp, provider, api_key) {
-            (Some(jti), Some(iat), Some(exp), Some(provider), Some(api_key)) => Ok(Claims {
+        // `burst` shapes the `rps` limit; alone it means nothing.
+        if c.burst.is_some() && c.rps.is_none() {
+            return Err(TokenError::Invalid);
+        }
+        c.credential = match (api_key, key_ref) {
+            (Some(key), None) => Credential::ApiKey(key),
+            (None, Some(name)) => Credential::KeyRef(name),
+            _ => return Err(TokenError::Invalid),
+        };
+        match (jti, iat, exp, provider) {
+            (Some(jti), Some(iat), Some(exp), Some(provider)) => Ok(Claims {
                 jti,
                 iat,
                 nbf,
                 exp,
                 provider,
-                api_key,
-                max_calls,
-                model,
-                models,
-                sub,
-                ext_info,
-                extra,
+                ..c
             }),
             _ => Err(TokenError::Invalid),
         }
@@ -263,9 +487,11 @@ impl Claims {
     }
 
     /// The canonical claims JSON (see `docs/token-format.md`): compact, keys
-    /// in the order `jti, iat, nbf, exp, provider, api_key, max_calls,
-    /// model, models, sub, ext_info`, then `x_*` keys in byte order; absent
-    /// optionals omitted. Contains the API key: treat as secret.
+    /// in the order `jti, iat, nbf, exp, provider, api_key, key_ref,
+    /// max_calls, model, models, sub, ext_info, origins, ips, paths,
+    /// methods, rps, burst, concurrency, max_tokens, max_body_bytes`, then
+    /// `x_*` keys in byte order; absent optionals omitted; array items in
+    /// the order given. Contains the API key: treat as secret.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(256);
         let mut first = true;
@@ -287,8 +513,16 @@ impl Claims {
         out.push_str(&self.exp.to_string());
         key(&mut out, "provider");
         write_string(&mut out, &self.provider);
-        key(&mut out, "api_key");
-        write_string(&mut out, self.api_key.expose());
+        match &self.credential {
+            Credential::ApiKey(api_key) => {
+                key(&mut out, "api_key");
+                write_string(&mut out, api_key.expose());
+            }
+            Credential::KeyRef(name) => {
+                key(&mut out, "key_ref");
+                write_string(&mut out, name);
+            }
+        }
         if let Some(n) = self.max_calls {
             key(&mut out, "max_calls");
             out.push_str(&n.to_string());
@@ -299,14 +533,7 @@ impl Claims {
         }
         if let Some(ms) = &self.models {
             key(&mut out, "models");
-            out.push('[');
-            for (i, m) in ms.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(&mut out, m);
-            }
-            out.push(']');
+            write_strings(&mut out, ms);
         }
         if let Some(s) = &self.sub {
             key(&mut out, "sub");
@@ -315,6 +542,29 @@ impl Claims {
         if let Some(e) = &self.ext_info {
             key(&mut out, "ext_info");
             write_string(&mut out, e);
+        }
+        for (name, list) in [
+            ("origins", &self.origins),
+            ("ips", &self.ips),
+            ("paths", &self.paths),
+            ("methods", &self.methods),
+        ] {
+            if let Some(list) = list {
+                key(&mut out, name);
+                write_strings(&mut out, list);
+            }
+        }
+        for (name, n) in [
+            ("rps", self.rps),
+            ("burst", self.burst),
+            ("concurrency", self.concurrency),
+            ("max_tokens", self.max_tokens),
+            ("max_body_bytes", self.max_body_bytes),
+        ] {
+            if let Some(n) = n {
+                key(&mut out, name);
+                out.push_str(&n.to_string());
+            }
         }
         // BTreeMap<String, _> iterates in byte order of the keys.
         for (name, value) in &self.extra {
@@ -366,6 +616,38 @@ fn jti_value(v: &Value) -> Result<String, TokenError> {
     }
 }
 
+fn write_strings(out: &mut String, items: &[String]) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, item);
+    }
+    out.push(']');
+}
+
+/// A policy list: a non-empty array of distinct strings (byte-wise), each
+/// accepted by `valid`. Order is kept (it is part of the canonical form).
+fn scope_list(v: Value, valid: impl Fn(&str) -> bool) -> Result<Vec<String>, TokenError> {
+    let Value::Array(items) = v else {
+        return Err(TokenError::Invalid);
+    };
+    if items.is_empty() {
+        return Err(TokenError::Invalid);
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let s = non_empty(item)?;
+        if !valid(&s) || !seen.insert(s.clone()) {
+            return Err(TokenError::Invalid);
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
 fn model_list(v: Value) -> Result<Vec<String>, TokenError> {
     let Value::Array(items) = v else {
         return Err(TokenError::Invalid);
@@ -400,7 +682,8 @@ mod tests {
     fn minimal_claims_parse() {
         let c = parse_with("").unwrap();
         assert_eq!(c.jti, JTI);
-        assert_eq!(c.api_key.expose(), "sk-secret-123");
+        assert_eq!(c.api_key().unwrap().expose(), "sk-secret-123");
+        assert_eq!(c.key_ref(), None);
         assert_eq!(c.to_json(), format!("{{{}}}", base()));
     }
 
@@ -490,12 +773,21 @@ mod tests {
             nbf: Some(11),
             exp: 20,
             provider: "p".into(),
-            api_key: "k".into(),
+            credential: Credential::ApiKey("k".into()),
             max_calls: Some(3),
             model: Some("m".into()),
             models: Some(vec!["m".into(), "n".into()]),
             sub: Some("s\n\"é".into()),
             ext_info: Some("{}".into()),
+            origins: Some(vec!["https://b.example".into(), "*.a.example".into()]),
+            ips: Some(vec!["10.0.0.0/8".into(), "::1".into()]),
+            paths: Some(vec!["chat/completions".into(), "models".into()]),
+            methods: Some(vec!["POST".into(), "GET".into()]),
+            rps: Some(5),
+            burst: Some(10),
+            concurrency: Some(2),
+            max_tokens: Some(1000),
+            max_body_bytes: Some(65536),
             extra: BTreeMap::from([
                 ("x_z".into(), Value::from(1)),
                 ("x_a".into(), Value::from("a")),
@@ -504,10 +796,151 @@ mod tests {
         assert_eq!(
             c.to_json(),
             format!(
-                r#"{{"jti":"{JTI}","iat":10,"nbf":11,"exp":20,"provider":"p","api_key":"k","max_calls":3,"model":"m","models":["m","n"],"sub":"s\n\"é","ext_info":"{{}}","x_a":"a","x_z":1}}"#
+                r#"{{"jti":"{JTI}","iat":10,"nbf":11,"exp":20,"provider":"p","api_key":"k","max_calls":3,"model":"m","models":["m","n"],"sub":"s\n\"é","ext_info":"{{}}","origins":["https://b.example","*.a.example"],"ips":["10.0.0.0/8","::1"],"paths":["chat/completions","models"],"methods":["POST","GET"],"rps":5,"burst":10,"concurrency":2,"max_tokens":1000,"max_body_bytes":65536,"x_a":"a","x_z":1}}"#
             )
         );
         assert_eq!(Claims::from_json(c.to_json().as_bytes()).unwrap(), c);
+        assert_eq!(c.check_structure(), Ok(()));
+
+        let r = c.with_key_ref("team-openai");
+        assert!(r
+            .to_json()
+            .contains(r#""provider":"p","key_ref":"team-openai","max_calls":3"#));
+        assert!(!r.to_json().contains("api_key"));
+        assert_eq!(Claims::from_json(r.to_json().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn exactly_one_of_api_key_and_key_ref() {
+        let no_key = format!(
+            r#""jti":"{JTI}","iat":{NOW},"exp":{},"provider":"openai""#,
+            NOW + 1
+        );
+        let with = |extra: &str| Claims::from_json(format!("{{{no_key}{extra}}}").as_bytes());
+        let c = with(r#","key_ref":"team""#).unwrap();
+        assert_eq!(c.key_ref(), Some("team"));
+        assert!(c.api_key().is_none());
+        assert_eq!(c.credential, Credential::KeyRef("team".into()));
+        assert_eq!(with(""), Err(TokenError::Invalid));
+        assert_eq!(
+            with(r#","key_ref":"team","api_key":"sk""#),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(with(r#","key_ref":"""#), Err(TokenError::Invalid));
+        assert_eq!(with(r#","key_ref":1"#), Err(TokenError::Invalid));
+        assert_eq!(with(r#","key_ref":null"#), Err(TokenError::Invalid));
+
+        let minted = Claims::new_key_ref("openai", "team", 60, NOW);
+        assert_eq!(minted.check_structure(), Ok(()));
+        assert_eq!(
+            Claims::new_key_ref("openai", "", 60, NOW).check_structure(),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            minted
+                .with_api_key("sk-x")
+                .api_key()
+                .map(SecretString::expose),
+            Some("sk-x")
+        );
+    }
+
+    #[test]
+    fn policy_claims_parse() {
+        let c = parse_with(
+            r#","origins":["https://app.example.com","*.example.org"],"ips":["192.0.2.0/24","2001:db8::/32"],"paths":["chat/completions"],"methods":["POST"],"rps":2,"concurrency":3,"max_tokens":1000,"max_body_bytes":1024"#,
+        )
+        .unwrap();
+        assert_eq!(c.rps, Some(2));
+        assert_eq!(c.burst, None);
+        assert_eq!(c.effective_burst(), Some(2));
+        assert_eq!(c.concurrency, Some(3));
+        assert_eq!(c.max_tokens, Some(1000));
+        assert_eq!(c.max_body_bytes, Some(1024));
+        assert!(c.allows_origin("https://APP.example.com"));
+        assert!(c.allows_origin("https://x.example.org"));
+        assert!(!c.allows_origin("https://example.org"));
+        assert!(c.allows_ip("192.0.2.9".parse().unwrap()));
+        assert!(!c.allows_ip("198.51.100.1".parse().unwrap()));
+        assert!(c.allows_path("chat/completions"));
+        assert!(!c.allows_path("embeddings"));
+        assert!(c.allows_method("POST"));
+        assert!(!c.allows_method("GET"));
+        assert_eq!(
+            parse_with(r#","rps":2,"burst":5"#)
+                .unwrap()
+                .effective_burst(),
+            Some(5)
+        );
+
+        // Without the claims everything is allowed, as before.
+        let plain = parse_with("").unwrap();
+        assert!(plain.allows_origin("https://anything"));
+        assert!(plain.allows_ip("203.0.113.1".parse().unwrap()));
+        assert!(plain.allows_path("any/path"));
+        assert!(plain.allows_method("DELETE"));
+        assert_eq!(plain.effective_burst(), None);
+    }
+
+    #[test]
+    fn policy_claims_fail_closed() {
+        for extra in [
+            r#","origins":[]"#,
+            r#","origins":"https://a.example""#,
+            r#","origins":[""]"#,
+            r#","origins":["https://a.example/"]"#,
+            r#","origins":["https://a.example","https://a.example"]"#,
+            r#","origins":[1]"#,
+            r#","origins":null"#,
+            r#","ips":[]"#,
+            r#","ips":["10.0.0.0/33"]"#,
+            r#","ips":["10.0.0.1/8"]"#,
+            r#","ips":["not-an-ip"]"#,
+            r#","ips":["::1","::1"]"#,
+            r#","paths":[]"#,
+            r#","paths":["/chat/completions"]"#,
+            r#","paths":["chat/../admin"]"#,
+            r#","paths":["chat/%2e%2e"]"#,
+            r#","paths":["chat/"]"#,
+            r#","paths":["a","a"]"#,
+            r#","methods":[]"#,
+            r#","methods":["post"]"#,
+            r#","methods":["POST","POST"]"#,
+            r#","methods":["GET "]"#,
+            r#","rps":0"#,
+            r#","rps":-1"#,
+            r#","rps":1.5"#,
+            r#","rps":"2""#,
+            r#","burst":3"#,
+            r#","rps":1,"burst":0"#,
+            r#","concurrency":0"#,
+            r#","concurrency":true"#,
+            r#","max_tokens":0"#,
+            r#","max_tokens":1e3"#,
+            r#","max_body_bytes":0"#,
+            r#","max_body_bytes":18446744073709551616"#,
+        ] {
+            assert_eq!(parse_with(extra), Err(TokenError::Invalid), "{extra}");
+        }
+        // The builders cannot mint what the parser refuses.
+        let c = Claims::new("p", "k", 10, NOW);
+        for bad in [
+            c.clone().with_methods(["get"]),
+            c.clone().with_origins(Vec::<String>::new()),
+            c.clone().with_ips(["10.0.0.0/8", "10.0.0.0/8"]),
+            c.clone().with_rps(0, None),
+            Claims {
+                burst: Some(2),
+                ..c.clone()
+            },
+        ] {
+            assert_eq!(
+                bad.check_structure(),
+                Err(TokenError::Invalid),
+                "{}",
+                bad.to_json()
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   [`RaiError`], [`KeyringError`];
 //! * [`rai`] — [`RaiConfig`]: parse/validate/generate `.rai` JSON;
 //! * [`keys`] — HKDF content-key derivation, `kid`, [`V2Key`], [`Keyring`];
+//! * [`scope`] — grammar and matching of the policy claims (`origins`, `ips`,
+//!   `paths`, `methods`);
 //! * [`claims`] — [`Claims`]: fail-closed parsing, canonical JSON, time rules;
 //! * [`v2`] — [`encode_v2`] / [`decode_v2`] and [`looks_like_jwe`];
 //! * [`legacy`] — decoding the earlier Go server's AES-CBC tokens (opt-in on the relay).
@@ -42,10 +44,11 @@ pub mod error;
 pub mod keys;
 pub mod legacy;
 pub mod rai;
+pub mod scope;
 pub mod secret;
 pub mod v2;
 
-pub use claims::{new_jti, Claims};
+pub use claims::{new_jti, Claims, Credential};
 pub use error::{KeyringError, RaiError, RaiFieldError, TokenError};
 pub use keys::{Keyring, V2Key};
 pub use legacy::{decode_legacy, LegacyClaims, LegacyKey, LegacyKeyring};

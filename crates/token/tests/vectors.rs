@@ -565,7 +565,7 @@ fn build() -> VectorFile {
     v.push(claims_case(
         35,
         "api-key-missing",
-        "Required api_key absent.",
+        "Neither api_key nor key_ref: exactly one is required.",
         minimal_json(35, "").replace(r#","api_key":"sk-test-0000000000000000""#, ""),
     ));
     v.push(claims_case(
@@ -608,6 +608,235 @@ fn build() -> VectorFile {
     );
     dup.requires = Some(vec!["duplicate-member-detection"]);
     v.push(dup);
+
+    // ---- policy claims: valid, mintable ------------------------------------
+    v.push(mint(
+        50,
+        "policy-all-claims",
+        "Every policy claim with an api_key, in canonical order; array items keep the order given.",
+        'A',
+        json!({"jti": jti(50), "iat": NOW, "exp": NOW + 3600, "provider": "openai",
+               "api_key": "sk-test-5050505050505050", "max_calls": 10,
+               "origins": ["https://app.example.com", "*.example.org", "http://localhost:5173"],
+               "ips": ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"],
+               "paths": ["chat/completions", "models"],
+               "methods": ["POST", "GET"],
+               "rps": 5, "burst": 20, "concurrency": 3, "max_tokens": 1000, "max_body_bytes": 65536}),
+        NOW,
+        "ok",
+    ));
+    v.push(mint(
+        51,
+        "key-ref",
+        "key_ref instead of api_key: the token carries no provider key.",
+        'A',
+        json!({"jti": jti(51), "iat": NOW, "exp": NOW + 3600, "provider": "openai", "key_ref": "team-openai"}),
+        NOW,
+        "ok",
+    ));
+    v.push(mint(
+        52,
+        "key-ref-every-claim",
+        "key_ref with every other defined claim and x_ metadata: the full canonical order.",
+        'A',
+        json!({"jti": jti(52), "iat": NOW - 30, "nbf": NOW - 30, "exp": NOW + 600, "provider": "anthropic",
+               "key_ref": "anthropic-pool", "max_calls": 100, "model": "claude-3-5-haiku-latest",
+               "models": ["claude-3-5-haiku-latest"], "sub": "user-42", "ext_info": "{\"app\":\"demo\"}",
+               "origins": ["https://*.example.com"], "ips": ["::1", "127.0.0.1"], "paths": ["v1/messages"],
+               "methods": ["POST"], "rps": 1, "burst": 1, "concurrency": 1, "max_tokens": 1,
+               "max_body_bytes": 1, "x_app": "demo"}),
+        NOW,
+        "ok",
+    ));
+    v.push(mint(
+        53,
+        "policy-minimums-no-burst",
+        "rps without burst (burst defaults to rps); every integer limit at its minimum 1.",
+        'A',
+        json!({"jti": jti(53), "iat": NOW, "exp": NOW + 3600, "provider": "openai", "api_key": "sk-test",
+               "rps": 1, "concurrency": 1, "max_tokens": 1, "max_body_bytes": 1}),
+        NOW,
+        "ok",
+    ));
+    v.push(mint(
+        54,
+        "policy-grammar-edges",
+        "Allowed edge forms: upper-case origin, IPv6 literal with port, scheme-less wildcard with port; bare IPv4/IPv6, /0, upper-case hex; pchars such as ':' in a path; several methods.",
+        'A',
+        json!({"jti": jti(54), "iat": NOW, "exp": NOW + 3600, "provider": "gemini", "api_key": "AIza-test-key",
+               "origins": ["HTTPS://App.Example.COM", "http://[::1]:8080", "*.example.net:8443", "chrome-extension://abcdefghijklmnop"],
+               "ips": ["0.0.0.0/0", "::/0", "2001:DB8::1", "10.0.0.1"],
+               "paths": ["v1beta/models/gemini-1.5-flash:streamGenerateContent", "v1beta/models"],
+               "methods": ["POST", "GET", "OPTIONS"]}),
+        NOW,
+        "ok",
+    ));
+
+    // ---- policy claims: must fail (correctly encrypted) ---------------------
+    let policy_cases: [(u8, &str, &str, String); 24] = [
+        (
+            60,
+            "api-key-and-key-ref",
+            "Both api_key and key_ref: exactly one is allowed.",
+            minimal_json(60, r#","key_ref":"team-openai""#),
+        ),
+        (
+            61,
+            "key-ref-empty",
+            "key_ref must be a non-empty string.",
+            minimal_json(61, "")
+                .replace(r#""api_key":"sk-test-0000000000000000""#, r#""key_ref":"""#),
+        ),
+        (
+            62,
+            "key-ref-not-string",
+            "key_ref must be a string.",
+            minimal_json(62, "").replace(
+                r#""api_key":"sk-test-0000000000000000""#,
+                r#""key_ref":["team"]"#,
+            ),
+        ),
+        (
+            63,
+            "burst-without-rps",
+            "burst is only valid together with rps.",
+            minimal_json(63, r#","burst":10"#),
+        ),
+        (
+            64,
+            "origins-empty",
+            "origins must be a non-empty array.",
+            minimal_json(64, r#","origins":[]"#),
+        ),
+        (
+            65,
+            "origin-with-path",
+            "An origin has no path (not even '/').",
+            minimal_json(65, r#","origins":["https://app.example.com/"]"#),
+        ),
+        (
+            66,
+            "origin-duplicate",
+            "Array items must be distinct.",
+            minimal_json(
+                66,
+                r#","origins":["https://a.example","https://a.example"]"#,
+            ),
+        ),
+        (
+            67,
+            "origin-bare-wildcard",
+            "'*' alone is not a pattern (wildcards are '*.' + domain).",
+            minimal_json(67, r#","origins":["*"]"#),
+        ),
+        (
+            68,
+            "origin-no-scheme",
+            "An exact origin needs its scheme.",
+            minimal_json(68, r#","origins":["app.example.com"]"#),
+        ),
+        (
+            69,
+            "ips-bad-cidr",
+            "IPv4 prefix above 32.",
+            minimal_json(69, r#","ips":["10.0.0.0/33"]"#),
+        ),
+        (
+            70,
+            "ips-host-bits",
+            "Network address with host bits set (10.0.0.1/8).",
+            minimal_json(70, r#","ips":["10.0.0.1/8"]"#),
+        ),
+        (
+            71,
+            "ips-not-an-address",
+            "Host names are not addresses.",
+            minimal_json(71, r#","ips":["localhost"]"#),
+        ),
+        (
+            72,
+            "ips-not-array",
+            "ips must be an array, even for one network.",
+            minimal_json(72, r#","ips":"10.0.0.0/8""#),
+        ),
+        (
+            73,
+            "paths-leading-slash",
+            "Path prefixes are relative to the base path: no leading '/'.",
+            minimal_json(73, r#","paths":["/chat/completions"]"#),
+        ),
+        (
+            74,
+            "paths-dot-dot",
+            "'..' segments are not allowed in a prefix.",
+            minimal_json(74, r#","paths":["chat/../admin"]"#),
+        ),
+        (
+            75,
+            "paths-percent-encoded",
+            "Percent-encoding is not allowed in a prefix.",
+            minimal_json(75, r#","paths":["chat%2Fcompletions"]"#),
+        ),
+        (
+            76,
+            "method-lowercase",
+            "Methods are upper-case.",
+            minimal_json(76, r#","methods":["post"]"#),
+        ),
+        (
+            77,
+            "rps-zero",
+            "rps must be >= 1.",
+            minimal_json(77, r#","rps":0"#),
+        ),
+        (
+            78,
+            "burst-zero",
+            "burst must be >= 1.",
+            minimal_json(78, r#","rps":1,"burst":0"#),
+        ),
+        (
+            79,
+            "concurrency-zero",
+            "concurrency must be >= 1.",
+            minimal_json(79, r#","concurrency":0"#),
+        ),
+        (
+            80,
+            "max-tokens-zero",
+            "max_tokens must be >= 1.",
+            minimal_json(80, r#","max_tokens":0"#),
+        ),
+        (
+            81,
+            "max-body-bytes-negative",
+            "max_body_bytes must be >= 1.",
+            minimal_json(81, r#","max_body_bytes":-1"#),
+        ),
+        (
+            82,
+            "max-tokens-string",
+            "Integers only, not numeric strings.",
+            minimal_json(82, r#","max_tokens":"1000""#),
+        ),
+        (
+            83,
+            "policy-null",
+            "Optional policy claims are omitted, never null.",
+            minimal_json(83, r#","origins":null"#),
+        ),
+    ];
+    for (n, name, comment, payload) in policy_cases {
+        v.push(claims_case(n, name, comment, payload));
+    }
+    let mut rps_float = claims_case(
+        84,
+        "rps-float",
+        "rps written as 2.0: integers only.",
+        minimal_json(84, r#","rps":2.0"#),
+    );
+    rps_float.requires = Some(vec!["integer-float-distinction"]);
+    v.push(rps_float);
 
     VectorFile {
         description: "RelayAPI token v2 test vectors (JWE compact, alg dir, enc A256GCM). See testdata/vectors/README.md and docs/token-format.md. Generated by crates/token/tests/vectors.rs; do not edit by hand.",

@@ -16,17 +16,28 @@
 //!   always equals the committed database for the jtis it holds, so checks
 //!   are exact without a read per request. This assumes no other process
 //!   writes the file: one relay per file (use Redis for several instances).
+//!
+//! Budgets, revocations and per-token usage statistics are further
+//! operations of the same writer, in [`policy`]. Usage statistics are first
+//! aggregated in memory ([`Pending`]) and written as one operation per
+//! flush, so a request never waits on SQLite for them.
+
+mod policy;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{decide, unix_now, Admission, UsageError};
+use super::pending::Pending;
+use super::{
+    decide, unix_now, Admission, BudgetAdmission, SubReport, TokenReport, UsageDelta, UsageError,
+};
+use policy::{PolicyOp, PolicyOutcome};
 
 /// Queue depth. When full, `reserve_call` awaits a free slot (backpressure
 /// on the requests, never unbounded memory and never a dropped reservation).
@@ -44,11 +55,13 @@ const MAX_CACHED: usize = 100_000;
 enum Op {
     Reserve { max_calls: u64, exp: i64 },
     Used,
+    Policy(PolicyOp),
 }
 
 enum Outcome {
     Admission(Admission),
     Used(u64),
+    Policy(PolicyOutcome),
 }
 
 struct Request {
@@ -68,10 +81,18 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
     /// The writer thread, taken by the first `close`.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Usage statistics not written yet.
+    pending: Pending,
+    /// Mirror of `revoked_tokens` (jti -> revoked at), updated after commit.
+    revoked: RwLock<HashMap<String, i64>>,
 }
 
 fn unavailable(context: &str, e: impl std::fmt::Display) -> UsageError {
     UsageError::Unavailable(format!("{context}: {e}"))
+}
+
+fn unexpected() -> UsageError {
+    UsageError::Unavailable("unexpected reply".into())
 }
 
 fn closed() -> UsageError {
@@ -89,6 +110,9 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
         init(&conn).map_err(|e| unavailable(&format!("preparing {}", path.display()), e))?;
+        let revoked = policy::init(&conn)
+            .and_then(|()| policy::load_revoked(&conn))
+            .map_err(|e| unavailable(&format!("preparing {}", path.display()), e))?;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let writer = std::thread::Builder::new()
             .name("usage-sqlite".into())
@@ -97,6 +121,8 @@ impl SqliteStore {
         Ok(Self {
             tx,
             writer: Mutex::new(Some(writer)),
+            pending: Pending::new(super::MAX_PENDING_USAGE),
+            revoked: RwLock::new(revoked),
         })
     }
 
@@ -123,20 +149,23 @@ impl SqliteStore {
     ) -> Result<Admission, UsageError> {
         match self.request(jti, Op::Reserve { max_calls, exp }).await? {
             Outcome::Admission(a) => Ok(a),
-            Outcome::Used(_) => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(UsageError::Unavailable("unexpected reply".into())),
         }
     }
 
     pub async fn calls_used(&self, jti: &str) -> Result<u64, UsageError> {
         match self.request(jti, Op::Used).await? {
             Outcome::Used(n) => Ok(n),
-            Outcome::Admission(_) => Err(UsageError::Unavailable("unexpected reply".into())),
+            _ => Err(UsageError::Unavailable("unexpected reply".into())),
         }
     }
 
     /// Makes the writer finish everything queued, commit and exit; waits for
     /// it without blocking the runtime. Idempotent.
     pub async fn close(&self) -> Result<(), UsageError> {
+        // Statistics still in memory go in before the close (best effort:
+        // a closed store has nothing to write them to).
+        let _ = self.flush_usage().await;
         let (done, done_rx) = oneshot::channel();
         if self.tx.send(Msg::Close(done)).await.is_err() {
             return Ok(()); // already closed
@@ -152,6 +181,120 @@ impl SqliteStore {
                 .map_err(|_| UsageError::Unavailable("writer thread panicked".into()))?;
         }
         Ok(())
+    }
+}
+
+/// Budgets, revocations and usage statistics (see [`policy`]).
+impl SqliteStore {
+    async fn policy(&self, jti: &str, op: PolicyOp) -> Result<PolicyOutcome, UsageError> {
+        match self.request(jti, Op::Policy(op)).await? {
+            Outcome::Policy(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn reserve_tokens(
+        &self,
+        jti: &str,
+        budget: u64,
+        amount: u64,
+        exp: i64,
+    ) -> Result<BudgetAdmission, UsageError> {
+        let op = PolicyOp::ReserveTokens {
+            budget,
+            amount,
+            exp,
+        };
+        match self.policy(jti, op).await? {
+            PolicyOutcome::Budget(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Queues the settle without waiting for it (the finish hook is
+    /// synchronous). Ordered after the reservation on the same queue. When
+    /// the queue is full, a task waits for room; a settle lost because the
+    /// store closed first leaves the reservation charged.
+    pub fn settle_tokens(&self, jti: &str, reserved: u64, actual: u64) {
+        let (reply, _) = oneshot::channel();
+        let msg = Msg::Request(Request {
+            jti: jti.to_owned(),
+            op: Op::Policy(PolicyOp::SettleTokens { reserved, actual }),
+            reply,
+        });
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
+            let tx = self.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        }
+    }
+
+    pub async fn tokens_used(&self, jti: &str) -> Result<u64, UsageError> {
+        match self.policy(jti, PolicyOp::TokensUsed).await? {
+            PolicyOutcome::Used(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Durable revocation; the in-memory mirror is updated after the commit.
+    pub async fn revoke(&self, jti: &str) -> Result<i64, UsageError> {
+        let op = PolicyOp::Revoke { now: unix_now() };
+        match self.policy(jti, op).await? {
+            PolicyOutcome::RevokedAt(at) => {
+                self.revoked
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(jti.to_owned(), at);
+                Ok(at)
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        !revoked.is_empty() && revoked.contains_key(jti)
+    }
+
+    pub fn record(&self, jti: &str, delta: UsageDelta) {
+        self.pending.add(jti, delta);
+    }
+
+    pub fn pending_dropped(&self) -> u64 {
+        self.pending.dropped()
+    }
+
+    /// Writes the pending statistics in one operation and waits for it.
+    pub async fn flush_usage(&self) -> Result<(), UsageError> {
+        let deltas = self.pending.take();
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        self.policy("", PolicyOp::RecordUsage(deltas))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn token_report(&self, jti: &str) -> Result<TokenReport, UsageError> {
+        self.flush_usage().await?;
+        match self.policy(jti, PolicyOp::TokenReport).await? {
+            PolicyOutcome::Token(r) => Ok(*r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn sub_report(&self, sub: Option<&str>) -> Result<Vec<SubReport>, UsageError> {
+        self.flush_usage().await?;
+        match self
+            .policy("", PolicyOp::SubReport(sub.map(str::to_owned)))
+            .await?
+        {
+            PolicyOutcome::Subs(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
     }
 }
 
@@ -266,8 +409,14 @@ impl Writer {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for req in batch {
+            if let Op::Policy(op) = &req.op {
+                outcomes.push(Outcome::Policy(policy::apply(&self.conn, &req.jti, op)?));
+                continue;
+            }
             let (used, stored_exp) = self.load(&req.jti)?;
             let outcome = match req.op {
+                // Handled above, without loading the call count.
+                Op::Policy(_) => continue,
                 Op::Used => Outcome::Used(used),
                 Op::Reserve { max_calls, exp } => {
                     let (admission, new_used) = decide(used, max_calls);
@@ -310,6 +459,9 @@ impl Writer {
     fn housekeeping(&mut self) {
         self.last_housekeeping = Instant::now();
         let cutoff = unix_now() - EXPIRED_GRACE_SECS;
+        if let Err(e) = policy::housekeeping(&self.conn) {
+            tracing::warn!(error = %e, "usage housekeeping (budgets, statistics) failed");
+        }
         match delete_expired(&self.conn) {
             Ok(n) => {
                 tracing::debug!(deleted = n, "usage housekeeping");

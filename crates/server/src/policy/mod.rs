@@ -1,0 +1,161 @@
+//! Per-token policy: what a token's policy claims allow, checked on the
+//! request path right after the token is decoded (step 6 of `http.rs`).
+//!
+//! * [`check_scope`] — the static scopes, in this order: `origins`
+//!   (`origin_not_allowed`), `ips` (`ip_not_allowed`), `methods`
+//!   (`method_not_allowed`), `paths` (`path_not_allowed`, after
+//!   [`path::normalise`]). Pure; nothing is counted for a refused request.
+//! * [`rate`] — `rps`/`burst`, a GCRA per jti (`rate_limited`).
+//! * [`concurrency`] — `concurrency`, a slot per request in flight
+//!   (`concurrency_exceeded`).
+//! * [`body_limit`] — `max_body_bytes` while the body streams
+//!   (`payload_too_large`).
+//! * [`budget`] — `max_tokens`: reservation, `include_usage`, settle rule
+//!   (`budget_exhausted`; the counts live in the usage store).
+//!
+//! A token without a claim is not limited by it: every check here is a
+//! no-op for tokens minted before these claims existed.
+
+pub mod body_limit;
+pub mod budget;
+pub mod concurrency;
+pub mod path;
+pub mod rate;
+
+use std::net::IpAddr;
+
+use http::{HeaderValue, Method};
+use relayapi_token::Claims;
+
+use crate::config::PolicySettings;
+use crate::error::ApiError;
+
+/// The shared state of per-token limits.
+#[derive(Debug)]
+pub struct PolicyState {
+    pub rates: rate::TokenRates,
+    pub in_flight: concurrency::InFlight,
+    pub default_reservation: u64,
+}
+
+impl PolicyState {
+    pub fn new(settings: &PolicySettings) -> PolicyState {
+        PolicyState {
+            rates: rate::TokenRates::new(settings.max_tracked_tokens),
+            in_flight: concurrency::InFlight::default(),
+            default_reservation: settings.default_token_reservation.max(1),
+        }
+    }
+}
+
+/// The `Origin` and client IP checks; also applied to the relay's own
+/// `_relayapi/usage` route. A request without an `Origin` header is not a
+/// browser's cross-origin request and passes `origins` (the claim keeps
+/// *browsers* on other sites from using a leaked token; it is not
+/// authentication — a non-browser client can send any `Origin`).
+pub fn check_origin_and_ip(
+    claims: &Claims,
+    origin: Option<&HeaderValue>,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    if claims.origins.is_some() {
+        if let Some(origin) = origin {
+            let ok = origin.to_str().is_ok_and(|o| claims.allows_origin(o));
+            if !ok {
+                return Err(ApiError::OriginNotAllowed);
+            }
+        }
+    }
+    if !claims.allows_ip(ip) {
+        return Err(ApiError::IpNotAllowed);
+    }
+    Ok(())
+}
+
+/// The static scopes (see the module docs). Returns the path to forward:
+/// the normalised one when the token has `paths`, else `rest` unchanged.
+pub fn check_scope(
+    claims: &Claims,
+    method: &Method,
+    origin: Option<&HeaderValue>,
+    ip: IpAddr,
+    rest: &str,
+) -> Result<Option<String>, ApiError> {
+    check_origin_and_ip(claims, origin, ip)?;
+    if !claims.allows_method(method.as_str()) {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    if claims.paths.is_none() {
+        return Ok(None);
+    }
+    let normalised = path::normalise(rest).map_err(|_| ApiError::PathNotAllowed)?;
+    if !claims.allows_path(&normalised) {
+        return Err(ApiError::PathNotAllowed);
+    }
+    Ok(Some(normalised))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims::new("openai", "k", 60, 1)
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    #[test]
+    fn tokens_without_claims_pass_unchanged() {
+        let c = claims();
+        let o = HeaderValue::from_static("https://anywhere.example");
+        assert_eq!(
+            check_scope(&c, &Method::DELETE, Some(&o), IP, "a/../b//c").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn each_scope_refuses_with_its_code() {
+        let c = claims()
+            .with_origins(["https://app.example"])
+            .with_ips(["192.0.2.0/24"])
+            .with_methods(["POST"])
+            .with_paths(["chat/completions"]);
+        let good = HeaderValue::from_static("https://app.example");
+        let bad = HeaderValue::from_static("https://evil.example");
+        let ok = |m: &Method, o, ip, p: &str| check_scope(&c, m, o, ip, p);
+        assert_eq!(
+            ok(&Method::POST, Some(&good), IP, "chat/./completions").unwrap(),
+            Some("chat/completions".into())
+        );
+        // No Origin header: not a cross-origin browser request.
+        assert!(ok(&Method::POST, None, IP, "chat/completions").is_ok());
+        assert_eq!(
+            ok(&Method::POST, Some(&bad), IP, "chat/completions"),
+            Err(ApiError::OriginNotAllowed)
+        );
+        let other_ip: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            ok(&Method::POST, Some(&good), other_ip, "chat/completions"),
+            Err(ApiError::IpNotAllowed)
+        );
+        assert_eq!(
+            ok(&Method::GET, Some(&good), IP, "chat/completions"),
+            Err(ApiError::MethodNotAllowed)
+        );
+        for p in [
+            "models",
+            "chat/completions/../../models",
+            "chat%2fcompletions",
+            "../x",
+        ] {
+            assert_eq!(
+                ok(&Method::POST, Some(&good), IP, p),
+                Err(ApiError::PathNotAllowed),
+                "{p}"
+            );
+        }
+    }
+}
