@@ -11,9 +11,10 @@
  *
  * The relay refuses a token whose claims break these rules (`token_invalid`,
  * no reason given), so the SDK refuses to mint one — and explains. The
- * verdicts mirror the reference implementation (`crates/token/src/scope.rs`)
- * decision for decision: each checker follows the Rust control flow and
- * returns a reason exactly where the Rust parser returns `None`. IP
+ * verdicts mirror the reference implementation (`crates/token/src/scope.rs`):
+ * each checker follows the Rust control flow and returns a reason where the
+ * Rust parser returns `None` (a few earlier exits, such as a `/` in an
+ * origin, only sharpen the message; they refuse nothing Rust accepts). IP
  * addresses are parsed by a hand-written port of Rust's `core::net` parser
  * (no dependency, same answers as the relay, IPv6 and embedded IPv4
  * included). The Python SDK has the same module (`relayapi/_policy.py`);

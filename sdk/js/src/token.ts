@@ -288,7 +288,7 @@ export class TokenGenerator {
       else if (isPlainObject(o.extInfo)) extInfo = JSON.stringify(o.extInfo);
       else throw new InvalidArgumentError('extInfo', 'extInfo must be a string or a plain object, or omitted');
     }
-    // Policy options, keyed by claim name (null = absent, like every option).
+    // Policy options, keyed by option name (null = absent, like every option).
     const policy: Record<string, unknown> = {};
     for (const option of Object.values(POLICY_OPTIONS)) {
       if (present(o[option])) policy[option] = o[option];

@@ -11,9 +11,10 @@ checked before minting, with messages that say what to fix.
 The relay refuses a token whose claims break these rules (``token_invalid``,
 with no reason given), so the SDK refuses to mint one — and, unlike the
 relay, explains. The verdicts mirror the reference implementation
-(``crates/token/src/scope.rs``) decision for decision: each checker follows
-the Rust control flow and returns a reason exactly where the Rust parser
-returns ``None``. IP addresses are parsed by a port of Rust's
+(``crates/token/src/scope.rs``): each checker follows the Rust control flow
+and returns a reason where the Rust parser returns ``None`` (a few earlier
+exits, such as a ``/`` in an origin, only sharpen the message; they refuse
+nothing Rust accepts). IP addresses are parsed by a port of Rust's
 ``core::net`` parser rather than :mod:`ipaddress`, which accepts forms the
 relay does not (zone ids) — the point is to agree with the relay, not with
 another library. ``sdk/testdata/policy-claims.json`` holds the corpus both
@@ -263,8 +264,8 @@ def origin_problem(s: str) -> Optional[str]:
 
 
 def path_problem(s: str) -> Optional[str]:
-    """Segments of plain ``pchar`` s, no empty, ``.`` or ``..`` segment
-    (``scope::is_path_prefix``)."""
+    """``/``-separated segments of plain ``pchar`` characters, none empty,
+    ``.`` or ``..`` (``scope::is_path_prefix``)."""
     if not s:
         return "must not be empty"
     if s.startswith("/"):
