@@ -6,6 +6,7 @@
  */
 
 import { canonicalJson, compareUtf8, isB64url, isWellFormed, jsonString } from './encoding.js';
+import { LIMIT_CLAIMS, LIST_CLAIMS, limitProblem, listProblem, type ListClaim } from './policy.js';
 
 /** Minimum `jti` length: 22 base64url characters = 128 bits. */
 export const MIN_JTI_LEN = 22;
@@ -27,8 +28,10 @@ export interface TokenClaims {
   exp: number;
   /** Upstream provider id (`openai`, `anthropic`, `gemini`, …). */
   provider: string;
-  /** Upstream provider API key. */
-  api_key: string;
+  /** Upstream provider API key; exactly one of `api_key` and `key_ref`. */
+  api_key?: string;
+  /** Name of a credential held in the relay's config; the token then carries no provider key. */
+  key_ref?: string;
   /** Maximum relayed calls, ≥ 1. */
   max_calls?: number;
   /** The only allowed model. */
@@ -39,6 +42,24 @@ export interface TokenClaims {
   sub?: string;
   /** Opaque application data (a JSON object with string `rep_m` sets the effective model). */
   ext_info?: string;
+  /** Allowed browser `Origin`s: exact `scheme://host[:port]` or `[scheme://]*.domain[:port]`. */
+  origins?: string[];
+  /** Allowed client networks: IPv4/IPv6 addresses or CIDR networks (host bits zero). */
+  ips?: string[];
+  /** Allowed path prefixes after the base path, whole segments (`chat/completions`). */
+  paths?: string[];
+  /** Allowed HTTP methods, upper-case. */
+  methods?: string[];
+  /** Per-token rate limit, requests per second, ≥ 1. */
+  rps?: number;
+  /** Burst of the `rps` limit, ≥ 1; only with `rps` (absent: `rps`). */
+  burst?: number;
+  /** Maximum requests in flight, ≥ 1 (a stream counts until it ends). */
+  concurrency?: number;
+  /** Budget in LLM tokens (prompt + completion over all calls), ≥ 1. */
+  max_tokens?: number;
+  /** Maximum request body size in bytes, ≥ 1. */
+  max_body_bytes?: number;
   /** Free metadata, ignored by the relay. */
   [extra: `x_${string}`]: unknown;
 }
@@ -50,11 +71,21 @@ const ORDER = [
   'exp',
   'provider',
   'api_key',
+  'key_ref',
   'max_calls',
   'model',
   'models',
   'sub',
   'ext_info',
+  'origins',
+  'ips',
+  'paths',
+  'methods',
+  'rps',
+  'burst',
+  'concurrency',
+  'max_tokens',
+  'max_body_bytes',
 ] as const;
 const KNOWN = new Set<string>(ORDER);
 const I64_MAX = 9223372036854775807n;
@@ -63,13 +94,52 @@ const isInt = (v: unknown): boolean => typeof v === 'number' && Number.isSafeInt
 const isStr = (v: unknown): v is string => typeof v === 'string' && isWellFormed(v);
 const isNonEmpty = (v: unknown): v is string => isStr(v) && v.length > 0;
 
+/** What is wrong with a claims set: the claim and a message that names it. */
+export interface ClaimsProblem {
+  claim: string;
+  message: string;
+}
+
 /**
- * Checks a claims object against §4 and the clock-free time rule of §5
- * (`exp > iat`, `exp > nbf`). Returns the name of the first bad claim and
- * why, or `null` if the claims are well formed.
+ * Checks the policy claims of §4.1 (`undefined` = absent) in `values`, whose
+ * keys are `names(claim)` (the wire names, or option names such as
+ * `maxTokens`); messages use those names.
  * @internal
  */
-export function findClaimsProblem(claims: unknown): { claim: string; problem: string } | null {
+export function findPolicyProblem(
+  values: Record<string, unknown>,
+  names: (claim: string) => string = (c) => c,
+): ClaimsProblem | null {
+  for (const claim of Object.keys(LIST_CLAIMS) as ListClaim[]) {
+    const v = values[names(claim)];
+    const message = v === undefined ? null : listProblem(claim, names(claim), v, isWellFormed);
+    if (message) return { claim: names(claim), message };
+  }
+  for (const claim of LIMIT_CLAIMS) {
+    const v = values[names(claim)];
+    const message = v === undefined ? null : limitProblem(names(claim), v);
+    if (message) return { claim: names(claim), message };
+  }
+  const [burst, rps] = [names('burst'), names('rps')];
+  if (values[burst] !== undefined && values[rps] === undefined) {
+    return { claim: burst, message: `${burst} only shapes the ${rps} limit: set ${rps} too (without ${burst}, the burst is ${rps})` };
+  }
+  return null;
+}
+
+/**
+ * Checks a claims object against §4 and the clock-free time rule of §5
+ * (`exp > iat`, `exp > nbf`). Returns the first bad claim and a message
+ * naming it, or `null` if the claims are well formed.
+ * @internal
+ */
+export function findClaimsProblem(claims: unknown): ClaimsProblem | null {
+  const p = claimsProblem(claims);
+  if (p === null) return null;
+  return 'message' in p ? p : { claim: p.claim, message: `claim ${p.claim} ${p.problem}` };
+}
+
+function claimsProblem(claims: unknown): { claim: string; problem: string } | ClaimsProblem | null {
   if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) {
     return { claim: '(claims)', problem: 'must be a JSON object' };
   }
@@ -80,9 +150,18 @@ export function findClaimsProblem(claims: unknown): { claim: string; problem: st
     }
     if (!isWellFormed(name)) return { claim: name, problem: 'contains a lone UTF-16 surrogate' };
   }
-  const required = ['jti', 'iat', 'exp', 'provider', 'api_key'];
+  const required = ['jti', 'iat', 'exp', 'provider'];
   for (const name of required) {
     if (c[name] === undefined) return { claim: name, problem: 'is required' };
+  }
+  const credentials = (['api_key', 'key_ref'] as const).filter((name) => c[name] !== undefined);
+  if (credentials.length !== 1) {
+    return {
+      claim: credentials.length ? 'key_ref' : 'api_key',
+      message:
+        "exactly one of the claims api_key (the provider key) and key_ref (the name of a credential held by the relay) is required; got " +
+        (credentials.join(' and ') || 'neither'),
+    };
   }
   if (!isStr(c.jti) || c.jti.length < MIN_JTI_LEN || !isB64url(c.jti)) {
     return { claim: 'jti', problem: `must be at least ${MIN_JTI_LEN} base64url characters` };
@@ -90,7 +169,7 @@ export function findClaimsProblem(claims: unknown): { claim: string; problem: st
   for (const name of ['iat', 'nbf', 'exp'] as const) {
     if (name in c && !isInt(c[name])) return { claim: name, problem: 'must be an integer (UTC seconds)' };
   }
-  for (const name of ['provider', 'api_key'] as const) {
+  for (const name of ['provider', credentials[0]!] as const) {
     if (!isNonEmpty(c[name])) return { claim: name, problem: 'must be a non-empty string' };
   }
   if ('max_calls' in c) {
@@ -107,6 +186,8 @@ export function findClaimsProblem(claims: unknown): { claim: string; problem: st
   for (const name of ['sub', 'ext_info'] as const) {
     if (name in c && !isStr(c[name])) return { claim: name, problem: 'must be a string' };
   }
+  const policy = findPolicyProblem(c);
+  if (policy) return policy;
   for (const name of Object.keys(c)) {
     if (name.startsWith('x_')) {
       if (c[name] === undefined) return { claim: name, problem: 'must be a JSON value' };
@@ -131,9 +212,11 @@ export function findClaimsProblem(claims: unknown): { claim: string; problem: st
 
 /**
  * The canonical claims JSON of docs/token-format.md §4: compact, members in
- * the order `jti, iat, nbf, exp, provider, api_key, max_calls, model,
- * models, sub, ext_info`, then `x_*` members sorted by UTF-8 byte order
- * (nested objects sorted too); absent (`undefined`) optionals omitted.
+ * the order `jti, iat, nbf, exp, provider, api_key, key_ref, max_calls,
+ * model, models, sub, ext_info, origins, ips, paths, methods, rps, burst,
+ * concurrency, max_tokens, max_body_bytes`, then `x_*` members sorted by
+ * UTF-8 byte order (nested objects sorted too); array items in the order
+ * given; absent (`undefined`) optionals omitted.
  * Does not validate: see {@link findClaimsProblem}. Contains the API key.
  */
 export function canonicalClaimsJson(claims: TokenClaims): string {

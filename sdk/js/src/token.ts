@@ -4,7 +4,14 @@
  * the exact canonical header as AAD.
  */
 
-import { canonicalClaimsJson, effectiveModel, findClaimsProblem, LEEWAY_SECS, type TokenClaims } from './claims.js';
+import {
+  canonicalClaimsJson,
+  effectiveModel,
+  findClaimsProblem,
+  findPolicyProblem,
+  LEEWAY_SECS,
+  type TokenClaims,
+} from './claims.js';
 import { InvalidArgumentError, TokenError } from './errors.js';
 import { b64url, b64urlDecode, bytesToHex, fromUtf8, hexToBytes, isHex, utf8 } from './encoding.js';
 
@@ -17,10 +24,25 @@ export const DEFAULT_PROVIDER = 'openai';
 /** Default token lifetime, seconds. */
 export const DEFAULT_EXPIRE_SECONDS = 3600;
 
-/** Options of `createToken` / `generateUrl` (same names and defaults as the Python SDK, camelCased). */
+/**
+ * Options of `createToken` / `generateUrl` (same names and defaults as the
+ * Python SDK, camelCased). `null` means the same as leaving an option out.
+ *
+ * The policy options (`origins` … `maxBodyBytes`, docs/token-format.md §4.1)
+ * need a relay that understands these claims; an older relay refuses such
+ * tokens as `token_invalid` (fail closed).
+ */
 export interface CreateTokenOptions {
-  /** The provider API key the relay will inject. Required, non-empty. */
-  apiKey: string;
+  /**
+   * The provider API key the relay will inject (carried encrypted in the
+   * token). Exactly one of `apiKey` and `keyRef` is required.
+   */
+  apiKey?: string | null;
+  /**
+   * Instead of `apiKey`: the name of a credential held in the relay's config
+   * (`credentials`). The token then carries no provider key at all.
+   */
+  keyRef?: string | null;
   /** Provider id. Default `"openai"`. */
   provider?: string;
   /** Lifetime in seconds from now (UTC). Positive integer; default 3600. */
@@ -35,7 +57,38 @@ export interface CreateTokenOptions {
   sub?: string | null;
   /** Opaque application data; a plain object is JSON-encoded (`{"rep_m": "gpt-4o"}` sets the effective model). */
   extInfo?: string | Record<string, unknown> | null;
+  /** Allowed browser `Origin`s: exact (`https://app.example.com`) or subdomain wildcards (`*.example.com`, `https://*.example.com`). */
+  origins?: string[] | null;
+  /** Allowed client networks: IPv4/IPv6 addresses or CIDR networks (`192.0.2.0/24`, `2001:db8::/32`). */
+  ips?: string[] | null;
+  /** Allowed path prefixes after the base path, matched on whole segments (`["chat/completions"]`). */
+  paths?: string[] | null;
+  /** Allowed HTTP methods, upper-case (`["POST"]`). */
+  methods?: string[] | null;
+  /** Per-token rate limit in requests per second (integer >= 1). */
+  rps?: number | null;
+  /** Burst of the `rps` limit (integer >= 1; needs `rps`; default `rps`). */
+  burst?: number | null;
+  /** Maximum requests of this token in flight at once (integer >= 1; a stream counts until it ends). */
+  concurrency?: number | null;
+  /** Budget in LLM tokens, prompt + completion summed over all calls (integer >= 1). */
+  maxTokens?: number | null;
+  /** Maximum request body size in bytes (integer >= 1). */
+  maxBodyBytes?: number | null;
 }
+
+/** Option name of each policy claim (`max_tokens` → `maxTokens`). */
+const POLICY_OPTIONS: Record<string, keyof CreateTokenOptions> = {
+  origins: 'origins',
+  ips: 'ips',
+  paths: 'paths',
+  methods: 'methods',
+  rps: 'rps',
+  burst: 'burst',
+  concurrency: 'concurrency',
+  max_tokens: 'maxTokens',
+  max_body_bytes: 'maxBodyBytes',
+};
 
 /** Result of {@link TokenGenerator.decryptToken}. */
 export interface DecodedToken {
@@ -187,8 +240,21 @@ export class TokenGenerator {
     }
     const o = options;
     const present = (v: unknown) => v !== undefined && v !== null;
-    if (typeof o.apiKey !== 'string' || o.apiKey.length === 0) {
-      throw new InvalidArgumentError('apiKey', 'apiKey must be a non-empty string (the provider API key)');
+    if (present(o.apiKey) && present(o.keyRef)) {
+      throw new InvalidArgumentError(
+        'keyRef',
+        "give apiKey (the provider key, carried encrypted in the token) or keyRef (the name of a credential held in the relay's config), not both",
+      );
+    }
+    if (present(o.keyRef)) {
+      if (typeof o.keyRef !== 'string' || o.keyRef.length === 0) {
+        throw new InvalidArgumentError('keyRef', "keyRef must be the name of a credential in the relay's config (a non-empty string)");
+      }
+    } else if (typeof o.apiKey !== 'string' || o.apiKey.length === 0) {
+      throw new InvalidArgumentError(
+        'apiKey',
+        'apiKey must be a non-empty string (the provider API key), or pass keyRef naming a credential held by the relay so the token carries no key',
+      );
     }
     const provider = o.provider ?? DEFAULT_PROVIDER;
     if (typeof provider !== 'string' || provider.length === 0) {
@@ -222,19 +288,32 @@ export class TokenGenerator {
       else if (isPlainObject(o.extInfo)) extInfo = JSON.stringify(o.extInfo);
       else throw new InvalidArgumentError('extInfo', 'extInfo must be a string or a plain object, or omitted');
     }
+    // Policy options, keyed by option name (null = absent, like every option).
+    const policy: Record<string, unknown> = {};
+    for (const option of Object.values(POLICY_OPTIONS)) {
+      if (present(o[option])) policy[option] = o[option];
+    }
+    const problem = findPolicyProblem(policy, (claim) => POLICY_OPTIONS[claim] ?? claim);
+    if (problem) throw new InvalidArgumentError(problem.claim, problem.message);
     const iat = this.#now();
     const claims: TokenClaims = {
       jti: b64url(this.#random(16)),
       iat,
       exp: iat + expireSeconds,
       provider,
-      api_key: o.apiKey,
     };
+    if (present(o.keyRef)) claims.key_ref = o.keyRef as string;
+    else claims.api_key = o.apiKey as string;
     if (present(o.maxCalls)) claims.max_calls = o.maxCalls as number;
     if (present(o.model)) claims.model = o.model as string;
     if (present(o.models)) claims.models = [...(o.models as string[])];
     if (present(o.sub)) claims.sub = o.sub as string;
     if (extInfo !== undefined) claims.ext_info = extInfo;
+    const out = claims as unknown as Record<string, unknown>;
+    for (const [claim, option] of Object.entries(POLICY_OPTIONS)) {
+      const v = policy[option];
+      if (v !== undefined) out[claim] = Array.isArray(v) ? [...v] : v;
+    }
     return claims;
   }
 
@@ -258,7 +337,7 @@ export class TokenGenerator {
   async _mintWith({ claims, iv }: { claims: TokenClaims; iv: Uint8Array }): Promise<string> {
     const problem = findClaimsProblem(claims);
     if (problem) {
-      throw new InvalidArgumentError(problem.claim, `claim ${problem.claim} ${problem.problem}`);
+      throw new InvalidArgumentError(problem.claim, problem.message);
     }
     if (!(iv instanceof Uint8Array) || iv.length !== 12) {
       throw new InvalidArgumentError('iv', 'iv must be 12 bytes');

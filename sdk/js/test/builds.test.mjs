@@ -25,12 +25,15 @@ test('package.json: ESM + CJS exports with types, zero runtime dependencies', ()
   assert.ok(!dts.includes('_mintWith'), 'test hook stripped from declarations');
 });
 
-test('ESM and CJS builds both mint the basic vector', async () => {
+test('ESM and CJS builds both mint the basic and a policy vector', async () => {
   const cjs = require('relayapi-sdk');
   assert.notEqual(cjs.TokenGenerator, esm.TokenGenerator, 'two distinct builds');
   for (const mod of [esm, cjs]) {
     const gen = new mod.TokenGenerator(basic.aes_key);
     assert.equal(await gen._mintWith({ claims: basic.claims, iv }), basic.token);
+    const policy = VECTORS.vectors.find((v) => v.name === 'key-ref-every-claim');
+    assert.equal(await gen._mintWith({ claims: policy.claims, iv: new Uint8Array(Buffer.from(policy.iv, 'hex')) }), policy.token);
+    await assert.rejects(gen.createToken({ apiKey: 'k', ips: ['10.0.0.1/8'] }), mod.InvalidArgumentError);
     const client = new mod.RelayAPIClient({
       version: '1.0.0',
       server: { host: 'http://localhost', port: 8840, base_path: 'relayapi' },
@@ -43,7 +46,7 @@ test('ESM and CJS builds both mint the basic vector', async () => {
 });
 
 test('src imports nothing but relative modules (WebCrypto only; node:fs only inside fromFile)', () => {
-  for (const f of ['index', 'client', 'token', 'claims', 'config', 'errors', 'encoding']) {
+  for (const f of ['index', 'client', 'token', 'claims', 'policy', 'config', 'errors', 'encoding']) {
     const src = readFileSync(join(SDK_DIR, 'src', `${f}.ts`), 'utf8');
     for (const m of src.matchAll(/(?:from|import\()\s*'([^']+)'/g)) {
       assert.ok(m[1].startsWith('./') || (f === 'client' && m[1] === 'node:fs/promises'), `${f}.ts imports ${m[1]}`);

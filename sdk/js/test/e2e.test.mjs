@@ -1,7 +1,8 @@
 // End-to-end against the real relay: tokens minted by this SDK are accepted
 // by `relayapi serve` (with `relayapi-mock` as OpenAI), through the SDK's own
 // calls and through the official `openai` npm package (streaming and not),
-// and the examples chat.mjs / stream.mjs / embeddings.mjs keep working.
+// also with every policy claim and with keyRef, and the examples chat.mjs /
+// stream.mjs / embeddings.mjs keep working.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -89,6 +90,56 @@ test('relay refusals surface as APIError with status, code and requestId', async
   const images = await client.imagesGenerations(img, 'a cat', { n: 2 });
   assert.equal(images.data.length, 2);
   await assert.rejects(client.imagesGenerations(img, 'a cat', { n: 0 }), (e) => e instanceof APIError && e.status === 400);
+});
+
+// ---- the policy claims ------------------------------------------------------
+
+const ORIGIN = 'https://app.example.com';
+/** Every policy option, chosen so that the requests below satisfy them all. */
+const EVERY_POLICY_OPTION = {
+  origins: [ORIGIN, '*.example.org', 'http://localhost:5173'],
+  ips: ['127.0.0.0/8', '::1'],
+  paths: ['chat/completions', 'embeddings'],
+  methods: ['POST'],
+  rps: 50,
+  burst: 100,
+  concurrency: 4,
+  maxTokens: 1_000_000,
+  maxBodyBytes: 65536,
+};
+
+test('a JS-minted token with every policy claim is accepted by the relay', async () => {
+  const token = await client.createToken({ apiKey: stack.mockKey, expireSeconds: 120, maxCalls: 5, ...EVERY_POLICY_OPTION });
+  const openai = new OpenAI({
+    baseURL: client.generateApiUrlWithToken(token),
+    apiKey: 'unused',
+    maxRetries: 0,
+    defaultHeaders: { Origin: ORIGIN },
+  });
+  const resp = await openai.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'policy' }], max_tokens: 16 });
+  assert.equal(resp.choices[0].message.content, 'mock reply to: policy');
+  const stream = await openai.chat.completions.create({
+    model: MODEL,
+    messages: [{ role: 'user', content: 'policy stream' }],
+    max_tokens: 16,
+    stream: true,
+  });
+  let text = '';
+  for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+  assert.ok(text.startsWith('mock reply to: policy stream'), text);
+});
+
+test('a keyRef token carries no provider key and reaches the credential lookup', async () => {
+  const token = await client.createToken({ keyRef: 'team-openai', expireSeconds: 120, ...EVERY_POLICY_OPTION });
+  const { claims } = await client.tokenGenerator.decryptToken(token);
+  assert.equal(claims.key_ref, 'team-openai');
+  assert.ok(!('api_key' in claims) && !JSON.stringify(claims).includes(stack.mockKey));
+  // Decoded (not token_invalid): this relay holds no credential of that name.
+  const browserLike = await RelayAPIClient.fromFile(stack.raiPath, { headers: { Origin: ORIGIN } });
+  await assert.rejects(
+    browserLike.chatCompletions(token, [{ role: 'user', content: 'x' }], MODEL, { max_tokens: 16 }),
+    (e) => e instanceof APIError && e.status === 400 && e.code === 'credential_unknown',
+  );
 });
 
 const run = promisify(execFile);

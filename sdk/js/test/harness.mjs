@@ -1,7 +1,7 @@
 // Shared test harness (no tests here): repo paths, and starting the real
 // `relayapi-mock` + `relayapi serve` on 127.0.0.1 port 0. Binaries:
 // RELAYAPI_BIN / RELAYAPI_MOCK_BIN, default <repo>/target/debug/.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync, existsSync, rmSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +15,23 @@ export const RELAYAPI = process.env.RELAYAPI_BIN || join(REPO, 'target', 'debug'
 export const MOCK = process.env.RELAYAPI_MOCK_BIN || join(REPO, 'target', 'debug', 'relayapi-mock');
 export const VECTORS = JSON.parse(readFileSync(join(REPO, 'testdata', 'vectors', 'token-v2.json'), 'utf8'));
 const STARTUP_MS = 30_000;
+
+/**
+ * A Python interpreter that can import the Python SDK (`relayapi`), for the
+ * cross-language checks: RELAYAPI_SDK_PYTHON, else the repository's .venv
+ * (created by scripts/test-sdk-python.sh, which scripts/test.sh runs first).
+ * `{ python }`, or `{ skip: reason }`.
+ */
+export function sdkPython() {
+  const candidates = [process.env.RELAYAPI_SDK_PYTHON, join(REPO, '.venv', 'bin', 'python')].filter(Boolean);
+  for (const python of candidates) {
+    const r = spawnSync(python, ['-c', 'import relayapi'], { encoding: 'utf8' });
+    if (!r.error && r.status === 0) return { python };
+  }
+  return {
+    skip: `no Python with the relayapi SDK (tried ${candidates.join(', ')}): run ./scripts/test-sdk-python.sh first or set RELAYAPI_SDK_PYTHON`,
+  };
+}
 
 /** The environment for child processes, without inherited RELAYAPI_* and proxy settings. */
 export const childEnv = (extra = {}) => {

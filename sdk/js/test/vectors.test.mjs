@@ -1,12 +1,15 @@
 // The shared contract: every vector of testdata/vectors/token-v2.json
-// (content key, kid, canonical claims JSON, byte-for-byte minting, decoding),
-// and byte-for-byte agreement with an independent Python minter built on
-// `cryptography` (run inline with python3; skipped if unavailable).
+// (content key, kid, canonical claims JSON, byte-for-byte minting, decoding;
+// createToken options reproducing the mint vectors; must-fail claims refused),
+// byte-for-byte agreement with the Python SDK's create_token (every new
+// option; needs the repository's .venv, see harness.mjs sdkPython), and with
+// an independent Python minter built on `cryptography` (run inline with
+// python3; skipped if unavailable).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { TokenGenerator, canonicalClaimsJson, TOKEN_INFO, MAX_TOKEN_LEN, LEEWAY_SECS } from 'relayapi-sdk';
-import { VECTORS } from './harness.mjs';
+import { TokenGenerator, canonicalClaimsJson, InvalidArgumentError, TOKEN_INFO, MAX_TOKEN_LEN, LEEWAY_SECS } from 'relayapi-sdk';
+import { VECTORS, sdkPython } from './harness.mjs';
 
 // JSON.parse keeps the last of duplicate members and reads 1700000000.0 as an
 // integer, so these decoder capabilities are missing (docs: README "Limitations").
@@ -51,6 +54,112 @@ for (const v of VECTORS.vectors) {
   });
 }
 
+// ---- createToken options and must-fail claims --------------------------------
+
+/** Wire claim → createToken option. */
+const OPTION = {
+  api_key: 'apiKey', key_ref: 'keyRef', provider: 'provider', max_calls: 'maxCalls', model: 'model',
+  models: 'models', sub: 'sub', ext_info: 'extInfo', origins: 'origins', ips: 'ips', paths: 'paths',
+  methods: 'methods', rps: 'rps', burst: 'burst', concurrency: 'concurrency', max_tokens: 'maxTokens',
+  max_body_bytes: 'maxBodyBytes',
+};
+
+/**
+ * The createToken options and hooks that mint exactly `claims`, or null when
+ * createToken cannot express them (`nbf`, `x_*` claims, a jti that is not
+ * 16 bytes).
+ */
+function createTokenArgs(claims, iv) {
+  const jti = Buffer.from(claims.jti, 'base64url');
+  if ('nbf' in claims || jti.length !== 16 || jti.toString('base64url') !== claims.jti) return null;
+  const options = { expireSeconds: claims.exp - claims.iat };
+  for (const [name, value] of Object.entries(claims)) {
+    if (['jti', 'iat', 'exp'].includes(name)) continue;
+    if (!(name in OPTION)) return null;
+    options[OPTION[name]] = value;
+  }
+  const bytes = [new Uint8Array(jti), hex(iv)];
+  return { options, hooks: { now: () => claims.iat, randomBytes: () => bytes.shift() } };
+}
+
+const byOptions = VECTORS.vectors.filter((v) => v.mint && createTokenArgs(v.claims, v.iv));
+test('createToken options reproduce every mint vector they can express', async () => {
+  const names = byOptions.map((v) => v.name);
+  for (const n of ['basic', 'policy-all-claims', 'key-ref', 'policy-minimums-no-burst', 'policy-grammar-edges']) {
+    assert.ok(names.includes(n), n);
+  }
+  for (const v of byOptions) {
+    const { options, hooks } = createTokenArgs(v.claims, v.iv);
+    assert.equal(await new TokenGenerator(v.aes_key, hooks).createToken(options), v.token, v.name);
+  }
+});
+
+// A must-fail vector whose header and encryption are right: only its claims
+// are at fault, so the SDK must refuse to mint them. Vectors needing
+// duplicate-member or integer/float detection are left out: JSON.parse
+// loses exactly that, so no caller can hand those claims to the SDK.
+const claimsProblems = VECTORS.vectors.filter(
+  (v) =>
+    v.expected === 'token_invalid' &&
+    v.claims_json !== undefined &&
+    v.header === `{"alg":"dir","enc":"A256GCM","kid":"${v.kid}"}` &&
+    !(v.requires ?? []).some((r) => UNSUPPORTED.has(r)),
+);
+test('encryptToken refuses the claims of every must-fail claims vector', async () => {
+  assert.ok(claimsProblems.length >= 33, String(claimsProblems.length));
+  for (const v of claimsProblems) {
+    const gen = new TokenGenerator(v.aes_key);
+    await assert.rejects(gen._mintWith({ claims: JSON.parse(v.claims_json), iv: hex(v.iv) }), InvalidArgumentError, v.name);
+  }
+});
+
+// ---- the Python SDK: same options, same bytes ---------------------------------
+
+const PY_SDK = String.raw`
+import json, sys
+from relayapi import TokenGenerator
+req = json.load(sys.stdin)
+rai = {"version": "1.0.0", "server": {"host": "http://localhost", "port": 8840, "base_path": "/relayapi/"},
+       "crypto": {"method": "aes", "aes_key": req["aes_key"], "aes_iv_seed": "00"}}
+print(TokenGenerator(rai).create_token(**req["kwargs"], _now=req["now"], _jti=req["jti"], _iv=bytes.fromhex(req["iv"])))
+`;
+const SDK_PY = sdkPython();
+
+test('Python SDK create_token and JS createToken mint the same bytes with every new option', { skip: SDK_PY.skip ?? false }, async () => {
+  const aesKey = '3c'.repeat(32);
+  const policy = {
+    origins: ['https://app.example.com', '*.example.org', 'http://[::1]:5173'],
+    ips: ['192.0.2.0/24', '2001:db8::/32', '::ffff:198.51.100.7'],
+    paths: ['chat/completions', 'v1beta/models/gemini-1.5-flash:streamGenerateContent'],
+    methods: ['POST', 'GET'],
+    rps: 5,
+    burst: 20,
+    concurrency: 3,
+    max_tokens: 100_000,
+    max_body_bytes: 65536,
+  };
+  const cases = [
+    { api_key: 'sk-live-0123456789', ...policy },
+    { key_ref: 'team-openai', provider: 'anthropic', expire_seconds: 600, max_calls: 7, models: ['m1', 'm2'], sub: 'José 🚀', ext_info: '{"app":"demo"}', ...policy },
+    { key_ref: 'pool', rps: 1, max_tokens: 1 },
+  ];
+  for (const [i, kwargs] of cases.entries()) {
+    const now = 1_760_000_000 + i;
+    const jti = new Uint8Array(16).fill(0x40 + i);
+    const iv = new Uint8Array(12).fill(0x90 + i);
+    const options = {};
+    for (const [k, v] of Object.entries(kwargs)) options[k === 'expire_seconds' ? 'expireSeconds' : OPTION[k]] = v;
+    const bytes = [jti, iv];
+    const js = await new TokenGenerator(aesKey, { now: () => now, randomBytes: () => bytes.shift() }).createToken(options);
+    const req = { aes_key: aesKey, kwargs, now, jti: Buffer.from(jti).toString('base64url'), iv: Buffer.from(iv).toString('hex') };
+    const r = spawnSync(SDK_PY.python, ['-c', PY_SDK], { input: JSON.stringify(req), encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(js, r.stdout.trim(), `case ${i}`);
+    const { claims } = await new TokenGenerator(aesKey).decryptToken(js, { now });
+    if (kwargs.key_ref) assert.ok(!('api_key' in claims), 'no provider key in a key_ref token');
+  }
+});
+
 // ---- independent Python reference (cryptography) ---------------------------
 
 const PY_REFERENCE = String.raw`
@@ -64,7 +173,8 @@ req = json.load(sys.stdin)
 ck = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"relayapi token v2").derive(bytes.fromhex(req["aes_key"]))
 d = hashes.Hash(hashes.SHA256()); d.update(ck); kid = d.finalize().hex()[:16]
 c = req["claims"]
-order = ["jti","iat","nbf","exp","provider","api_key","max_calls","model","models","sub","ext_info"]
+order = ["jti","iat","nbf","exp","provider","api_key","key_ref","max_calls","model","models","sub","ext_info",
+         "origins","ips","paths","methods","rps","burst","concurrency","max_tokens","max_body_bytes"]
 dump = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 body = ",".join(dump(k) + ":" + dump(c[k]) for k in order + sorted(k for k in c if k.startswith("x_")) if k in c)
 header = b64(json.dumps({"alg": "dir", "enc": "A256GCM", "kid": kid}, separators=(",", ":")).encode())

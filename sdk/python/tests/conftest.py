@@ -1,6 +1,7 @@
 """Fixtures for the Python SDK tests.
 
-* ``vectors`` — ``testdata/vectors/token-v2.json``.
+* ``vectors`` — ``testdata/vectors/token-v2.json``; ``POLICY_CORPUS`` —
+  ``sdk/testdata/policy-claims.json`` (grammar cases of the policy claims).
 * ``rai_dict`` — a valid ``.rai`` document (key A of the vectors).
 * ``relay`` (session) — a real ``relayapi-mock`` and ``relayapi serve`` on
   127.0.0.1 port 0 (first stdout line ``listening on http://HOST:PORT``),
@@ -27,6 +28,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 VECTORS = REPO / "testdata" / "vectors" / "token-v2.json"
+#: Valid/invalid items of the list policy claims, shared with the JS SDK.
+POLICY_CORPUS = REPO / "sdk" / "testdata" / "policy-claims.json"
 STARTUP_TIMEOUT = 30.0
 KEY_A = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 

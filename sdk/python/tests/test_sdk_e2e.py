@@ -8,8 +8,11 @@ exceptions. The same with AsyncRelayAPIClient.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
+import httpx
 import pytest
 from openai import AsyncOpenAI, AuthenticationError as OpenAIAuthError, OpenAI
 
@@ -21,9 +24,26 @@ from relayapi import (
     RateLimitError,
     RelayAPIClient,
 )
-from relayapi._token import _mint
+from relayapi._token import _encrypt, _mint, derive_content_key, key_id, new_jti
+
+from conftest import POLICY_CORPUS
+from _decoder import decode
 
 MESSAGES = [{"role": "user", "content": "Hello from the Python SDK"}]
+ORIGIN = "https://app.example.com"
+#: Every policy option, chosen so that the requests below satisfy them all
+#: (a relay that enforces them must still answer 200).
+EVERY_POLICY_OPTION = dict(
+    origins=[ORIGIN, "*.example.org", "http://localhost:5173"],
+    ips=["127.0.0.0/8", "::1"],
+    paths=["chat/completions", "embeddings"],
+    methods=["POST"],
+    rps=50,
+    burst=100,
+    concurrency=4,
+    max_tokens=1_000_000,
+    max_body_bytes=65536,
+)
 
 
 @pytest.fixture
@@ -119,6 +139,71 @@ def test_every_extra_claim_is_accepted_by_the_relay(client, relay):
         extra={"x_meta": {"b": [1, "\u2028"], "a": None}},
     )  # fmt: skip
     assert client.chat_completions(token, MESSAGES, "gpt-4o-mini")["choices"]
+
+
+def test_every_policy_claim_is_accepted_by_the_relay(client, relay):
+    """A token with every new claim decodes at the relay built from this tree;
+    the requests (POST chat/completions from 127.0.0.1 with an allowed Origin)
+    satisfy all of them."""
+    token = client.create_token(relay.mock_key, expire_seconds=120, max_calls=5, **EVERY_POLICY_OPTION)
+    oai = OpenAI(
+        base_url=client.generate_api_url_with_token(token), api_key="unused", max_retries=0,
+        default_headers={"Origin": ORIGIN},
+    )  # fmt: skip
+    reply = oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=16)
+    assert reply.choices[0].message.content
+    stream = oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=16, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_key_ref_token_carries_no_key_and_reaches_the_credential_lookup(client, relay):
+    token = client.create_token(key_ref="team-openai", expire_seconds=120, **EVERY_POLICY_OPTION)
+    verdict, claims = decode(token, relay.rai["crypto"]["aes_key"], int(time.time()))
+    assert verdict == "ok" and claims["key_ref"] == "team-openai" and "api_key" not in claims
+    assert relay.mock_key not in json.dumps(claims) and relay.mock_key not in token
+    # Decoded (not token_invalid): the relay holds no credential of that name.
+    r = httpx.post(
+        client.generate_api_url_with_token(token, "chat_completions"),
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16},
+        headers={"Origin": ORIGIN}, timeout=30,
+    )  # fmt: skip
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "credential_unknown"), r.text
+
+
+def _raw_token(relay, extra):
+    """A token with ``extra`` claims exactly as given: no SDK validation, so the
+    relay's own verdict can be observed."""
+    content_key = derive_content_key(bytes.fromhex(relay.rai["crypto"]["aes_key"]))
+    now = int(time.time())
+    claims = {"jti": new_jti(), "iat": now, "exp": now + 300, "provider": "openai", "api_key": relay.mock_key}
+    claims.update(extra)
+    plaintext = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _encrypt(content_key, key_id(content_key), plaintext, os.urandom(12))
+
+
+def test_relay_agrees_with_the_policy_corpus(client, relay):
+    """The relay binary (crates/token/src/scope.rs) refuses every invalid
+    corpus item as token_invalid and accepts all valid ones — the corpus the
+    SDKs' validators are tested against (test_sdk_policy.py, policy.test.mjs)."""
+    corpus = json.loads(POLICY_CORPUS.read_text("utf-8"))
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
+    with httpx.Client(timeout=30, headers={"Origin": ORIGIN}) as http:
+
+        def send(method, extra):
+            url = client.generate_api_url_with_token(_raw_token(relay, extra), "chat_completions")
+            # Refusals are sent bodiless: the relay closes a keep-alive
+            # connection whose request body it did not read.
+            r = http.request(method, url, json=body if method == "POST" else None)
+            return r.status_code, (r.json().get("error") or {}).get("code")
+
+        for claim in ("origins", "ips", "paths", "methods"):
+            # All valid items in one token (one bad item would spoil it);
+            # they include what this request needs, so even an enforcing
+            # relay lets it through.
+            assert send("POST", {claim: corpus[claim]["valid"]}) == (200, None), claim
+            for item in corpus[claim]["invalid"]:
+                assert send("GET", {claim: [item]}) == (401, "token_invalid"), (claim, item)
 
 
 def test_unreachable_relay(relay):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from relayapi._token import _mint, canonical_claims_json, derive_content_key, key_id
+from relayapi._token import _mint, canonical_claims_json, canonical_header, derive_content_key, key_id
 
 from conftest import VECTORS
 from _decoder import canonical, decode, effective_model
@@ -58,6 +58,77 @@ def test_decoder_verdict(v):
     if verdict == "ok":
         assert canonical(claims) == v["claims_json"]
         assert effective_model(claims) == v["effective_model"]
+
+
+_CLASSIC = ("api_key", "provider", "max_calls", "model", "models", "sub", "ext_info")
+_OPTIONS = (
+    "key_ref", "origins", "ips", "paths", "methods", "rps", "burst", "concurrency", "max_tokens", "max_body_bytes",
+)  # fmt: skip
+
+
+def _create_token_args(claims):
+    """``create_token`` keyword arguments that mint exactly ``claims``, or
+    ``None`` when create_token cannot express them (``nbf``, ``iat != now``)."""
+    if "nbf" in claims:
+        return None
+    args = {k: claims[k] for k in _CLASSIC + _OPTIONS if k in claims}
+    extra = {k: v for k, v in claims.items() if k.startswith("x_")}
+    if len(args) + len(extra) + 3 != len(claims):
+        return None
+    return {
+        **args, "expire_seconds": claims["exp"] - claims["iat"], "extra": extra or None,
+        "_now": claims["iat"], "_jti": claims["jti"],
+    }  # fmt: skip
+
+
+_BY_OPTIONS = [v for v in _MINT if _create_token_args(v["claims"]) is not None]
+
+
+@pytest.mark.parametrize("v", _BY_OPTIONS, ids=_id)
+def test_create_token_options_reproduce_the_vector(v, rai_dict):
+    """Every mint vector create_token can express (the policy ones included)
+    comes out of create_token byte for byte."""
+    from relayapi import TokenGenerator
+
+    rai_dict["crypto"]["aes_key"] = v["aes_key"]
+    token = TokenGenerator(rai_dict).create_token(**_create_token_args(v["claims"]), _iv=bytes.fromhex(v["iv"]))
+    assert token == v["token"]
+
+
+def _is_claims_problem(v):
+    """A must-fail vector whose header and encryption are right, so only its
+    claims (``claims_json``) are at fault. Duplicate member names are left
+    out: a dict cannot hold them, so no caller can hand them to the SDK."""
+    return (
+        v["expected"] == "token_invalid"
+        and "claims_json" in v
+        and v.get("header") == canonical_header(v["kid"])
+        and "duplicate-member-detection" not in v.get("requires", [])
+    )
+
+
+_CLAIMS_PROBLEMS = [v for v in _ALL if _is_claims_problem(v)]
+
+
+@pytest.mark.parametrize("v", _CLAIMS_PROBLEMS, ids=_id)
+def test_sdk_refuses_to_mint_must_fail_claims(v, rai_dict):
+    from relayapi import InvalidArgumentError, TokenGenerator
+    from _decoder import _json
+
+    claims = _json(v["claims_json"].encode("utf-8"))
+    gen = TokenGenerator(rai_dict)
+    if isinstance(claims, dict) and None in claims.values():
+        # The SDK treats None as "absent": it can only mint the claims without it.
+        assert canonical_claims_json(claims) != v["claims_json"]
+        return
+    with pytest.raises(InvalidArgumentError):
+        gen.encrypt_token(claims)
+
+
+def test_vector_selection_covers_the_policy_vectors():
+    names = {v["name"] for v in _BY_OPTIONS}
+    assert {"policy-all-claims", "key-ref", "policy-minimums-no-burst", "policy-grammar-edges"} <= names
+    assert len(_CLAIMS_PROBLEMS) >= 35 and "rps-float" in {v["name"] for v in _CLAIMS_PROBLEMS}
 
 
 def test_create_token_matches_basic_vector(rai_dict):

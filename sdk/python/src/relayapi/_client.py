@@ -76,7 +76,7 @@ class _BaseClient:
 
     def create_token(
         self,
-        api_key: str,
+        api_key: Optional[str] = None,
         provider: str = DEFAULT_PROVIDER,
         expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
         max_calls: Optional[int] = None,
@@ -86,14 +86,17 @@ class _BaseClient:
         ext_info: Optional[Union[str, Mapping[str, Any]]] = None,
         **kwargs: Any,
     ) -> str:
-        """Mints a token; see :meth:`TokenGenerator.create_token`."""
+        """Mints a token; see :meth:`TokenGenerator.create_token` for every
+        keyword option (``key_ref``, ``origins``, ``ips``, ``paths``,
+        ``methods``, ``rps``, ``burst``, ``concurrency``, ``max_tokens``,
+        ``max_body_bytes``, ``extra``)."""
         return self._generator.create_token(
             api_key, provider, expire_seconds, max_calls, model, models, sub, ext_info, **kwargs
         )
 
     def generate_url(
         self,
-        api_key: str,
+        api_key: Optional[str] = None,
         provider: str = DEFAULT_PROVIDER,
         expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
         max_calls: Optional[int] = None,

@@ -44,11 +44,21 @@ CLAIM_ORDER: Tuple[str, ...] = (
     "exp",
     "provider",
     "api_key",
+    "key_ref",
     "max_calls",
     "model",
     "models",
     "sub",
     "ext_info",
+    "origins",
+    "ips",
+    "paths",
+    "methods",
+    "rps",
+    "burst",
+    "concurrency",
+    "max_tokens",
+    "max_body_bytes",
 )
 
 # -- .rai files (§1) --------------------------------------------------------

@@ -154,7 +154,8 @@ class APIStatusError(APIError):
 
 
 class BadRequestError(APIStatusError):
-    """400: ``provider_unknown``, ``invalid_body`` or the provider's own 400."""
+    """400: ``provider_unknown``, ``credential_unknown`` (a ``key_ref`` the relay
+    does not hold), ``invalid_body`` or the provider's own 400."""
 
 
 class AuthenticationError(APIStatusError):

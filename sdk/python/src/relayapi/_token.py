@@ -45,6 +45,7 @@ from ._constants import (
     REDACTED,
 )
 from ._exceptions import InvalidArgumentError
+from ._policy import LIMIT_CLAIMS, LIST_CLAIMS, limit_problem, list_problem
 
 __all__ = ["TokenGenerator", "derive_content_key", "key_id", "canonical_header", "canonical_claims_json"]
 
@@ -139,9 +140,16 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
                 + ", ".join(CLAIM_ORDER)
                 + f", or prefix free metadata with {EXTRA_CLAIM_PREFIX!r}",
             )
-    for name in ("jti", "iat", "exp", "provider", "api_key"):
+    for name in ("jti", "iat", "exp", "provider"):
         if claims.get(name) is None:
             raise _bad(name, "is required")
+    credentials = [name for name in ("api_key", "key_ref") if claims.get(name) is not None]
+    if len(credentials) != 1:
+        raise InvalidArgumentError(
+            "exactly one of the claims 'api_key' (the provider key) and 'key_ref' (the name of a "
+            f"credential held by the relay) is required; got {' and '.join(credentials) or 'neither'}",
+            argument="key_ref" if credentials else "api_key",
+        )
 
     out: Dict[str, Any] = {}
     jti = claims["jti"]
@@ -160,7 +168,7 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
     mc = claims.get("max_calls")
     if mc is not None and (not _is_int(mc) or not 1 <= mc <= _U64_MAX):
         raise _bad("max_calls", "must be an integer >= 1")
-    for name in ("provider", "api_key", "model"):
+    for name in ("provider", "api_key", "key_ref", "model"):
         if claims.get(name) is not None:
             _non_empty_str(name, claims[name])
     models = claims.get("models")
@@ -176,14 +184,35 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
         v = claims.get(name)
         if v is not None and not isinstance(v, str):
             raise _bad(name, "must be a string")
+    _check_policy(claims)
 
     for name in CLAIM_ORDER:
         v = claims.get(name)
         if v is not None:
-            out[name] = list(v) if name == "models" else v
+            out[name] = list(v) if isinstance(v, tuple) else v
     for name in sorted(n for n in claims if n.startswith(EXTRA_CLAIM_PREFIX)):
         out[name] = _sorted_json(claims[name], name)
     return out
+
+
+def _check_policy(values: Mapping[str, Any]) -> None:
+    """The policy claims of §4.1 (``None`` = absent); the parameters of
+    ``create_token`` have the same names, so the messages fit both."""
+    for name in LIST_CLAIMS:
+        if values.get(name) is not None:
+            problem = list_problem(name, values[name])
+            if problem:
+                raise InvalidArgumentError(problem, argument=name)
+    for name in LIMIT_CLAIMS:
+        if values.get(name) is not None:
+            problem = limit_problem(name, values[name])
+            if problem:
+                raise InvalidArgumentError(problem, argument=name)
+    if values.get("burst") is not None and values.get("rps") is None:
+        raise InvalidArgumentError(
+            "burst only shapes the rps limit: set rps too (without burst, the burst is rps)",
+            argument="burst",
+        )
 
 
 def _dumps(value: Any) -> str:
@@ -242,8 +271,29 @@ def _seal(content_key: bytes, kid: str, claims: Mapping[str, Any], iv: Optional[
 # -- public API ---------------------------------------------------------------
 
 
+def _check_credential(api_key: Any, key_ref: Any) -> None:
+    """Exactly one of ``api_key`` and ``key_ref``, each a non-empty string."""
+    if api_key is not None and key_ref is not None:
+        raise InvalidArgumentError(
+            "give api_key (the provider key, carried encrypted in the token) or key_ref (the name "
+            "of a credential held in the relay's config), not both",
+            argument="key_ref",
+        )
+    if key_ref is not None:
+        if not isinstance(key_ref, str) or not key_ref:
+            raise InvalidArgumentError(
+                "key_ref must be the name of a credential in the relay's config (a non-empty string)",
+                argument="key_ref",
+            )
+    elif not isinstance(api_key, str) or not api_key:
+        raise InvalidArgumentError(
+            "api_key must be the provider's API key (a non-empty string), or pass key_ref= "
+            "naming a credential held by the relay so the token carries no key",
+            argument="api_key",
+        )
+
+
 def _check_args(
-    api_key: Any,
     provider: Any,
     expire_seconds: Any,
     max_calls: Any,
@@ -252,12 +302,9 @@ def _check_args(
     sub: Any,
     ext_info: Any,
 ) -> Optional[str]:
-    """Validates ``create_token`` arguments with messages naming the parameter;
-    returns ``ext_info`` as a string."""
-    if not isinstance(api_key, str) or not api_key:
-        raise InvalidArgumentError(
-            "api_key must be the provider's API key (a non-empty string)", argument="api_key"
-        )
+    """Validates the classic ``create_token`` arguments with messages naming
+    the parameter (``key_ref`` is checked with ``api_key``, the policy
+    options by :func:`_check_policy`); returns ``ext_info`` as a string."""
     if not isinstance(provider, str) or not provider:
         raise InvalidArgumentError(
             "provider must be a non-empty string such as 'openai'", argument="provider"
@@ -324,7 +371,7 @@ class TokenGenerator:
 
     def create_token(
         self,
-        api_key: str,
+        api_key: Optional[str] = None,
         provider: str = DEFAULT_PROVIDER,
         expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
         max_calls: Optional[int] = None,
@@ -333,6 +380,16 @@ class TokenGenerator:
         sub: Optional[str] = None,
         ext_info: Optional[Union[str, Mapping[str, Any]]] = None,
         *,
+        key_ref: Optional[str] = None,
+        origins: Optional[Sequence[str]] = None,
+        ips: Optional[Sequence[str]] = None,
+        paths: Optional[Sequence[str]] = None,
+        methods: Optional[Sequence[str]] = None,
+        rps: Optional[int] = None,
+        burst: Optional[int] = None,
+        concurrency: Optional[int] = None,
+        max_tokens: Optional[int] = None,
+        max_body_bytes: Optional[int] = None,
         extra: Optional[Mapping[str, Any]] = None,
         _now: Optional[int] = None,
         _jti: Optional[str] = None,
@@ -340,13 +397,41 @@ class TokenGenerator:
     ) -> str:
         """Mints a token valid from now (UTC) for ``expire_seconds``.
 
+        The upstream credential is exactly one of ``api_key`` (the provider
+        key, carried encrypted in the token) and ``key_ref`` (the name of a
+        credential held in the relay's config; the token then holds no key).
+
         ``max_calls`` caps relayed calls; ``model`` forces one model,
         ``models`` allows a list; ``sub`` names the end user; ``ext_info`` is
         opaque application data (a dict is written as compact JSON with
         sorted keys); ``extra`` adds ``x_*`` metadata claims.
+
+        Policy (docs/token-format.md §4.1; ``None`` = not limited):
+        ``origins`` (browser ``Origin`` values, exact or ``*.domain``),
+        ``ips`` (client addresses or CIDR networks), ``paths`` (path prefixes
+        after the base path, e.g. ``["chat/completions"]``), ``methods``
+        (upper-case), ``rps`` and ``burst`` (a per-token rate),
+        ``concurrency`` (requests in flight), ``max_tokens`` (an LLM-token
+        budget over all calls), ``max_body_bytes`` (request body size).
+        Lists keep their order in the token. A relay that predates these
+        claims refuses such tokens as ``token_invalid``.
+
         ``_now``/``_jti``/``_iv`` make the output deterministic, for tests only.
         """
-        ext = _check_args(api_key, provider, expire_seconds, max_calls, model, models, sub, ext_info)
+        _check_credential(api_key, key_ref)
+        ext = _check_args(provider, expire_seconds, max_calls, model, models, sub, ext_info)
+        policy: Dict[str, Any] = {
+            "origins": origins,
+            "ips": ips,
+            "paths": paths,
+            "methods": methods,
+            "rps": rps,
+            "burst": burst,
+            "concurrency": concurrency,
+            "max_tokens": max_tokens,
+            "max_body_bytes": max_body_bytes,
+        }
+        _check_policy(policy)
         now = int(time.time()) if _now is None else _now
         claims: Dict[str, Any] = {
             "jti": new_jti() if _jti is None else _jti,
@@ -354,11 +439,13 @@ class TokenGenerator:
             "exp": now + expire_seconds,
             "provider": provider,
             "api_key": api_key,
+            "key_ref": key_ref,
             "max_calls": max_calls,
             "model": model,
             "models": list(models) if models is not None else None,
             "sub": sub,
             "ext_info": ext,
+            **policy,
         }
         for name, value in (extra or {}).items():
             if not isinstance(name, str) or not name.startswith(EXTRA_CLAIM_PREFIX):
@@ -370,7 +457,8 @@ class TokenGenerator:
 
     def encrypt_token(self, claims: Mapping[str, Any], *, _iv: Optional[bytes] = None) -> str:
         """Encrypts a complete claims dict (``jti``, ``iat``, ``exp``,
-        ``provider``, ``api_key`` required; see docs/token-format.md §4).
+        ``provider`` and one of ``api_key``/``key_ref`` required; see
+        docs/token-format.md §4).
         Raises :class:`InvalidArgumentError` for claims the relay would refuse;
         the clock is not checked."""
         return _seal(self._content_key, self._kid, claims, _iv)
