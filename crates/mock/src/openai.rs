@@ -425,7 +425,7 @@ pub(crate) async fn images_generations(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !auth::openai(&headers, &cfg.api_key) {
+    if !auth::openai(&headers, &cfg) {
         return unauthorized();
     }
     if let Some(resp) = Knobs::from_headers(&headers).before_response().await {
