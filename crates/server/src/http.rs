@@ -189,6 +189,7 @@ pub async fn handle(
             )
         });
         let mut refusal_headers = HeaderMap::new();
+        let body_may_be_unread = has_http1_body(&req);
         match relay(state.clone(), ip, req, &mut log, &mut refusal_headers).await {
             Ok(r) => r,
             Err(e) => {
@@ -206,6 +207,14 @@ pub async fn handle(
                 }
                 let mut resp = error_response(e);
                 resp.headers_mut().extend(refusal_headers);
+                if body_may_be_unread {
+                    // Most refusals come before the body is read; hyper then
+                    // cannot reuse the connection. Saying so keeps a
+                    // keep-alive client from sending its next request into a
+                    // closing socket.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 resp
             }
         }
@@ -605,6 +614,17 @@ async fn relay(
     *resp.status_mut() = status;
     *resp.headers_mut() = rparts.headers;
     Ok(resp)
+}
+
+/// An HTTP/1 request with a body (HTTP/2 streams close on their own and
+/// forbid `Connection`).
+fn has_http1_body(req: &Request<Incoming>) -> bool {
+    req.version() < http::Version::HTTP_2
+        && (req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"))
 }
 
 /// `/health`, also under the base path and with doubled slashes: the

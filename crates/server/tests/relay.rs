@@ -809,3 +809,43 @@ async fn client_disconnect_mid_stream_finishes_the_request() {
     drop(stream);
     wait_until_idle(&env).await;
 }
+
+#[tokio::test]
+async fn refusal_before_the_body_is_read_closes_the_connection_cleanly() {
+    // hyper cannot reuse a connection whose request body was never read; a
+    // keep-alive client must be told, or its next request hits a closing socket.
+    let env = Env::start().await;
+    let url = format!("{}chat/completions", env.base());
+    let refused = env
+        .http
+        .post(&url)
+        .bearer_auth("not-a-token")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["connection"], "close");
+    // No body: nothing left unread, the connection stays open.
+    let refused = env
+        .http
+        .get(format!("{}models", env.base()))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(!refused.headers().contains_key("connection"));
+    // A keep-alive client sees no failure over many refusals in a row.
+    for _ in 0..200 {
+        let r = env
+            .http
+            .post(&url)
+            .bearer_auth("not-a-token")
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}
