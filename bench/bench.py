@@ -210,6 +210,8 @@ def start_relay(bins, tmp, tag, mock_port):
         "rate_limit": {"requests_per_second": 1000000, "burst": 1000000,
                        "ip_limit": {"requests_per_second": 1000000, "burst": 1000000}},
         "cors": {"enabled": True},
+        # request logging off, like nginx's `access_log off`: scenario 5 measures it
+        "log": {"console": False},
         "providers": {"openai": {"base_url": f"http://127.0.0.1:{mock_port}/v1"}},
     }
     with open(os.path.join(d, "config.json"), "w") as f:
