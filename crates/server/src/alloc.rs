@@ -21,7 +21,7 @@ use tikv_jemalloc_ctl::{Access, AsName};
 /// Short enough that RSS is back near idle a couple of seconds after a
 /// burst of streams ends; long enough that steady traffic reuses pages
 /// instead of faulting them in again.
-pub const DIRTY_DECAY_MS: isize = 1000;
+pub const DIRTY_DECAY_MS: isize = 500;
 /// Purged pages skip the lazy `MADV_FREE` stage: RSS drops at once.
 pub const MUZZY_DECAY_MS: isize = 0;
 
