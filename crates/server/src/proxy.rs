@@ -31,10 +31,11 @@ pub type RelayBody = BoxBody<Bytes, BoxError>;
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RelayBody>;
 
 /// The relay's upstream clients: one connection pool per server worker
-/// thread (see `server.rs`), picked by [`crate::server::worker_index`]. A pooled connection's I/O is driven by the
-/// runtime that opened it; sharing one pool between worker threads would
-/// hand requests to connections living on another thread and cost a
-/// cross-thread wake-up on every read and write.
+/// thread (see `server.rs`), picked by [`crate::server::worker_index`].
+/// A pooled connection's I/O is driven by the runtime that opened it;
+/// sharing one pool between worker threads would hand requests to
+/// connections living on another thread and cost a cross-thread wake-up on
+/// every read and write.
 pub struct Upstream {
     clients: Box<[HttpsClient]>,
 }

@@ -20,6 +20,10 @@
 //! hands the new connection over to it (an in-process queue), so long-lived
 //! keep-alive and streaming connections spread evenly.
 //!
+//! Protocols: HTTP/1.1, and h2c when the client opens with the HTTP/2
+//! preface — found by peeking at the first bytes, so hyper reads the stream
+//! from its start into its own buffer (no copied prefix, no second buffer).
+//!
 //! Shutdown order: stop accepting → let in-flight requests (streams
 //! included) finish for at most `server.shutdown_grace` → flush the log
 //! sinks → close the usage store (its last writes are committed before the
