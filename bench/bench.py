@@ -210,6 +210,8 @@ def start_relay(bins, tmp, tag, mock_port):
         "rate_limit": {"requests_per_second": 1000000, "burst": 1000000,
                        "ip_limit": {"requests_per_second": 1000000, "burst": 1000000}},
         "cors": {"enabled": True},
+        # request logging off, like nginx's `access_log off`: scenario 5 measures it
+        "log": {"console": False},
         "providers": {"openai": {"base_url": f"http://127.0.0.1:{mock_port}/v1"}},
     }
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -219,7 +221,10 @@ def start_relay(bins, tmp, tag, mock_port):
         with open(rai, "w") as f:
             subprocess.run([bins["relayapi"], "gen-config", "--port", "8840"], stdout=f,
                            stderr=subprocess.DEVNULL, check=True)
-    env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_RELAY_LOG", "warn"))
+    # The relay reads RELAYAPI_* as settings and refuses unknown ones; the
+    # test command exports RELAYAPI_BIN & co. for other tools: not for it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYAPI_")}
+    env["RUST_LOG"] = os.environ.get("BENCH_RELAY_LOG", "warn")
     # experiments without touching the relay, e.g. another allocator:
     # BENCH_RELAY_ENV="LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
     env.update(kv.split("=", 1) for kv in os.environ.get("BENCH_RELAY_ENV", "").split() if "=" in kv)

@@ -205,10 +205,7 @@ pub fn authenticate(
 ) -> Result<(Claims, TokenFormat), ApiError> {
     let token = located.token.as_deref().ok_or(ApiError::TokenMissing)?;
     if token.contains('.') || !legacy {
-        return Ok((
-            relayapi_token::decode_v2(&keys.v2, token, now)?,
-            TokenFormat::V2,
-        ));
+        return Ok((keys.decode_v2(token, now)?, TokenFormat::V2));
     }
     let l = relayapi_token::decode_legacy(&keys.legacy, token, located.rai_hash.as_deref(), now)?;
     // Legacy tokens know none of the policy claims (origins, paths, rps, …).

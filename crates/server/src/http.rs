@@ -79,7 +79,8 @@ pub struct AppState {
     pub registry: Registry,
     pub limiter: TrafficLimiter,
     pub usage: UsageStore,
-    pub client: proxy::HttpsClient,
+    /// One upstream pool per server worker thread.
+    pub client: proxy::Upstream,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub cors: Cors,
     pub stats: Stats,
@@ -124,7 +125,7 @@ impl AppState {
                 redact_headers: Vec::new(),
             },
             registry,
-            client: proxy::build_client(&config.upstream),
+            client: proxy::Upstream::new(&config.upstream, crate::server::worker_count()),
             logger: Logger::start(&config.log),
             trusted_proxies: config.trusted_proxies(),
             cors: Cors::new(&config.cors),
@@ -150,7 +151,19 @@ impl AppState {
             }
         }
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("req_{}{:010x}", self.id_prefix, n))
+        // `req_<prefix><n as at least 10 hex digits>`, without `format!`
+        // (this runs on every request).
+        let mut id = [0u8; 64];
+        let prefix = self.id_prefix.as_bytes();
+        let head = 4 + prefix.len().min(40);
+        id[..4].copy_from_slice(b"req_");
+        id[4..head].copy_from_slice(&prefix[..head - 4]);
+        let digits = ((67 - n.leading_zeros() as usize) / 4).max(10);
+        for (i, slot) in id[head..head + digits].iter_mut().enumerate() {
+            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+            *slot = b"0123456789abcdef"[nibble as usize];
+        }
+        HeaderValue::from_bytes(&id[..head + digits])
             .unwrap_or(HeaderValue::from_static("req_unknown"))
     }
 }
@@ -902,7 +915,32 @@ fn health(state: &AppState) -> Response<RelayBody> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn generated_request_ids_are_prefix_and_hex_counter() {
+        let state = AppState::new(Config::default(), Keys::default(), UsageStore::memory());
+        let id = |s: &AppState| {
+            s.request_id(&HeaderMap::new())
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let prefix = format!("req_{}", state.id_prefix);
+        assert_eq!(id(&state), format!("{prefix}0000000000"));
+        assert_eq!(id(&state), format!("{prefix}0000000001"));
+        state.id_counter.store(0xabc_def0_1234, Ordering::Relaxed);
+        assert_eq!(id(&state), format!("{prefix}abcdef01234"));
+        state.id_counter.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(id(&state), format!("{prefix}ffffffffffffffff"));
+        // A caller's plain id is kept; anything else is replaced.
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("trace-42.a:b_c"));
+        assert_eq!(state.request_id(&h), "trace-42.a:b_c");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert!(state.request_id(&h).to_str().unwrap().starts_with(&prefix));
+    }
 
     #[test]
     fn health_answers_at_the_root_and_under_the_base_path() {

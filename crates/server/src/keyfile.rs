@@ -8,20 +8,28 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use relayapi_token::{Keyring, LegacyKey, LegacyKeyring, RaiConfig, V2Key};
+use relayapi_token::{Claims, Keyring, LegacyKey, LegacyKeyring, RaiConfig, TokenError, V2Key};
+
+use crate::claims_cache::ClaimsCache;
 
 /// The sample key the earlier project shipped in its docs and templates.
 const SAMPLE_AES_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// Every key the relay accepts tokens under.
+///
+/// Built once, then shared read-only (`Arc`, swapped whole on reload): the
+/// decode cache is only valid for the `v2` keyring it sits next to.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
     pub v2: Keyring,
     /// The same `.rai` keys for legacy tokens (used only when `legacy_tokens` is on).
     pub legacy: LegacyKeyring,
+    /// Successful v2 decodes under `v2`; see [`Keys::decode_v2`].
+    cache: ClaimsCache,
 }
 
 impl From<Keyring> for Keys {
@@ -29,7 +37,16 @@ impl From<Keyring> for Keys {
         Keys {
             v2,
             legacy: LegacyKeyring::new(),
+            cache: ClaimsCache::default(),
         }
+    }
+}
+
+impl Keys {
+    /// Decodes and validates a v2 token at `now`, reusing an earlier decode
+    /// of the same token text ([`crate::claims_cache`]).
+    pub fn decode_v2(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        self.cache.decode_v2(&self.v2, token, now)
     }
 }
 
@@ -206,21 +223,83 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 }
 
 /// Shared, swappable keys: read on every request, replaced on reload.
-#[derive(Debug, Default)]
-pub struct KeyStore(std::sync::RwLock<Arc<Keys>>);
+///
+/// Each thread reads its own copy, re-made from the shared keys when a
+/// reload bumped the generation: requests on different worker threads then
+/// never touch the same reference count, lock or decode cache — on a
+/// multi-core machine each of those is a cache line bouncing between cores
+/// on every request.
+#[derive(Debug)]
+pub struct KeyStore {
+    shared: std::sync::RwLock<Arc<Keys>>,
+    /// Bumped by every `replace`, after the new keys are in place.
+    generation: AtomicU64,
+    /// Tells this store's thread copies from other stores' (tests run
+    /// several relays in one process).
+    id: u64,
+}
+
+/// Per thread: (store id, generation, copy of that store's keys).
+type Copies = Vec<(u64, u64, Arc<Keys>)>;
+
+thread_local! {
+    static COPIES: std::cell::RefCell<Copies> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Stores one thread keeps copies for; older ones are forgotten.
+const MAX_COPIES: usize = 8;
+
+impl Default for KeyStore {
+    fn default() -> Self {
+        Self::new(Keys::default())
+    }
+}
 
 impl KeyStore {
     pub fn new(keys: Keys) -> KeyStore {
-        KeyStore(std::sync::RwLock::new(Arc::new(keys)))
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        KeyStore {
+            shared: std::sync::RwLock::new(Arc::new(keys)),
+            generation: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
+    /// The keys now, as this thread's copy.
     pub fn current(&self) -> Arc<Keys> {
+        // Generation first, keys second: a reload in between leaves a copy
+        // of the new keys under the old generation, re-made once more next
+        // time — never old keys under the new generation.
+        let generation = self.generation.load(Ordering::Acquire);
+        COPIES.with(|copies| {
+            let mut copies = copies.borrow_mut();
+            if let Some((_, g, keys)) = copies.iter_mut().find(|(id, ..)| *id == self.id) {
+                if *g != generation {
+                    *keys = Arc::new(self.shared().as_ref().clone());
+                    *g = generation;
+                }
+                return keys.clone();
+            }
+            let keys = Arc::new(self.shared().as_ref().clone());
+            if copies.len() >= MAX_COPIES {
+                copies.remove(0);
+            }
+            copies.push((self.id, generation, keys.clone()));
+            keys
+        })
+    }
+
+    fn shared(&self) -> Arc<Keys> {
         // A poisoned lock still holds a whole `Arc`: keep serving with it.
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn replace(&self, keys: Keys) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -262,6 +341,39 @@ pub fn write_new(path: &Path, rai: &RaiConfig) -> Result<(), KeyFileError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn keys_with(n: usize) -> Keys {
+        let mut keys = Keys::default();
+        for _ in 0..n {
+            let rai = RaiConfig::generate("http://localhost", 1);
+            keys.v2.insert(V2Key::from_rai(&rai)).unwrap();
+        }
+        keys
+    }
+
+    #[test]
+    fn every_thread_sees_a_reload_and_stores_do_not_mix() {
+        let store = Arc::new(KeyStore::new(keys_with(1)));
+        let other = KeyStore::new(keys_with(3));
+        assert_eq!(store.current().v2.len(), 1);
+        assert_eq!(other.current().v2.len(), 3);
+        let s = Arc::clone(&store);
+        let seen_before = std::thread::spawn(move || s.current().v2.len())
+            .join()
+            .unwrap();
+        assert_eq!(seen_before, 1);
+        store.replace(keys_with(2));
+        // This thread's copy is re-made; a new thread starts from the new keys.
+        assert_eq!(store.current().v2.len(), 2);
+        let s = Arc::clone(&store);
+        assert_eq!(
+            std::thread::spawn(move || s.current().v2.len())
+                .join()
+                .unwrap(),
+            2
+        );
+        assert_eq!(other.current().v2.len(), 3);
+    }
 
     #[test]
     fn generates_once_with_owner_only_mode_then_reuses() {

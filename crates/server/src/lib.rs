@@ -6,7 +6,8 @@
 //! - [`config`]: `config.json`/TOML + `RELAYAPI_*` env, validated with
 //!   messages that name file, field and fix;
 //! - [`keyfile`]: `.rai` client configs → the keyring;
-//! - [`auth`]: where the token is, and decoding it;
+//! - [`auth`]: where the token is, and decoding it ([`claims_cache`]:
+//!   decoded tokens reused by their text);
 //! - [`limits`], [`client_ip`]: traffic limits before any crypto;
 //! - [`policy`]: per-token scopes and limits (origins, ips, paths, methods,
 //!   rps, concurrency, body size, LLM-token budget);
@@ -17,10 +18,13 @@
 //! - [`proxy`]: upstream client, header rules, streaming bodies;
 //! - [`cors`], [`error`]: browser access and the one error → HTTP mapping;
 //! - [`admin`]: the admin API (revocation, usage) on its own listener;
-//! - [`server`]: listener and graceful shutdown; [`cli`]: the commands.
+//! - [`server`]: worker threads, listener and graceful shutdown;
+//!   [`alloc`]: allocator tuning; [`cli`]: the commands.
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
+pub mod claims_cache;
 pub mod cli;
 pub mod client_ip;
 pub mod config;

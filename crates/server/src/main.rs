@@ -3,8 +3,16 @@
 use clap::Parser;
 use relayapi::cli::{self, Cli, Command};
 
-#[tokio::main]
+/// jemalloc returns the memory of closed streams to the OS; see `alloc.rs`.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// The main runtime only runs control work (signals, key reloads, the log
+// pipeline, shutdown); requests are served on the worker threads that
+// `server::serve` starts, one single-threaded runtime per CPU.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    relayapi::alloc::tune();
     let args = Cli::parse_from(cli::translate_legacy_args(std::env::args_os().collect()));
     let result = match args.command {
         None => cli::serve(args.serve).await,

@@ -30,6 +30,31 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type RelayBody = BoxBody<Bytes, BoxError>;
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RelayBody>;
 
+/// The relay's upstream clients: one connection pool per server worker
+/// thread (see `server.rs`), picked by [`crate::server::worker_index`].
+/// A pooled connection's I/O is driven by the runtime that opened it;
+/// sharing one pool between worker threads would hand requests to
+/// connections living on another thread and cost a cross-thread wake-up on
+/// every read and write.
+pub struct Upstream {
+    clients: Box<[HttpsClient]>,
+}
+
+impl Upstream {
+    /// `pools` clients with the same settings (at least one).
+    pub fn new(settings: &UpstreamSettings, pools: usize) -> Self {
+        Self {
+            clients: (0..pools.max(1)).map(|_| build_client(settings)).collect(),
+        }
+    }
+
+    /// The current worker thread's client.
+    pub fn client(&self) -> &HttpsClient {
+        let i = crate::server::worker_index() % self.clients.len();
+        &self.clients[i]
+    }
+}
+
 /// A pooled HTTP/1.1 + HTTP/2 client over rustls (ring) with webpki roots.
 pub fn build_client(settings: &UpstreamSettings) -> HttpsClient {
     let mut http = HttpConnector::new();
@@ -67,31 +92,38 @@ pub fn build_client(settings: &UpstreamSettings) -> HttpsClient {
         .build(https)
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the names listed in `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+/// Hop-by-hop headers (RFC 9110 §7.6.1); the names listed in `Connection`
+/// are hop-by-hop too.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
+
+/// Removes every header for which `drop` is true, and the names listed in
+/// `Connection`. One scan over the (few) headers present, then removals of
+/// only what is there: cheaper than removing each unwanted name by lookup.
+fn filter_headers(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for name in listed {
+    doomed.extend(headers.keys().filter(|k| drop(k.as_str())).cloned());
+    for name in doomed {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// Prepares the client's headers for the provider: hop-by-hop and every
@@ -102,23 +134,22 @@ pub fn upstream_headers(
     provider: &Provider,
     api_key: &str,
 ) -> Result<HeaderMap, ApiError> {
-    strip_hop_by_hop(&mut headers);
-    for name in CREDENTIAL_HEADERS {
-        headers.remove(name);
-    }
-    for name in [
-        header::HOST,
-        header::COOKIE,
-        header::ORIGIN,
-        header::REFERER,
-        header::FORWARDED,
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderName::from_static("x-forwarded-host"),
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderName::from_static("x-real-ip"),
-    ] {
-        headers.remove(name);
-    }
+    filter_headers(&mut headers, |name| {
+        is_hop_by_hop(name)
+            || CREDENTIAL_HEADERS.contains(&name)
+            || matches!(
+                name,
+                "host"
+                    | "cookie"
+                    | "origin"
+                    | "referer"
+                    | "forwarded"
+                    | "x-forwarded-for"
+                    | "x-forwarded-host"
+                    | "x-forwarded-proto"
+                    | "x-real-ip"
+            )
+    });
     // A provider key that is not a valid header value cannot be sent; the
     // token is well-formed but useless, which is the minter's fault.
     let value = provider
@@ -134,20 +165,13 @@ pub fn upstream_headers(
     Ok(headers)
 }
 
-/// Prepares the provider's headers for the client.
+/// Prepares the provider's headers for the client: hop-by-hop removed;
+/// cookies for the provider's domain mean nothing on the relay's, and the
+/// relay answers CORS itself.
 pub fn downstream_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    // Cookies for the provider's domain mean nothing on the relay's, and the
-    // relay answers CORS itself.
-    headers.remove(header::SET_COOKIE);
-    let cors: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
-    for k in cors {
-        headers.remove(k);
-    }
+    filter_headers(headers, |name| {
+        is_hop_by_hop(name) || name == "set-cookie" || name.starts_with("access-control-")
+    });
 }
 
 /// What a token demands of the request's model.
@@ -255,11 +279,18 @@ pub fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ApiErro
 
 pin_project_lite::pin_project! {
     /// A body that fails when no frame arrives for `idle`.
+    ///
+    /// Cheap per frame: a frame only records the time. The timer is created
+    /// the first time the inner body has nothing to give (a body that is
+    /// ready at once, like most non-streaming answers, never touches the
+    /// timer wheel) and is not moved on every frame: when it fires early
+    /// because frames arrived meanwhile, it is re-armed for `idle` after the
+    /// last one. The cut therefore happens exactly `idle` after the last frame.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: tokio::time::Sleep,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        last_frame: tokio::time::Instant,
         idle: Duration,
     }
 }
@@ -268,7 +299,8 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
         Self {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: None,
+            last_frame: tokio::time::Instant::now(),
             idle,
         }
     }
@@ -290,19 +322,31 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                *this.last_frame = tokio::time::Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let deadline = *this.last_frame + *this.idle;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                loop {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Fired. Frames since it was armed moved the deadline.
+                    let deadline = *this.last_frame + *this.idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Poll::Ready(Some(Err(Box::new(IdleElapsed))));
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+            }
         }
     }
 
@@ -403,13 +447,38 @@ where
     }
 }
 
+/// The `Host` header for `uri`, exactly as the client would add it (host,
+/// and the port when it is not the scheme's default), built without
+/// `format!`; `None` leaves it to the client (URLs with user info).
+fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = match uri.scheme_str()? {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = match authority.port_u16() {
+        Some(port) if port == default_port => authority.host(),
+        _ => authority.as_str(),
+    };
+    http::HeaderValue::from_str(host).ok()
+}
+
 /// Sends `req` and waits for the response head at most `first_byte`.
 pub async fn send(
-    client: &HttpsClient,
-    req: http::Request<RelayBody>,
+    upstream: &Upstream,
+    mut req: http::Request<RelayBody>,
     first_byte: Duration,
 ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
-    match tokio::time::timeout(first_byte, client.request(req)).await {
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = host_header(req.uri()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    match tokio::time::timeout(first_byte, upstream.client().request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream request failed");
@@ -467,6 +536,28 @@ mod tests {
         assert_eq!(out.get("authorization").unwrap(), "Bearer sk-real");
         assert!(out.get("x-api-key").is_none() && out.get("api-key").is_none());
         assert!(format!("{out:?}").contains("Sensitive"));
+    }
+
+    #[test]
+    fn host_header_matches_what_the_client_would_write() {
+        let host =
+            |u: &str| host_header(&u.parse().unwrap()).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            host("https://api.openai.com/v1/x").as_deref(),
+            Some("api.openai.com")
+        );
+        assert_eq!(
+            host("https://api.openai.com:443/v1").as_deref(),
+            Some("api.openai.com")
+        );
+        assert_eq!(
+            host("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(host("http://127.0.0.1:80/v1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host("http://[::1]:9000/").as_deref(), Some("[::1]:9000"));
+        assert_eq!(host("http://user:pw@example.com/"), None);
+        assert_eq!(host("/relative"), None);
     }
 
     #[test]

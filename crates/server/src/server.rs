@@ -1,6 +1,29 @@
 //! The listener: accept connections, serve HTTP/1.1 and HTTP/2 (h2c) on
 //! each, and shut down gracefully.
 //!
+//! Layout: thread per core. [`serve`] starts one worker thread per CPU
+//! ([`worker_count`]), each running its own single-threaded tokio runtime
+//! that accepts on a shared listening socket and serves its connections
+//! start to finish: the client connection, the request path and the pooled
+//! upstream connection (each worker has its own pool, see
+//! [`crate::proxy::Upstream`]) all live on one thread. A request therefore
+//! never hops between threads, which on a small machine was the largest
+//! avoidable cost: with a work-stealing runtime, every readiness event woke
+//! whichever thread was parked, and wake-ups and context switches took more
+//! CPU than the relay's own work. The runtime that calls [`serve`] keeps the
+//! control work: signals, key reloads, the log pipeline, shutdown.
+//!
+//! Balance: all workers accept from the same socket (no `SO_REUSEPORT`, so
+//! a second relay on the same port still fails to start instead of silently
+//! sharing the traffic). Whoever wakes first takes a connection; a worker
+//! that already holds more open connections than the least loaded one
+//! hands the new connection over to it (an in-process queue), so long-lived
+//! keep-alive and streaming connections spread evenly.
+//!
+//! Protocols: HTTP/1.1, and h2c when the client opens with the HTTP/2
+//! preface — found by peeking at the first bytes, so hyper reads the stream
+//! from its start into its own buffer (no copied prefix, no second buffer).
+//!
 //! Shutdown order: stop accepting → let in-flight requests (streams
 //! included) finish for at most `server.shutdown_grace` → flush the log
 //! sinks → close the usage store (its last writes are committed before the
@@ -8,91 +31,444 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::http::{handle, AppState};
 
 /// hyper refuses header buffers below this size.
 const MIN_HEADER_BUF: usize = 8192;
+/// Connections handed over but not yet picked up, per worker. When full the
+/// accepting worker serves the connection itself.
+const HANDOFF_QUEUE: usize = 256;
 
-/// Serves `listener` until `shutdown` resolves, then drains.
+/// Worker threads [`serve`] starts: one per CPU the process may use
+/// (cgroup quotas and affinity included), at least one.
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+thread_local! {
+    /// This thread's worker number; 0 outside the workers.
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's worker number (0 on threads that are not workers).
+/// Per-worker resources — the upstream pool, the usage store's queue — are
+/// picked by it, so a request only ever touches its own thread's.
+pub fn worker_index() -> usize {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
+
+/// Makes the calling thread worker `index` (done by each worker at start).
+pub(crate) fn set_worker_index(index: usize) {
+    WORKER_INDEX.with(|i| i.set(index));
+}
+
+/// A connection accepted by one worker for another.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// What the workers share to keep their load even.
+struct Balance {
+    /// Open connections per worker.
+    open: Box<[AtomicUsize]>,
+    /// Each worker's queue of connections handed over to it.
+    inbox: Box<[mpsc::Sender<Handoff>]>,
+}
+
+impl Balance {
+    /// The worker `me` should pass a new connection to, if one holds at
+    /// least two fewer connections (a difference of one is as even as
+    /// an odd count gets).
+    fn less_loaded_than(&self, me: usize) -> Option<usize> {
+        let mine = self.open[me].load(Ordering::Relaxed);
+        let (other, load) = self
+            .open
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, n.load(Ordering::Relaxed)))
+            .min_by_key(|&(_, n)| n)?;
+        (other != me && load + 1 < mine).then_some(other)
+    }
+}
+
+/// Counts one open connection of a worker, until dropped. A connection
+/// counts for the worker that will serve it from the moment it is assigned
+/// (accepted, or put in its inbox), so a burst of new connections is spread
+/// by the counts it has already moved.
+struct OpenConnection {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl OpenConnection {
+    fn new(balance: &Arc<Balance>, worker: usize) -> Self {
+        balance.open[worker].fetch_add(1, Ordering::Relaxed);
+        Self::counted(balance, worker)
+    }
+
+    /// For a connection already counted (handed over).
+    fn counted(balance: &Arc<Balance>, worker: usize) -> Self {
+        Self {
+            balance: balance.clone(),
+            worker,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.balance.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `listener` on [`worker_count`] worker threads until `shutdown`
+/// resolves, then drains and closes. Call from the control runtime; it only
+/// waits here.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.server.read_timeout)
-        .max_buf_size(state.config.server.max_header_bytes.max(MIN_HEADER_BUF))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(
-            u32::try_from(state.config.server.max_header_bytes).unwrap_or(u32::MAX),
-        );
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    serve_with_workers(listener, state, worker_count(), shutdown).await;
+}
 
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
+/// [`serve`] with an explicit number of worker threads.
+pub async fn serve_with_workers(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    workers: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let workers = workers.max(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (senders, mut receivers): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::channel(HANDOFF_QUEUE)).unzip();
+    let balance = Arc::new(Balance {
+        open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+        inbox: senders.into_boxed_slice(),
+    });
+
+    let mut done = Vec::with_capacity(workers);
+    match listener.into_std() {
+        Ok(shared) => {
+            for (i, inbox) in receivers.drain(..).enumerate() {
+                let started = shared.try_clone().map_err(|e| e.to_string()).and_then(|l| {
+                    spawn_worker(i, l, inbox, state.clone(), balance.clone(), stop_rx.clone())
+                });
+                match started {
+                    Ok(rx) => done.push(rx),
+                    Err(e) => {
+                        tracing::error!(worker = i, error = %e, "worker thread did not start")
+                    }
                 }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| handle(state.clone(), peer, req));
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::trace!(error = %e, "connection ended with an error");
             }
-        });
+            if done.is_empty() {
+                // No thread could start: serve on this runtime instead.
+                match TcpListener::from_std(shared) {
+                    Ok(l) => {
+                        let (tx, rx) = oneshot::channel();
+                        let (inbox_tx, inbox) = mpsc::channel(1);
+                        let alone = Arc::new(Balance {
+                            open: Box::new([AtomicUsize::new(0)]),
+                            inbox: Box::new([inbox_tx]),
+                        });
+                        let w = worker(0, l, inbox, state.clone(), alone, stop_rx);
+                        tokio::spawn(async move {
+                            w.await;
+                            let _ = tx.send(());
+                        });
+                        done.push(rx);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot serve the listener"),
+                }
+            }
+            // `shared` (or its last clone) closes with the workers' copies:
+            // once they stop accepting, new connections are refused.
+        }
+        Err(e) => tracing::error!(error = %e, "cannot hand the listener to workers"),
     }
 
-    drop(listener);
+    shutdown.await;
     let grace = state.config.server.shutdown_grace;
     tracing::info!(
         grace_secs = grace.as_secs_f64(),
         "shutting down: draining in-flight requests"
     );
-    let drain_started = std::time::Instant::now();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; closing the remaining connections");
+    let drain_started = Instant::now();
+    let _ = stop_tx.send(true);
+    // Each worker drains for at most `grace`; an Err means its thread ended
+    // early (a panic), which is as done as it gets.
+    for rx in done {
+        let _ = rx.await;
     }
     if let Some(logger) = &state.logger {
         // Every finished request's record is queued by now; flush the sinks
         // in what is left of the grace period (at least a second).
         let left = grace
             .saturating_sub(drain_started.elapsed())
-            .max(std::time::Duration::from_secs(1));
+            .max(Duration::from_secs(1));
         let report = logger.pipeline.clone().shutdown(left).await;
         tracing::debug!(?report, "log sinks flushed");
     }
     if let Err(e) = state.usage.close().await {
         tracing::error!(error = %e, "usage store did not close cleanly");
+    }
+}
+
+/// Starts worker `index` on its own thread with a single-threaded runtime;
+/// the receiver resolves when the worker has drained and stopped.
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<Handoff>,
+    state: Arc<AppState>,
+    balance: Arc<Balance>,
+    stop: watch::Receiver<bool>,
+) -> Result<oneshot::Receiver<()>, String> {
+    let (tx, rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name(format!("relay-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => worker(index, l, inbox, state, balance, stop).await,
+                    Err(e) => {
+                        tracing::error!(worker = index, error = %e, "cannot serve the listener")
+                    }
+                }
+            });
+            // Dropping the runtime cancels what the grace period left open.
+            drop(runtime);
+            let _ = tx.send(());
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(rx)
+}
+
+/// One worker: accept (or take handed-over connections), serve each
+/// connection on this thread, and on stop drain for the grace period.
+async fn worker(
+    index: usize,
+    listener: TcpListener,
+    mut inbox: mpsc::Receiver<Handoff>,
+    state: Arc<AppState>,
+    balance: Arc<Balance>,
+    mut stop: watch::Receiver<bool>,
+) {
+    set_worker_index(index);
+    let builders = Arc::new(Builders::new(&state));
+    let graceful = GracefulShutdown::new();
+    let connection_stop = stop.clone();
+    // A dropped sender (the control task is gone) also means stop.
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+
+    loop {
+        let (stream, peer, open) = tokio::select! {
+            biased;
+            () = &mut stopped => break,
+            // Never closed while this worker runs: `balance` holds the sender.
+            Some((handed, peer)) = inbox.recv() => {
+                let open = OpenConnection::counted(&balance, index);
+                match TcpStream::from_std(handed) {
+                    Ok(stream) => (stream, peer, open),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take over a connection");
+                        continue;
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    match hand_over(&balance, index, stream, peer) {
+                        Some((stream, peer)) => (stream, peer, OpenConnection::new(&balance, index)),
+                        None => continue,
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let builders = builders.clone();
+        let watcher = graceful.watcher();
+        let stop = connection_stop.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, state, &builders, watcher, stop).await;
+            drop(open);
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(state.config.server.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            worker = index,
+            "grace period over; closing the remaining connections"
+        );
+    }
+}
+
+/// Gives a connection just accepted by worker `me` to a less loaded worker
+/// if there is one; returns it when `me` should serve it.
+fn hand_over(
+    balance: &Balance,
+    me: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TcpStream, SocketAddr)> {
+    let Some(other) = balance.less_loaded_than(me) else {
+        return Some((stream, peer));
+    };
+    // Deregister from this thread's reactor; the other worker registers it
+    // with its own.
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand over a connection");
+            return None;
+        }
+    };
+    // Counted for the other worker now, so the next accept here already
+    // sees it.
+    balance.open[other].fetch_add(1, Ordering::Relaxed);
+    match balance.inbox[other].try_send((std_stream, peer)) {
+        Ok(()) => None,
+        // The other worker is backed up (or gone): serve it here.
+        Err(
+            mpsc::error::TrySendError::Full((s, peer))
+            | mpsc::error::TrySendError::Closed((s, peer)),
+        ) => {
+            balance.open[other].fetch_sub(1, Ordering::Relaxed);
+            match TcpStream::from_std(s) {
+                Ok(s) => Some((s, peer)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take back a connection");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 and h2c connection settings, from the config.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How long a new connection may stay silent before its first bytes.
+    first_bytes: Duration,
+}
+
+impl Builders {
+    fn new(state: &AppState) -> Self {
+        let server = &state.config.server;
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.read_timeout)
+            .max_buf_size(server.max_header_bytes.max(MIN_HEADER_BUF))
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+        Self {
+            http1,
+            http2,
+            first_bytes: server.read_timeout,
+        }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), sent first by a client
+/// speaking h2c with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one connection as HTTP/1.1 or h2c, watched for graceful shutdown.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    builders: &Builders,
+    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Which protocol, by peeking at the first bytes (nothing is consumed:
+    // hyper reads the stream from its start, straight into its own buffer).
+    // A connection still silent at shutdown is closed, like an idle one.
+    let detect = tokio::time::timeout(builders.first_bytes, is_h2c(&stream));
+    let h2 = tokio::select! {
+        detected = detect => match detected {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(e)) => {
+                tracing::trace!(error = %e, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("connection sent nothing within server.read_timeout; closed");
+                return;
+            }
+        },
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    // Boxed: hyper keeps a connection's in-flight future in one heap slot
+    // for the connection's whole life, sized for the future. Boxing makes
+    // that slot a pointer, and the request path's large state is freed as
+    // soon as the response head is out, not when the stream ends.
+    let service = service_fn(move |req| Box::pin(handle(state.clone(), peer, req)));
+    let io = TokioIo::new(stream);
+    let result = if h2 {
+        watcher
+            .watch(builders.http2.serve_connection(io, service))
+            .await
+    } else {
+        watcher
+            .watch(builders.http1.serve_connection(io, service))
+            .await
+    };
+    if let Err(e) = result {
+        tracing::trace!(error = %e, "connection ended with an error");
+    }
+}
+
+/// True when the client opened with the HTTP/2 preface; false for anything
+/// else (HTTP/1.x, garbage, or a closed connection, which hyper then sees).
+async fn is_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Only part of the preface so far. A peek returns at once while any
+        // data is waiting, so wait a little before looking again (clients
+        // send the preface in one write; this is the rare split case).
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -115,5 +491,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn balance(open: &[usize]) -> Balance {
+        Balance {
+            open: open.iter().map(|&n| AtomicUsize::new(n)).collect(),
+            inbox: open.iter().map(|_| mpsc::channel(1).0).collect(),
+        }
+    }
+
+    #[test]
+    fn hands_over_only_when_clearly_busier() {
+        assert_eq!(balance(&[0, 0]).less_loaded_than(0), None);
+        assert_eq!(balance(&[1, 0]).less_loaded_than(0), None);
+        assert_eq!(balance(&[2, 0]).less_loaded_than(0), Some(1));
+        assert_eq!(balance(&[5, 9, 3]).less_loaded_than(1), Some(2));
+        assert_eq!(balance(&[3]).less_loaded_than(0), None);
     }
 }

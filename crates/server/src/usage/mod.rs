@@ -161,7 +161,7 @@ fn unix_now() -> i64 {
 #[derive(Debug)]
 pub enum UsageStore {
     Memory(memory::MemoryStore),
-    Sqlite(sqlite::SqliteStore),
+    Sqlite(Box<sqlite::SqliteStore>),
 }
 
 impl UsageStore {
@@ -172,7 +172,7 @@ impl UsageStore {
     /// Opens (creating file and parent directory if missing) the embedded
     /// store. Blocking: call at startup.
     pub fn open_sqlite(path: &Path) -> Result<Self, UsageError> {
-        Ok(Self::Sqlite(sqlite::SqliteStore::open(path)?))
+        Ok(Self::Sqlite(Box::new(sqlite::SqliteStore::open(path)?)))
     }
 
     /// Counts one call for `jti` if fewer than `max_calls` were admitted.

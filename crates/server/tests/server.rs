@@ -1,0 +1,130 @@
+//! The listener and its worker threads, seen from a client: both protocols
+//! on one port, silent connections, many connections at once, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_and_http1_share_the_port() {
+    let env = Env::start().await;
+    let tcp = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let body = chat_body(false).to_string();
+    let req = http::Request::post(format!(
+        "http://{}/relayapi/{}/chat/completions",
+        env.relay.addr,
+        env.token("openai")
+    ))
+    .header("content-type", "application/json")
+    .body(Full::new(bytes::Bytes::from(body)))
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("chat.completion"));
+
+    // HTTP/1.1 on the same port.
+    let resp = env
+        .http
+        .post(format!(
+            "{}{}/chat/completions",
+            env.base(),
+            env.token("openai")
+        ))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    drop(send);
+    env.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_read_timeout() {
+    let env = Env::start_with(
+        |c| c.server.read_timeout = Duration::from_secs(1),
+        relayapi::usage::UsageStore::memory(),
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+    // Closed by the relay (EOF or reset), well before our own deadline.
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    env.relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_split_h2_preface_is_still_recognised() {
+    let env = Env::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    tcp.write_all(&preface[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tcp.write_all(&preface[5..]).await.unwrap();
+    // An empty SETTINGS frame; the server answers with its own SETTINGS.
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
+    drop(tcp);
+    env.relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keep_alive_connections_at_once_all_get_answers() {
+    // A burst of new connections is spread over the workers (some are
+    // handed from one worker to another); every one must be served.
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            // One client each: one connection each.
+            let (http, url) = (reqwest::Client::new(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    let resp = http
+                        .post(&url)
+                        .json(&chat_body(false))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    resp.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = &env.relay.state.stats;
+    assert_eq!(
+        stats.completed.load(std::sync::atomic::Ordering::Relaxed),
+        300
+    );
+    env.relay.stop().await;
+}
