@@ -249,7 +249,10 @@ impl Default for LogSettings {
 impl LogSettings {
     /// True when any sink is on (then the request path builds records).
     pub fn any_sink(&self) -> bool {
-        self.console.resolve().is_some() || self.web.enabled
+        self.console.resolve().is_some()
+            || self.web.enabled
+            || self.database.enabled
+            || self.parquet.enabled
     }
 }
 
@@ -257,10 +260,11 @@ impl LogSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseLogSettings {
     pub enabled: bool,
-    /// `sqlite`, `postgres` or `mysql`.
+    /// `sqlite`, `postgres` or `mysql` (MySQL and MariaDB).
     #[serde(rename = "type")]
     pub kind: String,
-    /// May hold a password: never printed.
+    /// URL (`postgres://…`, `mysql://…`), libpq keywords, a Go MySQL DSN, or
+    /// a SQLite file path. May hold a password: never printed.
     pub connection_string: relayapi_token::SecretString,
 }
 
@@ -273,12 +277,28 @@ pub struct WebLogSettings {
     pub secret: Option<relayapi_token::SecretString>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ParquetLogSettings {
     pub enabled: bool,
-    /// A directory for `logs_YYYY-MM-DD.parquet` files.
+    /// A directory for `logs_YYYY-MM-DD.parquet` files (created if missing).
     pub file_path: PathBuf,
+    /// A file is finished (footer written) once it is this big…
+    pub max_file_bytes: u64,
+    /// …or this old (seconds): what a crash can lose at most.
+    #[serde(with = "secs")]
+    pub max_file_age: Duration,
+}
+
+impl Default for ParquetLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            file_path: PathBuf::new(),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_file_age: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Compatibility with the earlier server's tokens.
@@ -455,13 +475,46 @@ impl Config {
                 "log: max_body_bytes, queue_capacity and batch_max_records must be ≥ 1".into(),
             );
         }
-        if log.database.enabled
-            && !matches!(log.database.kind.as_str(), "sqlite" | "postgres" | "mysql")
-        {
-            problems.push(format!(
-                "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\"",
-                log.database.kind
-            ));
+        if log.database.enabled {
+            let db = &log.database;
+            if !matches!(db.kind.as_str(), "sqlite" | "postgres" | "mysql") {
+                problems.push(format!(
+                    "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\" (also for MariaDB)",
+                    db.kind
+                ));
+            } else if db.connection_string.expose().trim().is_empty() {
+                problems.push(format!(
+                    "log.database.connection_string: empty; set it (e.g. {}) or set log.database.enabled to false",
+                    match db.kind.as_str() {
+                        "sqlite" => "\"relayapi-logs.db\"",
+                        "postgres" => "\"postgres://user:password@host:5432/db\"",
+                        _ => "\"mysql://user:password@host:3306/db\"",
+                    }
+                ));
+            } else if let Err(e) =
+                crate::logs::sinks::database::validate(&db.kind, db.connection_string.expose())
+            {
+                // The message says what is wrong, never what was written.
+                problems.push(format!("{e} (log.database.type is {:?})", db.kind));
+            }
+        }
+        if log.parquet.enabled {
+            let pq = &log.parquet;
+            if pq.file_path.as_os_str().is_empty() {
+                problems.push(
+                    "log.parquet.file_path: empty; set a directory for the daily files (e.g. \"/var/log/relayapi\") or set log.parquet.enabled to false".into(),
+                );
+            } else if pq.file_path.exists() && !pq.file_path.is_dir() {
+                problems.push(format!(
+                    "log.parquet.file_path: {:?} is a file; it must be a directory (created if missing) for logs_YYYY-MM-DD.parquet files",
+                    pq.file_path
+                ));
+            }
+            if pq.max_file_bytes == 0 || pq.max_file_age.is_zero() {
+                problems.push(
+                    "log.parquet: max_file_bytes and max_file_age must be > 0 (they bound what a crash can lose)".into(),
+                );
+            }
         }
         for (i, u) in self.legacy.allowed_provider_urls.iter().enumerate() {
             if crate::providers::url_origin(u).is_none() {
