@@ -15,47 +15,8 @@ use serde_json::Value;
 
 /// A webhook receiver on 127.0.0.1:0 that keeps every record it gets.
 async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let (url, records, _) = switchable_receiver().await;
+    let (url, records, _) = webhook_receiver().await;
     (url, records)
-}
-
-type Flag = Arc<std::sync::atomic::AtomicBool>;
-
-/// The same, answering 503 (and keeping nothing) while the flag is set.
-async fn switchable_receiver() -> (String, Arc<Mutex<Vec<Value>>>, Flag) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let records: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let down: Flag = Arc::default();
-    let (store, is_down) = (records.clone(), down.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (store, is_down) = (store.clone(), is_down.clone());
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (store, is_down) = (store.clone(), is_down.clone());
-                        async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let mut resp =
-                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                            if is_down.load(std::sync::atomic::Ordering::SeqCst) {
-                                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                            } else {
-                                let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
-                                store.lock().unwrap().extend(batch);
-                            }
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (format!("http://{addr}/logs"), records, down)
 }
 
 async fn logged_env(bodies: bool) -> (Env, Arc<Mutex<Vec<Value>>>) {
@@ -248,7 +209,7 @@ async fn anthropic_stream_usage_and_path_token_removed() {
 
 #[tokio::test]
 async fn webhook_outage_loses_no_record() {
-    let (url, records, down) = switchable_receiver().await;
+    let (url, records, down) = webhook_receiver().await;
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_path_buf();
     down.store(true, std::sync::atomic::Ordering::SeqCst);

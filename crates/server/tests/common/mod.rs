@@ -2,6 +2,8 @@
 //! 127.0.0.1:0, and token minting with a fresh key.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod db;
+
 use std::collections::BTreeMap;
 
 use relayapi::config::Config;
@@ -112,4 +114,47 @@ pub fn chat_body(stream: bool) -> serde_json::Value {
         "messages": [{"role": "user", "content": "hello relay"}],
         "stream": stream,
     })
+}
+
+pub type Flag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+pub type Records = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver on 127.0.0.1:0 that keeps every record it gets,
+/// answering 503 (and keeping nothing) while the flag is set.
+pub async fn webhook_receiver() -> (String, Records, Flag) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let records: Records = Default::default();
+    let down: Flag = Default::default();
+    let (store, is_down) = (records.clone(), down.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (store, is_down) = (store.clone(), is_down.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (store, is_down) = (store.clone(), is_down.clone());
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let mut resp =
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                            if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            } else {
+                                let batch: Vec<serde_json::Value> =
+                                    serde_json::from_slice(&body).unwrap();
+                                store.lock().unwrap().extend(batch);
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/logs"), records, down)
 }
