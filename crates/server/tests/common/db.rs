@@ -192,6 +192,12 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// The server binaries are installed.
+    pub fn available() -> bool {
+        let dirs = ["/usr/lib/postgresql/*/bin"];
+        find("initdb", &dirs).is_some() && find("postgres", &dirs).is_some()
+    }
+
     /// initdb + postgres on a free port; `None` (after a SKIP line) when
     /// the binaries are missing.
     pub fn start() -> Option<Postgres> {
