@@ -359,6 +359,50 @@ fn cli_contract() {
         !ok && err.contains("server.base_path") && err.contains("usage.store"),
         "{err}"
     );
+
+    // Log sinks: listed when fine (never the connection string), and each
+    // bad field named with its fix.
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"log": {"console": false, "database": {"enabled": true, "type": "postgres",
+            "connection_string": "postgres://relay:s3cr3t-pw@db.example/logs"},
+            "parquet": {"enabled": true, "file_path": "pq"}}}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("log sinks: database (postgres), parquet (pq)"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t-pw") && !err.contains("s3cr3t-pw"));
+    std::fs::write(dir.path().join("a-file"), "x").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"log": {"database": {"enabled": true, "type": "oracle"},
+            "parquet": {"enabled": true, "file_path": "a-file"}}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(
+        !ok && err.contains("config.json")
+            && err.contains("log.database.type")
+            && err.contains("log.parquet.file_path"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"log": {"database": {"enabled": true, "type": "mysql", "connection_string": "s3cr3t-pw"},
+            "parquet": {"enabled": true}}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(
+        !ok && err.contains("log.database.connection_string")
+            && err.contains("log.parquet.file_path")
+            && !err.contains("s3cr3t-pw"),
+        "{err}"
+    );
 }
 
 #[test]
