@@ -674,10 +674,6 @@ def report(res, ctx):
         gate(gates, "open loop 1000 req/s: added p50 <= 100 us", a50, 100, a50 is not None and a50 <= 100, f"{f(a50)} us")
         gate(gates, "open loop 1000 req/s: added p99 <= 500 us", a99, 500, a99 is not None and a99 <= 500, f"{f(a99)} us")
 
-    P("")
-    P("Scenario 5: logging on: SKIP (logging pipeline not built yet)")
-    gates.append({"gate": "logging on (bodies off / on)", "result": "SKIP (not implemented yet)"})
-
     s5 = res.get("s5") or {}
     if s5:
         P("")

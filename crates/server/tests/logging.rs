@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 use relayapi::usage::UsageStore;
 use serde_json::Value;
 

@@ -216,9 +216,9 @@ fn jsonb_safe(json: String) -> String {
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
         let esc = &rest[i..];
-        if esc.starts_with("\\u0000") {
+        if let Some(after) = esc.strip_prefix("\\u0000") {
             out.push_str("\\ufffd");
-            rest = &esc[6..];
+            rest = after;
         } else {
             // Any other escape is two characters (or \uXXXX, whose tail
             // has no backslash): copy the pair.
@@ -485,10 +485,8 @@ where
             q.push(", ");
             q.bind(r.started_at)?;
             q.push(d.time_cast());
-            for v in [r.duration_ms] {
-                q.push(", ");
-                q.bind(v)?;
-            }
+            q.push(", ");
+            q.bind(r.duration_ms)?;
             q.push(", ");
             q.bind(r.ttfb_ms)?;
             for v in [r.client_ip, r.method, r.path] {
