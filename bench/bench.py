@@ -225,7 +225,10 @@ def start_relay(bins, tmp, tag, mock_port, log_cfg=None):
         with open(rai, "w") as f:
             subprocess.run([bins["relayapi"], "gen-config", "--port", "8840"], stdout=f,
                            stderr=subprocess.DEVNULL, check=True)
-    env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_RELAY_LOG", "warn"))
+    # Nothing RELAYAPI_* from the caller (scripts/test.sh exports RELAYAPI_BIN):
+    # the relay reads such variables as settings and refuses unknown ones.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYAPI_")}
+    env["RUST_LOG"] = os.environ.get("BENCH_RELAY_LOG", "warn")
     # experiments without touching the relay, e.g. another allocator:
     # BENCH_RELAY_ENV="LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
     env.update(kv.split("=", 1) for kv in os.environ.get("BENCH_RELAY_ENV", "").split() if "=" in kv)

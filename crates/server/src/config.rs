@@ -756,6 +756,37 @@ mod tests {
     }
 
     #[test]
+    fn log_sink_settings_are_validated_without_echoing_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/logs.db");
+        let text = serde_json::json!({"log": {
+            "database": {"enabled": true, "type": "sqlite", "connection_string": missing},
+            "parquet": {"enabled": true, "file_path": "", "max_file_age": 0}}})
+        .to_string();
+        let msg = load_str("c.json", &text, &vec![]).unwrap_err().to_string();
+        for needle in [
+            "c.json",
+            "log.database.connection_string",
+            "directory does not exist",
+            "log.parquet.file_path",
+            "max_file_age",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+        let text = r#"{"log": {"database": {"enabled": true, "type": "postgres",
+            "connection_string": "postgres://u:hunter2@[bad/db"}}}"#;
+        let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+        assert!(msg.contains("log.database.connection_string"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let ok = r#"{"log": {"database": {"enabled": true, "type": "mysql",
+            "connection_string": "root:pw@tcp(127.0.0.1:3306)/logs"},
+            "parquet": {"enabled": true, "file_path": "logs", "max_file_bytes": 1048576}}}"#;
+        let c = load_str("c.json", ok, &vec![]).unwrap();
+        assert!(c.log.any_sink());
+        assert_eq!(c.log.parquet.max_file_age, Duration::from_secs(300));
+    }
+
+    #[test]
     fn unknown_field_is_reported_with_its_path() {
         let err = load_str("c.json", r#"{"server": {"prot": 1}}"#, &vec![]).unwrap_err();
         let msg = err.to_string();

@@ -256,6 +256,17 @@ async fn postgres_rows_migration_and_idempotent_retry() {
     .await
     .unwrap();
     assert_eq!(indexes, 6);
+    if pg.tls {
+        // The relay's pooled connections (still open) went over TLS.
+        let tls: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'relayapi-logs' AND s.ssl",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(tls >= 1, "sslmode=require: the sink's connections use TLS");
+    }
     env.relay.stop().await;
 
     retry_is_idempotent("postgres", &pg.url()).await;

@@ -182,12 +182,54 @@ fn stop_child(child: &mut Option<Child>, sig: &str) {
     }
 }
 
+/// `server.crt`/`server.key` (owner-only, the server's user) in `dir`, via
+/// the openssl CLI; false when it is not installed (then no TLS).
+fn self_signed_cert(dir: &Path) -> bool {
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("server.key"))
+        .arg("-out")
+        .arg(dir.join("server.crt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["server.key", "server.crt"] {
+            chown_to_server(&dir.join(f));
+        }
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    } else {
+        eprintln!("note: openssl not found; the test PostgreSQL runs without TLS");
+    }
+    ok
+}
+
 /// A running throwaway PostgreSQL.
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
     pub password: String,
+    /// The server has a (self-signed) certificate: `sslmode=require` works.
+    pub tls: bool,
     child: Option<Child>,
 }
 
@@ -218,11 +260,13 @@ impl Postgres {
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(c, "initdb");
+        let tls = self_signed_cert(dir.path());
         let mut pg = Postgres {
             dir,
             bin,
             port: free_port(),
             password,
+            tls,
             child: None,
         };
         pg.run();
@@ -245,6 +289,18 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB"])
             .args(["-c", "max_connections=30"])
+            .args(if self.tls {
+                &[
+                    "-c",
+                    "ssl=on",
+                    "-c",
+                    "ssl_cert_file=../server.crt",
+                    "-c",
+                    "ssl_key_file=../server.key",
+                ][..]
+            } else {
+                &[][..]
+            })
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
@@ -277,11 +333,14 @@ impl Postgres {
         }
     }
 
-    /// `postgres://relay:<password>@127.0.0.1:<port>/postgres`.
+    /// `postgres://relay:<password>@127.0.0.1:<port>/postgres`, with
+    /// `?sslmode=require` when the server has TLS.
     pub fn url(&self) -> String {
         format!(
-            "postgres://relay:{}@127.0.0.1:{}/postgres",
-            self.password, self.port
+            "postgres://relay:{}@127.0.0.1:{}/postgres{}",
+            self.password,
+            self.port,
+            if self.tls { "?sslmode=require" } else { "" }
         )
     }
 

@@ -92,9 +92,20 @@ impl std::fmt::Debug for DatabaseSink {
 
 /// Checks a connection string without connecting (config validation).
 pub fn validate(kind: &str, connection_string: &str) -> Result<(), InvalidDatabase> {
-    dsn::parse(kind, connection_string)
-        .map(|_| ())
-        .map_err(Into::into)
+    if let Options::Sqlite(o) = dsn::parse(kind, connection_string)? {
+        // SQLite creates the file, not its directory.
+        let dir = o
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(dsn::DsnError(
+                "the SQLite file's directory does not exist; create it or change the path",
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 impl DatabaseSink {
