@@ -477,27 +477,40 @@ async fn sigterm_under_load_every_admitted_request_is_logged() {
     let relay = Relay::start(dir.path(), &[]);
     let base = retarget(&mint_url(dir.path(), &[]), &relay);
     let http = reqwest::Client::new();
+    // Stream response heads received: admitted, and its body is under way.
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..120 {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, base, heads) = (http.clone(), base.clone(), heads.clone());
         tasks.push(tokio::spawn(async move {
             let id = format!("load-{i}");
             let resp = http
                 .post(format!("{base}chat/completions"))
                 .header("x-request-id", &id)
-                .header("x-mock-chunk-delay-ms", "20")
+                .header("x-mock-chunk-delay-ms", "50")
                 .header("x-mock-chunks", "10")
                 .json(&serde_json::json!({"model": "m", "stream": i % 2 == 0, "messages": [{"role": "user", "content": "hi"}]}))
                 .send()
                 .await;
             match resp {
-                Ok(r) if r.status() == 200 => r.text().await.ok().map(|_| id),
+                Ok(r) if r.status() == 200 => {
+                    if i % 2 == 0 {
+                        heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r.text().await.ok().map(|_| id)
+                }
                 _ => None,
             }
         }));
     }
-    // Streams take ~200 ms: signal while most are in flight.
-    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    // Signal while many are in flight (each body takes ~500 ms), however
+    // slow the machine is today.
+    let t = std::time::Instant::now();
+    while heads.load(std::sync::atomic::Ordering::SeqCst) < 40
+        && t.elapsed() < std::time::Duration::from_secs(30)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     relay.signal("-TERM");
     let mut admitted = Vec::new();
     for t in tasks {

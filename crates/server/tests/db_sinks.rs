@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::db::{MariaDb, Postgres};
 use common::*;
-use futures_util::StreamExt;
 use relayapi::logs::record::LogRecord;
 use relayapi::logs::sinks::database::DatabaseSink;
 use relayapi::logs::sinks::Sink;
@@ -174,52 +173,65 @@ async fn wait_count<F: std::future::Future<Output = i64>>(
     assert_eq!(count().await, want, "{what}");
 }
 
+/// The same checks on every database; only the SQL that differs is given:
+/// rows of real requests (columns and JSON record agree), a typed time
+/// column and a queryable JSON record, the six indexes, then a retried
+/// batch that adds no row and the migration recorded once.
+macro_rules! check_database {
+    ($env:ident, $pool:expr, kind: $kind:expr, url: $url:expr, prefix: $prefix:expr,
+     select: $select:expr, recent: $recent:expr, indexes: $indexes:expr,
+     before_stop: $extra:block) => {{
+        let jti = exercise(&$env, $prefix).await;
+        let pool = &$pool;
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM relayapi_logs")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0)
+        };
+        wait_count("three rows", count, 3).await;
+        let rows: Vec<RowTuple> = sqlx::query_as(&$select).fetch_all(pool).await.unwrap();
+        check_rows(&rows, $prefix, &jti);
+        let recent: i64 = sqlx::query_scalar($recent).fetch_one(pool).await.unwrap();
+        assert_eq!(recent, 2, "a typed time column and a queryable JSON record");
+        let indexes: i64 = sqlx::query_scalar($indexes).fetch_one(pool).await.unwrap();
+        assert_eq!(indexes, 6, "one index per filter column");
+        $extra
+        $env.relay.stop().await;
+
+        retry_is_idempotent($kind, $url).await;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM relayapi_logs WHERE request_id LIKE 'retry-%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 450, "a retried batch adds no row");
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM relayapi_log_migrations")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1], "migrated once, by version");
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_rows_migration_and_idempotent_retry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("logs.db");
-    let env = db_env("sqlite", path.to_str().unwrap()).await;
-    let jti = exercise(&env, "sq").await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+    let url = path.to_str().unwrap();
+    let env = db_env("sqlite", url).await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{url}?mode=rwc"))
         .await
         .unwrap();
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM relayapi_logs")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-    };
-    wait_count("three rows", count, 3).await;
-    let rows: Vec<RowTuple> = sqlx::query_as(SELECT).fetch_all(&pool).await.unwrap();
-    check_rows(&rows, "sq", &jti);
-    let recent: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM relayapi_logs WHERE started_at > '2020-01-01T00:00:00Z'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(recent, 3);
-    let indexes: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'relayapi_logs_%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(indexes, 6);
-    env.relay.stop().await;
-
-    retry_is_idempotent("sqlite", path.to_str().unwrap()).await;
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs WHERE request_id LIKE 'retry-%'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(n, 450);
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM relayapi_log_migrations")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(versions, [1], "migrated once, by version");
+    check_database!(env, pool, kind: "sqlite", url: url, prefix: "sq",
+        select: SELECT,
+        recent: "SELECT COUNT(*) FROM relayapi_logs WHERE started_at > '2020-01-01T00:00:00Z' \
+                 AND json_extract(record, '$.provider') = 'openai'",
+        indexes: "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' \
+                  AND name LIKE 'relayapi_logs_%'",
+        before_stop: {});
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,59 +240,26 @@ async fn postgres_rows_migration_and_idempotent_retry() {
         return;
     };
     let env = db_env("postgres", &pg.url()).await;
-    let jti = exercise(&env, "pg").await;
     let pool = pg.pool().await;
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM relayapi_logs")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-    };
-    wait_count("three rows", count, 3).await;
-    let rows: Vec<RowTuple> = sqlx::query_as(&SELECT.replace("RECORD", "record::text"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    check_rows(&rows, "pg", &jti);
-    let recent: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM relayapi_logs WHERE started_at > now() - interval '1 hour' AND record->>'provider' = 'openai'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(recent, 2, "a real timestamptz and a queryable JSONB");
-    let indexes: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'relayapi_logs' AND indexname LIKE 'relayapi_logs_%' AND indexname <> 'relayapi_logs_pkey'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(indexes, 6);
-    if pg.tls {
-        // The relay's pooled connections (still open) went over TLS.
-        let tls: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.application_name = 'relayapi-logs' AND s.ssl",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert!(tls >= 1, "sslmode=require: the sink's connections use TLS");
-    }
-    env.relay.stop().await;
-
-    retry_is_idempotent("postgres", &pg.url()).await;
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs WHERE request_id LIKE 'retry-%'")
+    check_database!(env, pool, kind: "postgres", url: &pg.url(), prefix: "pg",
+    select: SELECT.replace("RECORD", "record::text"),
+    recent: "SELECT COUNT(*) FROM relayapi_logs WHERE started_at > now() - interval '1 hour' \
+             AND record->>'provider' = 'openai'",
+    indexes: "SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'relayapi_logs' \
+              AND indexname LIKE 'relayapi_logs_%' AND indexname <> 'relayapi_logs_pkey'",
+    before_stop: {
+        if pg.tls {
+            // The relay's pooled connections (still open) went over TLS.
+            let tls: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'relayapi-logs' AND s.ssl",
+            )
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(n, 450);
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM relayapi_log_migrations")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(versions, [1]);
+            assert!(tls >= 1, "sslmode=require: the sink's connections use TLS");
+        }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,15 +268,7 @@ async fn mariadb_rows_migration_and_idempotent_retry() {
         return;
     };
     let env = db_env("mysql", &my.url()).await;
-    let jti = exercise(&env, "my").await;
     let pool = my.pool().await;
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM relayapi_logs")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-    };
-    wait_count("three rows", count, 3).await;
     // Binary collation (exact matches) makes sqlx see the text columns as
     // VARBINARY; other clients see text. CAST for sqlx's String.
     let mut select = SELECT.to_string();
@@ -313,36 +284,13 @@ async fn mariadb_rows_migration_and_idempotent_retry() {
         select = select.replacen(&format!("{c},"), &format!("CAST({c} AS CHAR),"), 1);
         select = select.replacen(&format!("{c} FROM"), &format!("CAST({c} AS CHAR) FROM"), 1);
     }
-    let rows: Vec<RowTuple> = sqlx::query_as(&select).fetch_all(&pool).await.unwrap();
-    check_rows(&rows, "my", &jti);
-    let recent: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM relayapi_logs WHERE started_at > UTC_TIMESTAMP() - INTERVAL 1 HOUR AND JSON_VALUE(record, '$.provider') = 'openai'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(recent, 2, "a real DATETIME and a queryable JSON record");
-    let indexes: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT index_name) FROM information_schema.statistics WHERE table_name = 'relayapi_logs' AND index_name LIKE 'relayapi_logs_%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(indexes, 6);
-    env.relay.stop().await;
-
-    retry_is_idempotent("mysql", &my.url()).await;
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs WHERE request_id LIKE 'retry-%'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(n, 450);
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM relayapi_log_migrations")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(versions, [1]);
+    check_database!(env, pool, kind: "mysql", url: &my.url(), prefix: "my",
+        select: select,
+        recent: "SELECT COUNT(*) FROM relayapi_logs WHERE started_at > UTC_TIMESTAMP() - INTERVAL 1 HOUR \
+                 AND JSON_VALUE(record, '$.provider') = 'openai'",
+        indexes: "SELECT COUNT(DISTINCT index_name) FROM information_schema.statistics \
+                  WHERE table_name = 'relayapi_logs' AND index_name LIKE 'relayapi_logs_%'",
+        before_stop: {});
 }
 
 /// 1,000 requests while PostgreSQL is down (at the relay's start, then
@@ -376,24 +324,7 @@ async fn postgres_outage_loses_no_record_and_duplicates_none() {
     .await;
     let url = format!("{}{}/models", env.base(), env.token("openai"));
     let send = |range: std::ops::Range<usize>| {
-        let (http, url) = (env.http.clone(), url.clone());
-        futures_util::stream::iter(range)
-            .map(move |i| {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let resp = http
-                        .get(&url)
-                        .header("x-request-id", format!("outage-{i:04}"))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = resp.status().as_u16();
-                    resp.bytes().await.unwrap();
-                    status
-                }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
+        get_each(&env.http, &url, range.map(|i| format!("outage-{i:04}")))
     };
     // Down at start: the relay serves, records wait.
     assert!(send(0..400).await.iter().all(|s| *s == 200));
