@@ -12,10 +12,13 @@
 //!   stops the relay. A background attempt creates/migrates the table right
 //!   away; if it fails, the first batch tries again (and so on, with the
 //!   pipeline's backoff) — the records wait in the queue and the spool.
-//! - **Write**: each batch is a transaction of multi-row `INSERT`s (at most
-//!   [`ROWS_PER_STATEMENT`] rows / [`BYTES_PER_STATEMENT`] of JSON each),
-//!   idempotent by `request_id`, so the pipeline may retry a batch that was
-//!   in fact written without adding a row.
+//! - **Write**: each batch is one transaction, idempotent by `request_id`
+//!   (so the pipeline may retry a batch that was in fact written without
+//!   adding a row): multi-row `INSERT ... VALUES` for SQLite and MySQL (at
+//!   most [`ROWS_PER_STATEMENT`] rows / [`BYTES_PER_STATEMENT`] of JSON
+//!   each); for PostgreSQL one `INSERT ... SELECT * FROM UNNEST(<one array
+//!   per column>)` per [`BYTES_PER_STATEMENT`], which PostgreSQL parses and
+//!   plans once whatever the row count.
 //! - **Errors**: connection, timeout, lock, resource and permission errors
 //!   are [`SinkError::Retryable`]; data the database refuses (SQLSTATE 22/23,
 //!   SQLite constraint/size errors) is [`SinkError::Permanent`]. Messages
@@ -353,7 +356,7 @@ impl Inner {
             .collect::<Result<Vec<_>, _>>()?;
         let result = match &self.pools {
             Pools::Sqlite(p) => insert(p, self.dialect, rows).await,
-            Pools::Postgres(p) => insert(p, self.dialect, rows).await,
+            Pools::Postgres(p) => insert_postgres(p, rows).await,
             Pools::MySql(p) => insert(p, self.dialect, rows).await,
         };
         result.map_err(|e| {
@@ -475,18 +478,7 @@ where
 {
     let head = d.insert_head();
     let mut tx = pool.begin().await?;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        while let Some(r) = rows.next_if(|r| {
-            chunk.is_empty()
-                || (chunk.len() < ROWS_PER_STATEMENT
-                    && bytes + r.record.len() <= BYTES_PER_STATEMENT)
-        }) {
-            bytes += r.record.len();
-            chunk.push(r);
-        }
+    for chunk in statements(rows, ROWS_PER_STATEMENT) {
         let mut sql = head.clone();
         let mut q = Stmt::<DB>::new(&mut sql);
         q.push("VALUES ");
@@ -539,6 +531,120 @@ where
         q.push(d.insert_tail());
         let args = q.args;
         sqlx::query_with::<DB, _>(&sql, args)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Splits `rows` into statements of at most [`BYTES_PER_STATEMENT`] of JSON
+/// (and `max_rows` rows); at least one row each.
+fn statements(rows: Vec<Row>, max_rows: usize) -> Vec<Vec<Row>> {
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        while let Some(r) = rows.next_if(|r| {
+            chunk.is_empty()
+                || (chunk.len() < max_rows && bytes + r.record.len() <= BYTES_PER_STATEMENT)
+        }) {
+            bytes += r.record.len();
+            chunk.push(r);
+        }
+        out.push(chunk);
+    }
+    out
+}
+
+/// The rows of one PostgreSQL statement, one array per column.
+#[derive(Default)]
+struct PgColumns {
+    request_id: Vec<String>,
+    started_at: Vec<String>,
+    duration_ms: Vec<i64>,
+    ttfb_ms: Vec<Option<i64>>,
+    client_ip: Vec<String>,
+    method: Vec<String>,
+    path: Vec<String>,
+    provider: Vec<Option<String>>,
+    kid: Vec<Option<String>>,
+    jti: Vec<Option<String>>,
+    sub: Vec<Option<String>>,
+    model: Vec<Option<String>>,
+    status: Vec<i32>,
+    error_code: Vec<Option<String>>,
+    upstream_status: Vec<Option<i32>>,
+    bytes_in: Vec<i64>,
+    bytes_out: Vec<i64>,
+    prompt_tokens: Vec<Option<i64>>,
+    completion_tokens: Vec<Option<i64>>,
+    total_tokens: Vec<Option<i64>>,
+    cached_tokens: Vec<Option<i64>>,
+    stream: Vec<bool>,
+    client_aborted: Vec<bool>,
+    record: Vec<String>,
+}
+
+/// PostgreSQL: the same rows through [`schema::Dialect::postgres_unnest_insert`]
+/// (one statement per 4 MiB of JSON instead of one per 200 rows), in one
+/// transaction.
+async fn insert_postgres(pool: &Pool<sqlx::Postgres>, rows: Vec<Row>) -> Result<(), sqlx::Error> {
+    let sql = Dialect::postgres_unnest_insert();
+    let mut tx = pool.begin().await?;
+    for chunk in statements(rows, usize::MAX) {
+        let mut c = PgColumns::default();
+        for r in chunk {
+            c.request_id.push(r.request_id);
+            c.started_at.push(r.started_at);
+            c.duration_ms.push(r.duration_ms);
+            c.ttfb_ms.push(r.ttfb_ms);
+            c.client_ip.push(r.client_ip);
+            c.method.push(r.method);
+            c.path.push(r.path);
+            c.provider.push(r.provider);
+            c.kid.push(r.kid);
+            c.jti.push(r.jti);
+            c.sub.push(r.sub);
+            c.model.push(r.model);
+            c.status.push(r.status);
+            c.error_code.push(r.error_code);
+            c.upstream_status.push(r.upstream_status);
+            c.bytes_in.push(r.bytes_in);
+            c.bytes_out.push(r.bytes_out);
+            c.prompt_tokens.push(r.prompt_tokens);
+            c.completion_tokens.push(r.completion_tokens);
+            c.total_tokens.push(r.total_tokens);
+            c.cached_tokens.push(r.cached_tokens);
+            c.stream.push(r.stream);
+            c.client_aborted.push(r.client_aborted);
+            c.record.push(r.record);
+        }
+        sqlx::query(&sql)
+            .bind(c.request_id)
+            .bind(c.started_at)
+            .bind(c.duration_ms)
+            .bind(c.ttfb_ms)
+            .bind(c.client_ip)
+            .bind(c.method)
+            .bind(c.path)
+            .bind(c.provider)
+            .bind(c.kid)
+            .bind(c.jti)
+            .bind(c.sub)
+            .bind(c.model)
+            .bind(c.status)
+            .bind(c.error_code)
+            .bind(c.upstream_status)
+            .bind(c.bytes_in)
+            .bind(c.bytes_out)
+            .bind(c.prompt_tokens)
+            .bind(c.completion_tokens)
+            .bind(c.total_tokens)
+            .bind(c.cached_tokens)
+            .bind(c.stream)
+            .bind(c.client_aborted)
+            .bind(c.record)
             .execute(&mut *tx)
             .await?;
     }

@@ -190,6 +190,52 @@ impl Dialect {
         format!("{verb} {TABLE} ({}) ", COLUMNS.join(", "))
     }
 
+    /// PostgreSQL's bulk insert: one statement, one array parameter per
+    /// column, zipped by `UNNEST` (parsed and planned once whatever the
+    /// row count; sqlx's recommended bulk path). Text arrays are cast to
+    /// the column types in SQL, so the Rust side binds plain values.
+    pub fn postgres_unnest_insert() -> String {
+        let types = [
+            "text",
+            "timestamptz",
+            "int8",
+            "int8",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "int4",
+            "text",
+            "int4",
+            "int8",
+            "int8",
+            "int8",
+            "int8",
+            "int8",
+            "int8",
+            "bool",
+            "bool",
+            "jsonb",
+        ];
+        let args: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match *t {
+                "timestamptz" | "jsonb" => format!("${}::text[]::{t}[]", i + 1),
+                _ => format!("${}::{t}[]", i + 1),
+            })
+            .collect();
+        format!(
+            "INSERT INTO {TABLE} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (request_id) DO NOTHING",
+            COLUMNS.join(", "),
+            args.join(", ")
+        )
+    }
+
     /// What follows the `VALUES` list: the idempotence clause.
     pub fn insert_tail(self) -> &'static str {
         match self {
@@ -301,6 +347,11 @@ mod tests {
             }
             assert_eq!(d.insert_head().matches(", ").count(), COLUMNS.len() - 1);
         }
+        let unnest = Dialect::postgres_unnest_insert();
+        assert!(
+            unnest.contains(&format!("${}::text[]::jsonb[]", COLUMNS.len())),
+            "{unnest}"
+        );
         assert!(Dialect::Postgres.migration(SCHEMA_VERSION + 1).is_empty());
         assert_eq!(MIGRATIONS.last().unwrap().version, SCHEMA_VERSION);
     }

@@ -48,6 +48,22 @@ pub struct Column {
     pub get: for<'a> fn(&'a LogRecord) -> Value<'a>,
 }
 
+/// Columns whose values repeat (provider, model, status, …) are
+/// dictionary-encoded; these, unique per row or nearly, are not: hashing
+/// them into a dictionary that overflows anyway only costs CPU.
+pub const NO_DICTIONARY: &[&str] = &[
+    "request_id",
+    "started_at",
+    "duration_ms",
+    "ttfb_ms",
+    "bytes_in",
+    "bytes_out",
+    "request_body",
+    "response_body",
+    "request_headers",
+    "response_headers",
+];
+
 fn s(v: &str) -> Value<'_> {
     Value::Str(Some(Cow::Borrowed(v)))
 }
@@ -195,16 +211,30 @@ pub fn write_row_group<W: Write + Send>(
         };
         match col.untyped() {
             ColumnWriter::ByteArrayColumnWriter(w) => {
-                let mut vals = Vec::with_capacity(records.len());
+                // One buffer for the whole column, values are slices of it:
+                // no allocation per value.
+                let mut buf = Vec::new();
+                let mut ends = Vec::with_capacity(records.len());
                 for r in records {
                     match (c.get)(r) {
                         Value::Str(Some(v)) => {
-                            vals.push(ByteArray::from(v.as_bytes()));
+                            buf.extend_from_slice(v.as_bytes());
+                            ends.push(buf.len());
                             defs.push(1);
                         }
                         _ => defs.push(0),
                     }
                 }
+                let buf = bytes::Bytes::from(buf);
+                let mut start = 0;
+                let vals: Vec<ByteArray> = ends
+                    .into_iter()
+                    .map(|end| {
+                        let v = ByteArray::from(buf.slice(start..end));
+                        start = end;
+                        v
+                    })
+                    .collect();
                 w.write_batch(&vals, defs_for(&defs).as_deref(), None)?;
             }
             ColumnWriter::Int64ColumnWriter(w) => {
