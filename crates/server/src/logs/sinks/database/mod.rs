@@ -171,6 +171,10 @@ fn pool_options<DB: Database>(max: u32) -> PoolOptions<DB> {
         .min_connections(0)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Some(Duration::from_secs(300)))
+        // No ping before every batch (a round trip each, under load a
+        // scheduling delay too): a connection that died with its server
+        // fails the write, which is retried on a fresh one.
+        .test_before_acquire(false)
 }
 
 /// One row, ready to bind (text already cleaned and cut).
@@ -247,7 +251,11 @@ fn jsonb_safe(json: String) -> String {
 
 impl Row {
     fn from_record(r: &LogRecord, d: Dialect) -> Result<Row, SinkError> {
-        let record = serde_json::to_string(r)
+        let mut json = Vec::with_capacity(crate::logs::pipeline::estimated_size(r));
+        serde_json::to_writer(&mut json, r)
+            .map_err(|_| SinkError::Permanent("database: record not serializable".into()))?;
+        // serde_json writes UTF-8 only.
+        let record = String::from_utf8(json)
             .map_err(|_| SinkError::Permanent("database: record not serializable".into()))?;
         let record = match d {
             Dialect::Postgres => jsonb_safe(record),
@@ -558,7 +566,6 @@ fn statements(rows: Vec<Row>, max_rows: usize) -> Vec<Vec<Row>> {
 }
 
 /// The rows of one PostgreSQL statement, one array per column.
-#[derive(Default)]
 struct PgColumns {
     request_id: Vec<String>,
     started_at: Vec<String>,
@@ -586,69 +593,114 @@ struct PgColumns {
     record: Vec<String>,
 }
 
+impl PgColumns {
+    fn with_capacity(n: usize) -> Self {
+        PgColumns {
+            request_id: Vec::with_capacity(n),
+            started_at: Vec::with_capacity(n),
+            duration_ms: Vec::with_capacity(n),
+            ttfb_ms: Vec::with_capacity(n),
+            client_ip: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            path: Vec::with_capacity(n),
+            provider: Vec::with_capacity(n),
+            kid: Vec::with_capacity(n),
+            jti: Vec::with_capacity(n),
+            sub: Vec::with_capacity(n),
+            model: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            error_code: Vec::with_capacity(n),
+            upstream_status: Vec::with_capacity(n),
+            bytes_in: Vec::with_capacity(n),
+            bytes_out: Vec::with_capacity(n),
+            prompt_tokens: Vec::with_capacity(n),
+            completion_tokens: Vec::with_capacity(n),
+            total_tokens: Vec::with_capacity(n),
+            cached_tokens: Vec::with_capacity(n),
+            stream: Vec::with_capacity(n),
+            client_aborted: Vec::with_capacity(n),
+            record: Vec::with_capacity(n),
+        }
+    }
+}
+
 /// PostgreSQL: the same rows through [`schema::Dialect::postgres_unnest_insert`]
 /// (one statement per 4 MiB of JSON instead of one per 200 rows), in one
 /// transaction.
 async fn insert_postgres(pool: &Pool<sqlx::Postgres>, rows: Vec<Row>) -> Result<(), sqlx::Error> {
     let sql = Dialect::postgres_unnest_insert();
+    let mut chunks = statements(rows, usize::MAX);
+    // One statement is atomic on its own: no BEGIN/COMMIT round trips for
+    // the usual batch. Several (over 4 MiB of JSON) share a transaction.
+    if chunks.len() == 1 {
+        let chunk = chunks.pop().unwrap_or_default();
+        pg_query(&sql, chunk).execute(pool).await?;
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
-    for chunk in statements(rows, usize::MAX) {
-        let mut c = PgColumns::default();
-        for r in chunk {
-            c.request_id.push(r.request_id);
-            c.started_at.push(r.started_at);
-            c.duration_ms.push(r.duration_ms);
-            c.ttfb_ms.push(r.ttfb_ms);
-            c.client_ip.push(r.client_ip);
-            c.method.push(r.method);
-            c.path.push(r.path);
-            c.provider.push(r.provider);
-            c.kid.push(r.kid);
-            c.jti.push(r.jti);
-            c.sub.push(r.sub);
-            c.model.push(r.model);
-            c.status.push(r.status);
-            c.error_code.push(r.error_code);
-            c.upstream_status.push(r.upstream_status);
-            c.bytes_in.push(r.bytes_in);
-            c.bytes_out.push(r.bytes_out);
-            c.prompt_tokens.push(r.prompt_tokens);
-            c.completion_tokens.push(r.completion_tokens);
-            c.total_tokens.push(r.total_tokens);
-            c.cached_tokens.push(r.cached_tokens);
-            c.stream.push(r.stream);
-            c.client_aborted.push(r.client_aborted);
-            c.record.push(r.record);
-        }
-        sqlx::query(&sql)
-            .bind(c.request_id)
-            .bind(c.started_at)
-            .bind(c.duration_ms)
-            .bind(c.ttfb_ms)
-            .bind(c.client_ip)
-            .bind(c.method)
-            .bind(c.path)
-            .bind(c.provider)
-            .bind(c.kid)
-            .bind(c.jti)
-            .bind(c.sub)
-            .bind(c.model)
-            .bind(c.status)
-            .bind(c.error_code)
-            .bind(c.upstream_status)
-            .bind(c.bytes_in)
-            .bind(c.bytes_out)
-            .bind(c.prompt_tokens)
-            .bind(c.completion_tokens)
-            .bind(c.total_tokens)
-            .bind(c.cached_tokens)
-            .bind(c.stream)
-            .bind(c.client_aborted)
-            .bind(c.record)
-            .execute(&mut *tx)
-            .await?;
+    for chunk in chunks {
+        pg_query(&sql, chunk).execute(&mut *tx).await?;
     }
     tx.commit().await
+}
+
+/// The UNNEST insert of `chunk`, its columns bound as arrays.
+fn pg_query(
+    sql: &str,
+    chunk: Vec<Row>,
+) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut c = PgColumns::with_capacity(chunk.len());
+    for r in chunk {
+        c.request_id.push(r.request_id);
+        c.started_at.push(r.started_at);
+        c.duration_ms.push(r.duration_ms);
+        c.ttfb_ms.push(r.ttfb_ms);
+        c.client_ip.push(r.client_ip);
+        c.method.push(r.method);
+        c.path.push(r.path);
+        c.provider.push(r.provider);
+        c.kid.push(r.kid);
+        c.jti.push(r.jti);
+        c.sub.push(r.sub);
+        c.model.push(r.model);
+        c.status.push(r.status);
+        c.error_code.push(r.error_code);
+        c.upstream_status.push(r.upstream_status);
+        c.bytes_in.push(r.bytes_in);
+        c.bytes_out.push(r.bytes_out);
+        c.prompt_tokens.push(r.prompt_tokens);
+        c.completion_tokens.push(r.completion_tokens);
+        c.total_tokens.push(r.total_tokens);
+        c.cached_tokens.push(r.cached_tokens);
+        c.stream.push(r.stream);
+        c.client_aborted.push(r.client_aborted);
+        c.record.push(r.record);
+    }
+    sqlx::query(sql)
+        .bind(c.request_id)
+        .bind(c.started_at)
+        .bind(c.duration_ms)
+        .bind(c.ttfb_ms)
+        .bind(c.client_ip)
+        .bind(c.method)
+        .bind(c.path)
+        .bind(c.provider)
+        .bind(c.kid)
+        .bind(c.jti)
+        .bind(c.sub)
+        .bind(c.model)
+        .bind(c.status)
+        .bind(c.error_code)
+        .bind(c.upstream_status)
+        .bind(c.bytes_in)
+        .bind(c.bytes_out)
+        .bind(c.prompt_tokens)
+        .bind(c.completion_tokens)
+        .bind(c.total_tokens)
+        .bind(c.cached_tokens)
+        .bind(c.stream)
+        .bind(c.client_aborted)
+        .bind(c.record)
 }
 
 impl Sink for DatabaseSink {
