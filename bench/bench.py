@@ -10,6 +10,8 @@ stopped on exit (normal, error, SIGINT, SIGTERM).
 """
 
 import argparse
+import glob
+import http.server
 import json
 import os
 import platform
@@ -21,7 +23,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -201,7 +205,7 @@ def start_nginx(tmp, tag, mock_port, workers):
     return p, port
 
 
-def start_relay(bins, tmp, tag, mock_port):
+def start_relay(bins, tmp, tag, mock_port, log_cfg=None):
     d = os.path.join(tmp, tag)
     os.makedirs(d, exist_ok=True)
     cfg = {
@@ -214,6 +218,8 @@ def start_relay(bins, tmp, tag, mock_port):
         "log": {"console": False},
         "providers": {"openai": {"base_url": f"http://127.0.0.1:{mock_port}/v1"}},
     }
+    if log_cfg is not None:
+        cfg["log"] = log_cfg
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f)
     rai = os.path.join(tmp, "bench.rai")
@@ -365,6 +371,104 @@ def scenario4(ctx):
             ctx.lg, "open", t, "chat/completions", {"x-mock-response-bytes": "1024"}, CHAT_BODY,
             ["-rate", str(rate), "-d", f"{ctx.open_dur}s", "-warmup", ctx.warm],
             ctx.open_dur + 60))
+    return out
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """The webhook receiver of scenario 5: reads each batch, answers 204."""
+    protocol_version = "HTTP/1.1"
+    batches = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        _Hook.batches += 1
+        self.send_response(204)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def start_webhook():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def start_postgres(tmp):
+    """A throwaway PostgreSQL for scenario 5 (as nobody when root); its URL,
+    or None when the binaries are missing or it does not start."""
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(re.sub(r"\D", "", p) or 0))
+    initdb = shutil.which("initdb") or (bindirs and os.path.join(bindirs[-1], "initdb"))
+    if not initdb or not os.path.exists(initdb):
+        return None
+    postgres = os.path.join(os.path.dirname(initdb), "postgres")
+    d = os.path.join(tmp, "pg")
+    os.makedirs(d)
+    pre = []
+    if os.geteuid() == 0:
+        os.chown(d, 65534, 65534)
+        pre = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    r = subprocess.run(pre + [initdb, "-D", os.path.join(d, "data"), "-U", "relay", "--auth=trust",
+                              "--locale=C", "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"WARNING: initdb failed: {r.stderr[-300:]}")
+        return None
+    port = free_port()
+    logf = open(os.path.join(tmp, "postgres.log"), "w")
+    PROCS.append(subprocess.Popen(pre + [postgres, "-D", os.path.join(d, "data"), "-k", d,
+                                         "-p", str(port), "-h", "127.0.0.1"],
+                                  stdout=logf, stderr=logf))
+    if not wait_port(port, 30):
+        log(f"WARNING: postgres did not start; see {tmp}/postgres.log")
+        return None
+    time.sleep(0.5)
+    return f"postgres://relay@127.0.0.1:{port}/postgres"
+
+
+def log_stats(port):
+    """The relay's per-sink log counters from /health."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        return json.load(r).get("logs") or []
+
+
+def scenario5(ctx):
+    """Throughput with logging off vs every sink on (console off), bodies off
+    and on: three relays, alternated like every other scenario."""
+    log("  scenario 5: logging off vs all sinks (database, Parquet, webhook), bodies off / on, c=64")
+    hook = start_webhook()
+    pg = start_postgres(ctx.tmp)
+    db = ({"enabled": True, "type": "postgres", "connection_string": pg} if pg else
+          {"enabled": True, "type": "sqlite", "connection_string": os.path.join(ctx.tmp, "logs.db")})
+
+    def sinks(tag, bodies):
+        return {"console": False, "bodies": bodies,
+                "web": {"enabled": True, "callback_url": f"http://127.0.0.1:{hook.server_port}/hook"},
+                "database": db,
+                "parquet": {"enabled": True, "file_path": os.path.join(ctx.tmp, tag, "parquet")}}
+
+    targets, ports = [], {}
+    for tag, cfg in (("relay-log-off", {"console": False}),
+                     ("relay-all-sinks", sinks("relay-all-sinks", False)),
+                     ("relay-all-sinks-bodies", sinks("relay-all-sinks-bodies", True))):
+        p, port, rai = start_relay(ctx.bins, ctx.tmp, tag, ctx.mport, log_cfg=cfg)
+        targets.append(Target(tag, mint(ctx.bins, rai, port), {"Origin": ORIGIN}, lambda p=p: [p.pid]))
+        ports[tag] = port
+    if not ctx.quick:
+        for t in targets:
+            closed_loop(ctx, t, "chat/completions", 64, 1, {}, CHAT_BODY)
+    out = {"c64": alternate(ctx, targets, lambda t: closed_loop(
+        ctx, t, "chat/completions", 64, ctx.dur, {"x-mock-response-bytes": "1024"}, CHAT_BODY))}
+    time.sleep(2.5)  # let the last batches (1 s delay) land before reading the counters
+    out["database"] = "postgres" if pg else "sqlite (PostgreSQL not available)"
+    out["console"] = "off"
+    out["sinks"] = {tag: {st["name"]: {k: st[k] for k in ("delivered", "dropped", "queued", "retries")}
+                          for st in log_stats(port)}
+                    for tag, port in ports.items() if tag != "relay-log-off"}
+    out["webhook_batches"] = _Hook.batches
+    hook.shutdown()
     return out
 
 
@@ -575,9 +679,24 @@ def report(res, ctx):
         gate(gates, "open loop 1000 req/s: added p50 <= 100 us", a50, 100, a50 is not None and a50 <= 100, f"{f(a50)} us")
         gate(gates, "open loop 1000 req/s: added p99 <= 500 us", a99, 500, a99 is not None and a99 <= 500, f"{f(a99)} us")
 
-    P("")
-    P("Scenario 5: logging on: SKIP (logging pipeline not built yet)")
-    gates.append({"gate": "logging on (bodies off / on)", "result": "SKIP (not implemented yet)"})
+    s5 = res.get("s5") or {}
+    if s5:
+        P("")
+        P(f"Scenario 5: logging off vs all sinks (console {s5.get('console')}, database {s5.get('database')}, "
+          "Parquet, webhook), c=64")
+        base = g(s5, "c64", "relay-log-off", "rps")
+        for name, tr in (s5.get("c64") or {}).items():
+            P(f"  {name:<24} {f(tr.get('rps'))} req/s  x{f(ratio(tr.get('rps'), base), '{:.2f}')} of logging off"
+              f"  p50 {f(tr.get('p50_us'))} us  p99 {f(tr.get('p99_us'))} us  cpu {f(tr.get('cpu_us_per_req'))} us/req")
+        for tag, st in (s5.get("sinks") or {}).items():
+            P(f"  {tag}: " + ", ".join(f"{k} delivered {v['delivered']} dropped {v['dropped']}" for k, v in st.items()))
+        for name, limit in (("relay-all-sinks", 0.90), ("relay-all-sinks-bodies", 0.75)):
+            r = ratio(g(s5, "c64", name, "rps"), base)
+            gate(gates, f"{name.replace('relay-', '')} (bodies {'on' if 'bodies' in name else 'off'}) "
+                        f">= {limit:.2f} x logging off", r, limit, r is not None and r >= limit, f"{f(r, '{:.2f}')}")
+        dropped = sum(v["dropped"] for st in (s5.get("sinks") or {}).values() for v in st.values())
+        gate(gates, "logging keeps up: no record dropped", dropped if s5.get("sinks") else None, 0,
+             dropped == 0, f"{dropped} dropped")
 
     s6 = res.get("s6") or {}
     if s6:
@@ -650,7 +769,7 @@ def main():
     ap.add_argument("--loadgen")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
-    ap.add_argument("--only", default="1,2,3,4,6,7", help="scenarios to run, e.g. 1,3")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="scenarios to run, e.g. 1,3")
     a = ap.parse_args()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -718,8 +837,10 @@ def main():
         for t in ([] if ctx.quick else targets + [ctx.relay_mc]):
             closed_loop(ctx, t, "chat/completions", 64, 1, {}, CHAT_BODY)
 
+        ctx.bins, ctx.mport = bins, mport
         res = {}
-        for key, fn in (("1", scenario1), ("2", scenario2), ("3", scenario3), ("4", scenario4)):
+        for key, fn in (("1", scenario1), ("2", scenario2), ("3", scenario3), ("4", scenario4),
+                        ("5", scenario5)):
             if key in only:
                 res["s" + key] = fn(ctx)
         if "6" in only:

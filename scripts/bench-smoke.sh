@@ -24,7 +24,7 @@ def nums(d):
         return [x for v in d.values() for x in nums(v)]
     return [d] if isinstance(d, (int, float)) and not isinstance(d, bool) else []
 
-need = ["s1", "s2", "s7"] + ([] if "Go loadgen missing" in skipped else ["s3", "s4", "s6"])
+need = ["s1", "s2", "s5", "s7"] + ([] if "Go loadgen missing" in skipped else ["s3", "s4", "s6"])
 for k in need:
     if k not in s or not nums(s[k]):
         bad.append(f"scenario {k[1:]} produced no numbers")
@@ -38,6 +38,12 @@ for k in ("s1", "s3", "s4"):
 for name, m in (s.get("s2", {}).get("c64") or {}).items():
     if not m.get("requests") or m.get("errors"):
         bad.append(f"scenario 2 {name}: requests={m.get('requests')} errors={m.get('errors')}")
+for name, m in (s.get("s5", {}).get("c64") or {}).items():
+    if not m.get("requests") or m.get("errors"):
+        bad.append(f"scenario 5 {name}: requests={m.get('requests')} errors={m.get('errors')}")
+for tag, sinks in (s.get("s5", {}).get("sinks") or {}).items():
+    if not sinks or not all(v.get("delivered") for v in sinks.values()):
+        bad.append(f"scenario 5 {tag}: a sink delivered nothing: {sinks}")
 s6 = s.get("s6") or {}
 for key, m in s6.items():
     if key.startswith("streams_") and m.get("ready") != m.get("streams"):

@@ -538,6 +538,34 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
                 "ok: {source} (listen {}:{}, base path {})",
                 c.server.host, c.server.port, c.server.base_path
             );
+            // Which log sinks would start (never the connection string or
+            // the webhook URL: they may hold credentials).
+            let log = &c.log;
+            let mut sinks = Vec::new();
+            if let Some(format) = log.console.resolve() {
+                sinks.push(format!(
+                    "console ({})",
+                    format!("{format:?}").to_lowercase()
+                ));
+            }
+            if log.web.enabled {
+                sinks.push("webhook".to_string());
+            }
+            if log.database.enabled {
+                sinks.push(format!("database ({})", log.database.kind));
+            }
+            if log.parquet.enabled {
+                sinks.push(format!("parquet ({})", log.parquet.file_path.display()));
+            }
+            println!(
+                "log sinks: {}{}",
+                if sinks.is_empty() {
+                    "none".to_string()
+                } else {
+                    sinks.join(", ")
+                },
+                if log.bodies { "; bodies captured" } else { "" }
+            );
             let registry = Registry::new(&c.providers);
             for id in registry.ids() {
                 if registry.get(id).is_some_and(|p| !p.configured) {

@@ -316,7 +316,10 @@ impl Default for LogSettings {
 impl LogSettings {
     /// True when any sink is on (then the request path builds records).
     pub fn any_sink(&self) -> bool {
-        self.console.resolve().is_some() || self.web.enabled
+        self.console.resolve().is_some()
+            || self.web.enabled
+            || self.database.enabled
+            || self.parquet.enabled
     }
 }
 
@@ -324,10 +327,11 @@ impl LogSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseLogSettings {
     pub enabled: bool,
-    /// `sqlite`, `postgres` or `mysql`.
+    /// `sqlite`, `postgres` or `mysql` (MySQL and MariaDB).
     #[serde(rename = "type")]
     pub kind: String,
-    /// May hold a password: never printed.
+    /// URL (`postgres://…`, `mysql://…`), libpq keywords, a Go MySQL DSN, or
+    /// a SQLite file path. May hold a password: never printed.
     pub connection_string: relayapi_token::SecretString,
 }
 
@@ -340,12 +344,28 @@ pub struct WebLogSettings {
     pub secret: Option<relayapi_token::SecretString>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ParquetLogSettings {
     pub enabled: bool,
-    /// A directory for `logs_YYYY-MM-DD.parquet` files.
+    /// A directory for `logs_YYYY-MM-DD.parquet` files (created if missing).
     pub file_path: PathBuf,
+    /// A file is finished (footer written) once it is this big…
+    pub max_file_bytes: u64,
+    /// …or this old (seconds): what a crash can lose at most.
+    #[serde(with = "secs")]
+    pub max_file_age: Duration,
+}
+
+impl Default for ParquetLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            file_path: PathBuf::new(),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_file_age: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Compatibility with the earlier server's tokens.
@@ -522,13 +542,46 @@ impl Config {
                 "log: max_body_bytes, queue_capacity and batch_max_records must be ≥ 1".into(),
             );
         }
-        if log.database.enabled
-            && !matches!(log.database.kind.as_str(), "sqlite" | "postgres" | "mysql")
-        {
-            problems.push(format!(
-                "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\"",
-                log.database.kind
-            ));
+        if log.database.enabled {
+            let db = &log.database;
+            if !matches!(db.kind.as_str(), "sqlite" | "postgres" | "mysql") {
+                problems.push(format!(
+                    "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\" (also for MariaDB)",
+                    db.kind
+                ));
+            } else if db.connection_string.expose().trim().is_empty() {
+                problems.push(format!(
+                    "log.database.connection_string: empty; set it (e.g. {}) or set log.database.enabled to false",
+                    match db.kind.as_str() {
+                        "sqlite" => "\"relayapi-logs.db\"",
+                        "postgres" => "\"postgres://user:password@host:5432/db\"",
+                        _ => "\"mysql://user:password@host:3306/db\"",
+                    }
+                ));
+            } else if let Err(e) =
+                crate::logs::sinks::database::validate(&db.kind, db.connection_string.expose())
+            {
+                // The message says what is wrong, never what was written.
+                problems.push(format!("{e} (log.database.type is {:?})", db.kind));
+            }
+        }
+        if log.parquet.enabled {
+            let pq = &log.parquet;
+            if pq.file_path.as_os_str().is_empty() {
+                problems.push(
+                    "log.parquet.file_path: empty; set a directory for the daily files (e.g. \"/var/log/relayapi\") or set log.parquet.enabled to false".into(),
+                );
+            } else if pq.file_path.exists() && !pq.file_path.is_dir() {
+                problems.push(format!(
+                    "log.parquet.file_path: {:?} is a file; it must be a directory (created if missing) for logs_YYYY-MM-DD.parquet files",
+                    pq.file_path
+                ));
+            }
+            if pq.max_file_bytes == 0 || pq.max_file_age.is_zero() {
+                problems.push(
+                    "log.parquet: max_file_bytes and max_file_age must be > 0 (they bound what a crash can lose)".into(),
+                );
+            }
         }
         self.validate_policy(problems);
         for (i, u) in self.legacy.allowed_provider_urls.iter().enumerate() {
@@ -874,6 +927,37 @@ mod tests {
         ];
         let c = load_str("c.json", "{}", &env).unwrap();
         assert!(c.admin.enabled());
+    }
+
+    #[test]
+    fn log_sink_settings_are_validated_without_echoing_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/logs.db");
+        let text = serde_json::json!({"log": {
+            "database": {"enabled": true, "type": "sqlite", "connection_string": missing},
+            "parquet": {"enabled": true, "file_path": "", "max_file_age": 0}}})
+        .to_string();
+        let msg = load_str("c.json", &text, &vec![]).unwrap_err().to_string();
+        for needle in [
+            "c.json",
+            "log.database.connection_string",
+            "directory does not exist",
+            "log.parquet.file_path",
+            "max_file_age",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+        let text = r#"{"log": {"database": {"enabled": true, "type": "postgres",
+            "connection_string": "postgres://u:hunter2@[bad/db"}}}"#;
+        let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+        assert!(msg.contains("log.database.connection_string"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let ok = r#"{"log": {"database": {"enabled": true, "type": "mysql",
+            "connection_string": "root:pw@tcp(127.0.0.1:3306)/logs"},
+            "parquet": {"enabled": true, "file_path": "logs", "max_file_bytes": 1048576}}}"#;
+        let c = load_str("c.json", ok, &vec![]).unwrap();
+        assert!(c.log.any_sink());
+        assert_eq!(c.log.parquet.max_file_age, Duration::from_secs(300));
     }
 
     #[test]

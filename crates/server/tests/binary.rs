@@ -1,7 +1,10 @@
 //! Black-box tests of the built `relayapi` binary: the CLI contract, key
 //! file generation, durability across `kill -9`, graceful shutdown, and no
-//! secret in any log line.
+//! secret in any log line or any log sink (console, webhook, SQLite,
+//! PostgreSQL, MariaDB, Parquet).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -185,17 +188,35 @@ async fn newcomer_walkthrough_and_no_secret_in_logs() {
         logs.contains("generated"),
         "startup should say where the .rai went: {logs}"
     );
-    for (what, secret) in [
-        ("api key", MOCK_KEY),
-        ("token", token.as_str()),
-        ("aes_key", aes_key.as_str()),
-    ] {
-        assert!(!logs.contains(secret), "{what} leaked into the logs");
-    }
-    assert!(
-        !logs.contains(&token[token.len() - 20..]),
-        "token tail leaked into the logs"
+    assert_no_canary("the logs", &logs, &canaries(&token, &aes_key, &[]));
+}
+
+/// The secrets no log line and no sink may contain: the provider key, the
+/// token (and its tail), the key material, and any database password.
+fn canaries(token: &str, aes_key: &str, more: &[String]) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("api key".to_string(), MOCK_KEY.to_string()),
+        ("token".to_string(), token.to_string()),
+        (
+            "token tail".to_string(),
+            token[token.len() - 20..].to_string(),
+        ),
+        ("aes_key".to_string(), aes_key.to_string()),
+    ];
+    v.extend(
+        more.iter()
+            .map(|m| ("database password".to_string(), m.clone())),
     );
+    v
+}
+
+fn assert_no_canary(place: &str, text: &str, canaries: &[(String, String)]) {
+    for (what, secret) in canaries {
+        assert!(
+            !text.contains(secret.as_str()),
+            "{what} leaked into {place}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -338,6 +359,50 @@ fn cli_contract() {
         !ok && err.contains("server.base_path") && err.contains("usage.store"),
         "{err}"
     );
+
+    // Log sinks: listed when fine (never the connection string), and each
+    // bad field named with its fix.
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"log": {"console": false, "database": {"enabled": true, "type": "postgres",
+            "connection_string": "postgres://relay:s3cr3t-pw@db.example/logs"},
+            "parquet": {"enabled": true, "file_path": "pq"}}}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("log sinks: database (postgres), parquet (pq)"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t-pw") && !err.contains("s3cr3t-pw"));
+    std::fs::write(dir.path().join("a-file"), "x").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"log": {"database": {"enabled": true, "type": "oracle"},
+            "parquet": {"enabled": true, "file_path": "a-file"}}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(
+        !ok && err.contains("config.json")
+            && err.contains("log.database.type")
+            && err.contains("log.parquet.file_path"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"log": {"database": {"enabled": true, "type": "mysql", "connection_string": "s3cr3t-pw"},
+            "parquet": {"enabled": true}}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(
+        !ok && err.contains("log.database.connection_string")
+            && err.contains("log.parquet.file_path")
+            && !err.contains("s3cr3t-pw"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -389,41 +454,63 @@ fn earlier_cli_spellings_and_the_sample_key() {
     assert!(relay.url.starts_with("http://127.0.0.1:"));
 }
 
-#[tokio::test]
+/// SIGTERM under load with every sink on (PostgreSQL as the database):
+/// every admitted request has exactly one record in every sink afterwards,
+/// and the Parquet files are complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_every_admitted_request_is_logged() {
     let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let db_kind = if common::db::Postgres::available() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let sinks = AllSinks::start(dir.path(), db_kind).await.unwrap();
     let config = serde_json::json!({
         "server": {"port": 0, "shutdown_grace": 10},
         "usage": {"store": "memory"},
-        "log": {"console": {"format": "json"}},
+        "log": sinks.log_config(false),
         "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
     });
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let relay = Relay::start(dir.path(), &[]);
     let base = retarget(&mint_url(dir.path(), &[]), &relay);
     let http = reqwest::Client::new();
+    // Stream response heads received: admitted, and its body is under way.
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..120 {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, base, heads) = (http.clone(), base.clone(), heads.clone());
         tasks.push(tokio::spawn(async move {
             let id = format!("load-{i}");
             let resp = http
                 .post(format!("{base}chat/completions"))
                 .header("x-request-id", &id)
-                .header("x-mock-chunk-delay-ms", "20")
+                .header("x-mock-chunk-delay-ms", "50")
                 .header("x-mock-chunks", "10")
                 .json(&serde_json::json!({"model": "m", "stream": i % 2 == 0, "messages": [{"role": "user", "content": "hi"}]}))
                 .send()
                 .await;
             match resp {
-                Ok(r) if r.status() == 200 => r.text().await.ok().map(|_| id),
+                Ok(r) if r.status() == 200 => {
+                    if i % 2 == 0 {
+                        heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r.text().await.ok().map(|_| id)
+                }
                 _ => None,
             }
         }));
     }
-    // Streams take ~200 ms: signal while most are in flight.
-    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    // Signal while many are in flight (each body takes ~500 ms), however
+    // slow the machine is today.
+    let t = std::time::Instant::now();
+    while heads.load(std::sync::atomic::Ordering::SeqCst) < 40
+        && t.elapsed() < std::time::Duration::from_secs(30)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     relay.signal("-TERM");
     let mut admitted = Vec::new();
     for t in tasks {
@@ -431,28 +518,309 @@ async fn sigterm_under_load_every_admitted_request_is_logged() {
             admitted.push(id);
         }
     }
+    let (status, logs) = exit_status(relay).await;
+    assert!(status.success());
+    assert!(
+        admitted.len() >= 40,
+        "the load should mostly run before the signal: {}",
+        admitted.len()
+    );
+    for stored in sinks.stored(&logs).await {
+        let mut count: std::collections::BTreeMap<&str, usize> = Default::default();
+        for id in &stored.ids {
+            *count.entry(id.as_str()).or_default() += 1;
+        }
+        for id in &admitted {
+            assert_eq!(
+                count.get(id.as_str()),
+                Some(&1),
+                "{id} must be in the {} sink exactly once",
+                stored.sink
+            );
+        }
+    }
+}
+
+/// Every sink on at once, and what each stored afterwards.
+struct AllSinks {
+    dir: PathBuf,
+    db_kind: &'static str,
+    pg: Option<common::db::Postgres>,
+    my: Option<common::db::MariaDb>,
+    hook_url: String,
+    hook: common::Records,
+}
+
+/// What one sink holds after the run: record ids and all its text.
+struct Stored {
+    sink: &'static str,
+    ids: Vec<String>,
+    text: String,
+}
+
+impl AllSinks {
+    /// Console (JSON lines), webhook, Parquet and one database of
+    /// `db_kind`. `None` when that database's server is not installed.
+    async fn start(dir: &Path, db_kind: &'static str) -> Option<AllSinks> {
+        let (hook_url, hook, _) = common::switchable_receiver().await;
+        let (mut pg, mut my) = (None, None);
+        match db_kind {
+            "postgres" => {
+                pg = Some(
+                    tokio::task::spawn_blocking(common::db::Postgres::start)
+                        .await
+                        .unwrap()?,
+                )
+            }
+            "mysql" => {
+                my = Some(
+                    tokio::task::spawn_blocking(common::db::MariaDb::start)
+                        .await
+                        .unwrap()?,
+                )
+            }
+            _ => {}
+        }
+        Some(AllSinks {
+            dir: dir.to_path_buf(),
+            db_kind,
+            pg,
+            my,
+            hook_url,
+            hook,
+        })
+    }
+
+    fn db_url(&self) -> String {
+        match self.db_kind {
+            "postgres" => self.pg.as_ref().unwrap().url(),
+            "mysql" => self.my.as_ref().unwrap().url(),
+            _ => self.dir.join("logs.db").display().to_string(),
+        }
+    }
+
+    fn passwords(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        v.extend(self.pg.as_ref().map(|p| p.password.clone()));
+        v.extend(self.my.as_ref().map(|m| m.password.clone()));
+        v
+    }
+
+    fn log_config(&self, bodies: bool) -> serde_json::Value {
+        serde_json::json!({
+            "console": {"format": "json"},
+            "web": {"enabled": true, "callback_url": self.hook_url},
+            "database": {"enabled": true, "type": self.db_kind, "connection_string": self.db_url()},
+            "parquet": {"enabled": true, "file_path": self.dir.join("parquet")},
+            "bodies": bodies,
+            "batch_max_delay": 0.05
+        })
+    }
+
+    /// Reads back every sink (after the relay exited).
+    async fn stored(&self, stderr: &str) -> Vec<Stored> {
+        let mut out = Vec::new();
+        let console: Vec<String> = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+            .collect();
+        out.push(Stored {
+            sink: "console",
+            ids: console,
+            text: stderr.to_string(),
+        });
+        let hook = self.hook.lock().unwrap().clone();
+        out.push(Stored {
+            sink: "webhook",
+            ids: hook
+                .iter()
+                .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+                .collect(),
+            text: serde_json::to_string(&hook).unwrap(),
+        });
+        let (ids, records): (Vec<String>, Vec<String>) = match self.db_kind {
+            "postgres" => {
+                let pool = self.pg.as_ref().unwrap().pool().await;
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT request_id, row_to_json(t)::text FROM relayapi_logs t")
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                rows.into_iter().unzip()
+            }
+            "mysql" => {
+                let pool = self.my.as_ref().unwrap().pool().await;
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT CAST(request_id AS CHAR), CAST(CONCAT_WS('|', record, client_ip, path, IFNULL(jti, ''), IFNULL(sub, '')) AS CHAR) FROM relayapi_logs",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                rows.into_iter().unzip()
+            }
+            _ => {
+                let path = self.dir.join("logs.db");
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT request_id, record FROM relayapi_logs")
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                pool.close().await;
+                let (ids, mut text): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+                // The raw file bytes too (database and WAL).
+                for f in ["logs.db", "logs.db-wal"] {
+                    if let Ok(b) = std::fs::read(self.dir.join(f)) {
+                        text.push(String::from_utf8_lossy(&b).into_owned());
+                    }
+                }
+                (ids, text)
+            }
+        };
+        out.push(Stored {
+            sink: self.db_kind,
+            ids,
+            text: records.join("\n"),
+        });
+        let (ids, text) = read_parquet_dir(&self.dir.join("parquet"));
+        out.push(Stored {
+            sink: "parquet",
+            ids,
+            text,
+        });
+        out
+    }
+}
+
+/// Every row of every `logs_*.parquet` (each file must be complete and
+/// readable): request ids, and each row rendered as text.
+fn read_parquet_dir(dir: &Path) -> (Vec<String>, String) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("logs_") && name.ends_with(".parquet"),
+            "only finished files after a clean exit: {name}"
+        );
+        let raw = std::fs::read(&path).unwrap();
+        text.push_str(&String::from_utf8_lossy(&raw));
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        for row in reader.get_row_iter(None).unwrap() {
+            let row = row.unwrap();
+            ids.push(row.get_string(0).unwrap().clone());
+            text.push_str(&row.to_string());
+            text.push('\n');
+        }
+    }
+    (ids, text)
+}
+
+async fn exit_status(relay: Relay) -> (std::process::ExitStatus, String) {
+    relay.signal("-TERM");
     let stderr = relay.stderr.clone();
     let mut relay = relay;
     let status = tokio::task::spawn_blocking(move || relay.child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success());
-    let logs = std::fs::read_to_string(stderr).unwrap();
-    let logged: std::collections::BTreeMap<String, usize> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
-        .fold(Default::default(), |mut m, id| {
-            *m.entry(id).or_default() += 1;
-            m
+    (status, std::fs::read_to_string(stderr).unwrap())
+}
+
+/// The canary test across every sink, once per database type: streaming
+/// and non-streaming calls with bodies on, the token in the path, in
+/// `Authorization` and in a JSON body field, the provider key in a body
+/// field — then no sink's stored output and no log line holds a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_any_sink_or_log_line() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    for db_kind in ["sqlite", "postgres", "mysql"] {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(sinks) = AllSinks::start(dir.path(), db_kind).await else {
+            continue;
+        };
+        let config = serde_json::json!({
+            "server": {"port": 0, "shutdown_grace": 10},
+            "usage": {"store": "memory"},
+            "log": sinks.log_config(true),
+            "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
         });
-    assert!(
-        admitted.len() >= 40,
-        "the load should mostly run before the signal: {}",
-        admitted.len()
-    );
-    for id in &admitted {
-        assert_eq!(logged.get(id), Some(&1), "{id} must be logged exactly once");
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let relay = Relay::start(dir.path(), &[]);
+        let rai: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("default.rai")).unwrap())
+                .unwrap();
+        let aes_key = rai["crypto"]["aes_key"].as_str().unwrap().to_string();
+        let base = retarget(&mint_url(dir.path(), &[]), &relay);
+        let token = base
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let http = reqwest::Client::new();
+        let body = |stream: bool| {
+            serde_json::json!({"model": "gpt-4o-mini", "stream": stream,
+                "api_key": MOCK_KEY, "token": token,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "canary"}]})
+        };
+        let mut ids = Vec::new();
+        for (i, stream) in [false, true].into_iter().enumerate() {
+            let id = format!("canary-{db_kind}-path-{i}");
+            let r = http
+                .post(format!("{base}chat/completions"))
+                .header("x-request-id", &id)
+                .json(&body(stream))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap();
+            ids.push(id);
+            let id = format!("canary-{db_kind}-header-{i}");
+            let r = http
+                .post(format!(
+                    "{}/relayapi/chat/completions?key={token}",
+                    relay.url
+                ))
+                .header("x-request-id", &id)
+                .header("authorization", format!("Bearer {token}"))
+                .json(&body(stream))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "token in the Authorization header");
+            r.text().await.unwrap();
+            ids.push(id);
+        }
+        let (status, logs) = exit_status(relay).await;
+        assert!(status.success(), "{db_kind}: {status:?}\n{logs}");
+        let canaries = canaries(&token, &aes_key, &sinks.passwords());
+        assert_no_canary("the process logs", &logs, &canaries);
+        for stored in sinks.stored(&logs).await {
+            for id in &ids {
+                assert!(
+                    stored.ids.contains(id),
+                    "{db_kind}: {} has no record {id}",
+                    stored.sink
+                );
+            }
+            assert!(
+                stored.text.contains("[REDACTED]") || stored.sink == "parquet",
+                "{}: redaction markers expected",
+                stored.sink
+            );
+            assert_no_canary(
+                &format!("the {} sink", stored.sink),
+                &stored.text,
+                &canaries,
+            );
+        }
     }
 }

@@ -294,6 +294,12 @@ async fn outage_503_is_retried_and_every_record_arrives() {
     })
     .await;
     assert!(rx.total() >= 200);
+    // The receiver keeps a batch before its answer reaches the sink: the
+    // counter follows a moment later.
+    wait_until("the last batch counted", Duration::from_secs(5), || {
+        p.stats()[0].delivered == 200
+    })
+    .await;
     let st = &p.stats()[0];
     assert_eq!((st.delivered, st.dropped), (200, 0));
     p.shutdown(Duration::from_secs(1)).await;

@@ -221,24 +221,7 @@ async fn webhook_outage_loses_no_record() {
     .await;
     let url = format!("{}{}/models", env.base(), env.token("openai"));
     let n = 1000;
-    let statuses = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let (http, url) = (env.http.clone(), url.clone());
-            async move {
-                let resp = http
-                    .get(&url)
-                    .header("x-request-id", format!("outage-{i}"))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = resp.status().as_u16();
-                resp.bytes().await.unwrap();
-                status
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    let statuses = get_each(&env.http, &url, (0..n).map(|i| format!("outage-{i}"))).await;
     assert!(statuses.iter().all(|s| *s == 200));
     assert!(
         records.lock().unwrap().is_empty(),

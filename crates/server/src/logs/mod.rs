@@ -59,13 +59,23 @@ impl Logger {
             }
         }
         if settings.database.enabled {
-            tracing::warn!(
-                kind = %settings.database.kind,
-                "log.database is configured, but this build has no database sink yet; records are not written there"
-            );
+            let db = &settings.database;
+            match sinks::database::DatabaseSink::new(&db.kind, &db.connection_string) {
+                Ok(sink) => sinks.push(Arc::new(sink)),
+                // Validated at config load; this only guards a bypassed check.
+                Err(e) => tracing::error!(error = %e, "log.database disabled"),
+            }
         }
         if settings.parquet.enabled {
-            tracing::warn!("log.parquet is configured, but this build has no Parquet sink yet; records are not written there");
+            let pq = &settings.parquet;
+            match sinks::parquet::ParquetSink::new(sinks::parquet::ParquetOptions {
+                dir: pq.file_path.clone(),
+                max_file_bytes: pq.max_file_bytes,
+                max_file_age: pq.max_file_age,
+            }) {
+                Ok(sink) => sinks.push(Arc::new(sink)),
+                Err(e) => tracing::error!(error = %e, "log.parquet disabled"),
+            }
         }
         if sinks.is_empty() {
             return None;

@@ -24,7 +24,9 @@
 //!    run).
 //! 4. **The batch** being built or retried by the batching task (up to
 //!    `max_records` / `max_bytes`). It is flushed `max_delay` after its first
-//!    record at the latest. On [`SinkError::Retryable`] the *same* batch is
+//!    record at the latest. The task takes records in bursts: woken by one,
+//!    it waits [`LINGER`] and takes everything queued by then, so under load
+//!    it wakes a few hundred times a second, not once per record. On [`SinkError::Retryable`] the *same* batch is
 //!    retried (backoff `retry_initial` doubling up to `retry_max`, full
 //!    jitter) while new records pile up in 1 and then 2/3. On
 //!    [`SinkError::Permanent`] the batch is counted as dropped, the error
@@ -76,6 +78,9 @@ pub const SPOOL_CHANNEL_CAPACITY: usize = 4096;
 pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Grace used when every handle was dropped without calling `shutdown`.
 const IMPLICIT_GRACE: Duration = Duration::from_secs(5);
+/// After a wake-up the batcher waits this long for more records before it
+/// looks at them (bounds wake-ups per sink, whatever the request rate).
+pub const LINGER: Duration = Duration::from_millis(2);
 
 /// How batches are built and retried; one value for every sink.
 #[derive(Debug, Clone)]
@@ -563,6 +568,7 @@ impl Batcher {
             self.replay().await;
         }
         let mut batch: Vec<Arc<LogRecord>> = Vec::new();
+        let mut incoming: Vec<Arc<LogRecord>> = Vec::new();
         let mut bytes = 0usize;
         let mut flush_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(DROP_LOG_INTERVAL);
@@ -574,8 +580,25 @@ impl Batcher {
             tokio::select! {
                 biased;
                 d = wait_shutdown(&mut self.shutdown_rx) => break d,
-                r = self.rx.recv() => match r {
-                    Some(rec) => {
+                n = self.rx.recv_many(&mut incoming, self.settings.max_records) => {
+                    if n == 0 {
+                        break implicit_deadlines();
+                    }
+                    // Linger a moment and take what arrived meanwhile: under
+                    // load one wake-up (and one pass through this select)
+                    // per LINGER, not one per record.
+                    if incoming.len() < self.settings.max_records {
+                        tokio::time::sleep(LINGER).await;
+                        while incoming.len() < self.settings.max_records {
+                            match self.rx.try_recv() {
+                                Ok(rec) => incoming.push(rec),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    // Every record taken goes into a batch (delivered, or
+                    // left for `finish` if shutdown interrupts a delivery).
+                    for rec in incoming.drain(..) {
                         bytes += estimated_size(&rec);
                         batch.push(rec);
                         if batch.len() == 1 {
@@ -587,7 +610,6 @@ impl Batcher {
                             flush_at = None;
                         }
                     }
-                    None => break implicit_deadlines(),
                 },
                 _ = sleep_until_opt(flush_at), if flush_at.is_some() => {
                     self.deliver_then_replay(std::mem::take(&mut batch)).await;

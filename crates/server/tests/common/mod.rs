@@ -2,6 +2,8 @@
 //! 127.0.0.1:0, and token minting with a fresh key.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod db;
+
 use std::collections::BTreeMap;
 
 use relayapi::config::Config;
@@ -175,4 +177,32 @@ pub async fn switchable_receiver() -> (String, Records, Flag) {
         }
     });
     (format!("http://{addr}/logs"), records, down)
+}
+
+/// GETs `url` once per request id, 32 at a time; every status and body is
+/// read. Returns the statuses.
+pub async fn get_each(
+    http: &reqwest::Client,
+    url: &str,
+    ids: impl Iterator<Item = String>,
+) -> Vec<u16> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(ids)
+        .map(|id| {
+            let (http, url) = (http.clone(), url.to_string());
+            async move {
+                let resp = http
+                    .get(&url)
+                    .header("x-request-id", id)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                resp.bytes().await.unwrap();
+                status
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
 }

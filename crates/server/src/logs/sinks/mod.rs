@@ -8,13 +8,18 @@
 //!
 //! - [`console`]: human lines or JSON lines on stderr.
 //! - [`webhook`]: signed JSON-array POSTs to an operator's URL.
+//! - [`database`]: rows in SQLite, PostgreSQL or MySQL/MariaDB (sqlx).
+//! - [`parquet`]: daily Parquet files.
 //!
-//! A new sink (database, Parquet) implements [`Sink`]: `write_batch` must be
-//! safe to call again with the same batch after a [`SinkError::Retryable`]
-//! (delivery is at-least-once; key writes by `request_id` to dedupe), and
-//! `flush` finishes anything buffered inside the sink (Parquet footers).
+//! A sink implements [`Sink`]: `write_batch` must be safe to call again
+//! with the same batch after a [`SinkError::Retryable`] (delivery is
+//! at-least-once; the database sink's inserts are keyed by `request_id`),
+//! and `flush` finishes anything buffered inside the sink (Parquet footers,
+//! database connections).
 
 pub mod console;
+pub mod database;
+pub mod parquet;
 pub mod webhook;
 
 use std::future::Future;
@@ -28,8 +33,8 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + S
 
 /// One destination for log records.
 pub trait Sink: Send + Sync + 'static {
-    /// Stable short name: `"console"`, `"webhook"`, later `"postgres"`,
-    /// `"parquet"`. Used in stats, logs and the spool file names.
+    /// Stable short name: `"console"`, `"webhook"`, `"sqlite"`,
+    /// `"postgres"`, `"mysql"`, `"parquet"`. Used in stats, logs and the spool file names.
     fn name(&self) -> &str;
 
     /// Writes one batch (never empty). Called again with the same batch
