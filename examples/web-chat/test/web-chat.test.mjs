@@ -181,13 +181,32 @@ describe('web chat in headless Chromium', () => {
       seen.push({ what: `cdp request extra ${e.requestId}`, text: JSON.stringify(e) });
     });
     cdp.on('Network.responseReceived', (e) => {
-      Object.assign(rec(e.requestId), {
+      const r = Object.assign(rec(e.requestId), {
         url: e.response.url,
         type: e.type,
         status: e.response.status,
         headers: e.response.headers,
       });
       seen.push({ what: `cdp response ${e.response.url}`, text: JSON.stringify(e) });
+      // A body the page reads as a stream is not kept for Playwright's
+      // response.text() (sometimes "No data found for resource"): have
+      // Chromium hand over every chunk as it arrives instead.
+      if (r.method === 'POST' && e.response.url.startsWith(`${relay.origin}/relayapi/`)) {
+        bodyPromises.push(
+          cdp.send('Network.streamResourceContent', { requestId: e.requestId }).then(
+            ({ bufferedData }) => {
+              r.streamed = [Buffer.from(bufferedData ?? '', 'base64'), ...(r.streamed ?? [])];
+            },
+            () => {},
+          ),
+        );
+      }
+    });
+    cdp.on('Network.dataReceived', (e) => {
+      if (e.data) {
+        const r = rec(e.requestId);
+        (r.streamed ??= []).push(Buffer.from(e.data, 'base64'));
+      }
     });
     cdp.on('Network.responseReceivedExtraInfo', (e) => {
       seen.push({ what: `cdp response extra ${e.requestId}`, text: JSON.stringify(e) });
@@ -243,6 +262,9 @@ describe('web chat in headless Chromium', () => {
     const cookies = await context.cookies();
     seen.push({ what: 'dom', text: dom }, { what: 'storage', text: storage }, { what: 'cookies', text: JSON.stringify(cookies) });
     await Promise.all(bodyPromises);
+    for (const r of cdpRequests.values()) {
+      if (r.streamed) seen.push({ what: `cdp stream ${r.method} ${r.url}`, text: Buffer.concat(r.streamed).toString('utf8') });
+    }
     if (process.env.WEB_CHAT_DEBUG) {
       console.log(JSON.stringify({ samples, cdp: [...cdpRequests.values()].map(({ headers, ...r }) => r), relayResponses: relayResponses.map((r) => [r.method, r.status]) }, null, 1));
     }
@@ -307,7 +329,7 @@ describe('web chat in headless Chromium', () => {
     const all = seen.map((s) => s.text).join('\n');
     assert.ok(seen.some((s) => s.what.startsWith('response GET') && s.what.includes('/api/session') && s.text.includes('/relayapi/')), 'session body captured');
     assert.ok(seen.some((s) => s.what.startsWith('request POST') && s.text.includes(PROMPT)), 'request body captured');
-    assert.ok(seen.some((s) => s.what.startsWith('response POST') && s.text.includes('data: [DONE]')), 'stream body captured');
+    assert.ok(seen.some((s) => /^(cdp stream|response) POST/.test(s.what) && s.text.includes('data: [DONE]')), 'stream body captured');
     assert.ok(all.includes('access-control-allow-origin'), 'headers captured');
 
     const needles = [providerKey, Buffer.from(providerKey).toString('base64'), Buffer.from(providerKey).toString('base64url'), providerKey.slice(8)];
