@@ -401,7 +401,10 @@ async fn relay(
     }
     let mut strip_usage = false;
     let mut reservation = None;
-    if let Some(max_tokens) = claims.max_tokens {
+    // Only a POST can make a provider generate (list models, fetch a file:
+    // GET/DELETE/...), so only a POST reserves budget.
+    let budgeted = claims.max_tokens.filter(|_| parts.method == Method::POST);
+    if let Some(max_tokens) = budgeted {
         if buffered.is_none() && is_json_or_untyped(&headers) {
             buffered = Some(proxy::read_capped(body, cap).await.map_err(read_error)?);
             body = full(Bytes::new());

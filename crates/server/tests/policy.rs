@@ -672,6 +672,30 @@ async fn default_reservation_applies_when_the_request_names_no_limit() {
 }
 
 #[tokio::test]
+async fn only_a_post_reserves_budget() {
+    // A default reservation (4096) larger than the budget must not block
+    // calls that cannot generate anything, like listing models.
+    let env = Env::start().await;
+    let token = env.mint(&env.claims("openai").with_max_tokens(100));
+    let models = format!("{}{token}/models", env.base());
+    for _ in 0..3 {
+        let r = env.http.get(&models).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let url = format!("{}{token}/chat/completions", env.base());
+    let r = env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (429, "budget_exhausted".into()));
+    assert_eq!(env.mock.journal().total(), 3);
+}
+
+#[tokio::test]
 async fn usage_route_shows_limits_and_what_is_left_without_counting() {
     let env = Env::start().await;
     let claims = env
