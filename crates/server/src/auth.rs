@@ -202,7 +202,7 @@ pub fn authenticate(
     located: &Located,
     legacy: bool,
     now: i64,
-) -> Result<(Claims, TokenFormat), ApiError> {
+) -> Result<(std::sync::Arc<Claims>, TokenFormat), ApiError> {
     let token = located.token.as_deref().ok_or(ApiError::TokenMissing)?;
     if token.contains('.') || !legacy {
         return Ok((keys.decode_v2(token, now)?, TokenFormat::V2));
@@ -218,7 +218,7 @@ pub fn authenticate(
     );
     claims.max_calls = Some(l.max_calls);
     claims.ext_info = (!l.ext_info.is_empty()).then_some(l.ext_info);
-    Ok((claims, TokenFormat::Legacy))
+    Ok((std::sync::Arc::new(claims), TokenFormat::Legacy))
 }
 
 /// Which format a token was in.

@@ -100,9 +100,9 @@ impl ClaimsCache {
         keyring: &Keyring,
         token: &str,
         now: i64,
-    ) -> Result<Claims, TokenError> {
+    ) -> Result<Arc<Claims>, TokenError> {
         if token.len() > MAX_CACHED_TOKEN_LEN {
-            return relayapi_token::decode_v2(keyring, token, now);
+            return relayapi_token::decode_v2(keyring, token, now).map(Arc::new);
         }
         let suffix = &token.as_bytes()[token.len().saturating_sub(HASHED_SUFFIX)..];
         let hash = self.hasher.hash_one(suffix);
@@ -113,14 +113,15 @@ impl ClaimsCache {
             .map(|(_, c)| Arc::clone(c));
         if let Some(claims) = hit {
             claims.validate(now)?;
-            return Ok(Claims::clone(&claims));
+            return Ok(claims);
         }
         let claims = relayapi_token::decode_v2(keyring, token, now)?;
         let mut map = lock(shard);
         if map.len() >= SHARD_CAP {
             map.clear();
         }
-        map.insert(hash, (token.into(), Arc::new(claims.clone())));
+        let claims = Arc::new(claims);
+        map.insert(hash, (token.into(), Arc::clone(&claims)));
         Ok(claims)
     }
 

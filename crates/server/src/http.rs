@@ -80,7 +80,7 @@ pub struct AppState {
     pub limiter: TrafficLimiter,
     pub usage: UsageStore,
     /// One upstream pool per server worker thread.
-    pub client: proxy::Upstream,
+    pub client: crate::upstream::Upstream,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub cors: Cors,
     pub stats: Stats,
@@ -125,7 +125,7 @@ impl AppState {
                 redact_headers: Vec::new(),
             },
             registry,
-            client: proxy::Upstream::new(&config.upstream, crate::server::worker_count()),
+            client: crate::upstream::Upstream::new(&config.upstream, crate::server::worker_count()),
             logger: Logger::start(&config.log),
             trusted_proxies: config.trusted_proxies(),
             cors: Cors::new(&config.cors),
@@ -369,13 +369,16 @@ async fn relay(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let too_big = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set by the limit when it cut the body (only tokens with a limit).
+    let mut too_big: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     let mut body: RelayBody = IdleTimeout::new(body, idle).boxed();
     if let Some(max) = claims.max_body_bytes {
         if declared_len.is_some_and(|n| n > max) {
             return Err(ApiError::PayloadTooLarge);
         }
-        body = LimitedBody::new(body, max, too_big.clone()).boxed();
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        body = LimitedBody::new(body, max, flag.clone()).boxed();
+        too_big = Some(flag);
     }
     if let (Some(log), Some(logger)) = (log.as_mut(), &state.logger) {
         let tap = log.tap_request(&logger.records, &headers);
@@ -383,7 +386,10 @@ async fn relay(
     }
     let cap = state.config.server.max_parsed_body_bytes;
     let read_error = |e: ApiError| {
-        if too_big.load(std::sync::atomic::Ordering::Acquire) {
+        if too_big
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+        {
             ApiError::PayloadTooLarge
         } else {
             e
@@ -566,8 +572,8 @@ async fn relay(
     let status = rparts.status;
     state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let finish_state = state.clone();
-    let provider_id = provider.id.clone();
-    let (jti, sub, exp) = (claims.jti.clone(), claims.sub.clone(), claims.exp);
+    let finish_provider = provider.clone();
+    let finish_claims = claims.clone();
     let mut rbody: RelayBody = match &response_tap {
         Some(tap) => Tapped::new(IdleTimeout::new(rbody, idle), tap.clone()).boxed(),
         None => IdleTimeout::new(rbody, idle).boxed(),
@@ -586,14 +592,14 @@ async fn relay(
         drop(slot);
         let now = auth::unix_now();
         finish_state.usage.record_use(
-            &jti,
+            &finish_claims.jti,
             UsageDelta {
-                sub,
+                sub: finish_claims.sub.clone(),
                 calls: 1,
                 llm_tokens: usage.map_or(0, |u| u.total_tokens),
                 first_use: now,
                 last_use: now,
-                exp,
+                exp: finish_claims.exp,
             },
         );
         if let (Some(log), Some(logger)) = (record_log, &finish_state.logger) {
@@ -619,7 +625,7 @@ async fn relay(
         };
         outcome.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            provider = %provider_id,
+            provider = %finish_provider.id,
             status = status.as_u16(),
             ?reason,
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -45,7 +45,7 @@ impl From<Keyring> for Keys {
 impl Keys {
     /// Decodes and validates a v2 token at `now`, reusing an earlier decode
     /// of the same token text ([`crate::claims_cache`]).
-    pub fn decode_v2(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+    pub fn decode_v2(&self, token: &str, now: i64) -> Result<std::sync::Arc<Claims>, TokenError> {
         self.cache.decode_v2(&self.v2, token, now)
     }
 }

@@ -15,7 +15,8 @@
 //! - [`usage`]: the store for `max_calls`, budgets, revocations and usage
 //!   statistics (SQLite file or memory);
 //! - [`providers`]: the registry (compiled-in data + config overrides);
-//! - [`proxy`]: upstream client, header rules, streaming bodies;
+//! - [`proxy`]: header rules, model policy, streaming bodies;
+//!   [`upstream`]: the per-worker connection pools to the providers;
 //! - [`cors`], [`error`]: browser access and the one error → HTTP mapping;
 //! - [`admin`]: the admin API (revocation, usage) on its own listener;
 //! - [`server`]: worker threads, listener and graceful shutdown;
@@ -39,6 +40,7 @@ pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;
+pub mod upstream;
 pub mod usage;
 
 use std::net::SocketAddr;

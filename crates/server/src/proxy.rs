@@ -24,39 +24,16 @@ use crate::auth::CREDENTIAL_HEADERS;
 use crate::config::UpstreamSettings;
 use crate::error::ApiError;
 use crate::providers::Provider;
+use crate::upstream::{Upstream, UpstreamBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The one body type both directions use.
 pub type RelayBody = BoxBody<Bytes, BoxError>;
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RelayBody>;
 
-/// The relay's upstream clients: one connection pool per server worker
-/// thread (see `server.rs`), picked by [`crate::server::worker_index`].
-/// A pooled connection's I/O is driven by the runtime that opened it;
-/// sharing one pool between worker threads would hand requests to
-/// connections living on another thread and cost a cross-thread wake-up on
-/// every read and write.
-pub struct Upstream {
-    clients: Box<[HttpsClient]>,
-}
-
-impl Upstream {
-    /// `pools` clients with the same settings (at least one).
-    pub fn new(settings: &UpstreamSettings, pools: usize) -> Self {
-        Self {
-            clients: (0..pools.max(1)).map(|_| build_client(settings)).collect(),
-        }
-    }
-
-    /// The current worker thread's client.
-    pub fn client(&self) -> &HttpsClient {
-        let i = crate::server::worker_index() % self.clients.len();
-        &self.clients[i]
-    }
-}
-
-/// A pooled HTTP/1.1 + HTTP/2 client over rustls (ring) with webpki roots.
-pub fn build_client(settings: &UpstreamSettings) -> HttpsClient {
+/// The HTTP(S) connector every upstream connection uses: rustls (ring)
+/// with webpki roots, ALPN `h2` and `http/1.1`, TCP_NODELAY and keep-alive.
+pub fn https_connector(settings: &UpstreamSettings) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -80,16 +57,21 @@ pub fn build_client(settings: &UpstreamSettings) -> HttpsClient {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth(),
     };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http)
+}
+
+/// A pooled HTTP/1.1 + HTTP/2 client for the relay's own outgoing calls
+/// (webhook sink, CLI); the request path uses [`crate::upstream::Upstream`].
+pub fn build_client(settings: &UpstreamSettings) -> HttpsClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-        .build(https)
+        .build(https_connector(settings))
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1); the names listed in `Connection`
@@ -264,7 +246,7 @@ pub fn full(bytes: Bytes) -> RelayBody {
 }
 
 /// Maps a client error to our answer: timeouts are 504, everything else 502.
-pub fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ApiError {
+pub fn classify_upstream_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
@@ -472,17 +454,17 @@ pub async fn send(
     upstream: &Upstream,
     mut req: http::Request<RelayBody>,
     first_byte: Duration,
-) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+) -> Result<http::Response<UpstreamBody>, ApiError> {
     if !req.headers().contains_key(header::HOST) {
         if let Some(host) = host_header(req.uri()) {
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    match tokio::time::timeout(first_byte, upstream.client().request(req)).await {
+    match tokio::time::timeout(first_byte, upstream.request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream request failed");
-            Err(classify_upstream_error(&e))
+            Err(classify_upstream_error(e.as_ref()))
         }
         Err(_) => Err(ApiError::UpstreamTimeout),
     }

@@ -6,7 +6,7 @@
 //! that accepts on a shared listening socket and serves its connections
 //! start to finish: the client connection, the request path and the pooled
 //! upstream connection (each worker has its own pool, see
-//! [`crate::proxy::Upstream`]) all live on one thread. A request therefore
+//! [`crate::upstream::Upstream`]) all live on one thread. A request therefore
 //! never hops between threads, which on a small machine was the largest
 //! avoidable cost: with a work-stealing runtime, every readiness event woke
 //! whichever thread was parked, and wake-ups and context switches took more

@@ -326,15 +326,13 @@ impl Claims {
     pub fn allows_origin(&self, origin: &str) -> bool {
         self.origins
             .as_deref()
-            .map_or(true, |o| scope::origin_allowed(o, origin))
+            .is_none_or(|o| scope::origin_allowed(o, origin))
     }
 
     /// True when the token has no `ips` claim or `ip` is in one of its
     /// networks.
     pub fn allows_ip(&self, ip: std::net::IpAddr) -> bool {
-        self.ips
-            .as_deref()
-            .map_or(true, |n| scope::ip_allowed(n, ip))
+        self.ips.as_deref().is_none_or(|n| scope::ip_allowed(n, ip))
     }
 
     /// True when the token has no `paths` claim or the *normalised*
@@ -343,14 +341,14 @@ impl Claims {
     pub fn allows_path(&self, normalised_path: &str) -> bool {
         self.paths
             .as_deref()
-            .map_or(true, |p| scope::path_allowed(p, normalised_path))
+            .is_none_or(|p| scope::path_allowed(p, normalised_path))
     }
 
     /// True when the token has no `methods` claim or lists `method`.
     pub fn allows_method(&self, method: &str) -> bool {
         self.methods
             .as_deref()
-            .map_or(true, |m| m.iter().any(|x| x == method))
+            .is_none_or(|m| m.iter().any(|x| x == method))
     }
 
     /// Adds an `x_*` metadata claim (other names make minting fail).

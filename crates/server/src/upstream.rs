@@ -1,0 +1,461 @@
+//! Connections to the providers: one small pool per server worker thread.
+//!
+//! Why not `hyper_util`'s pooled client: per request it locks a shared pool,
+//! hashes the host key, builds a lazy connect future and, for HTTP/1,
+//! spawns a task that waits for the connection to become idle again. On a
+//! relay whose whole job is forwarding, that bookkeeping was a large share
+//! of the CPU spent per request (see `bench/README.md`). Here:
+//!
+//! - a worker only ever touches its own pool (the lock is uncontended; it is
+//!   there because tests run several servers on one multi-thread runtime);
+//! - hosts are found by a linear scan of the few the relay talks to;
+//! - an HTTP/1 connection goes back to the pool when the response body
+//!   ends, from the body itself: no task, no waiting;
+//! - an HTTP/2 connection (negotiated by ALPN) is shared by every request
+//!   of that worker to that host.
+//!
+//! A pooled HTTP/1 connection the provider closed while it sat idle is
+//! detected when the request could not be handed to it; the request is then
+//! sent once more on a new connection (nothing was written yet).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tower_service::Service;
+
+use crate::config::UpstreamSettings;
+use crate::proxy::{BoxError, RelayBody};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The relay's upstream side: a connector and one pool per worker thread
+/// (picked by [`crate::server::worker_index`]). A connection's I/O is driven
+/// by the runtime that opened it, so a worker reusing another worker's
+/// connection would pay a cross-thread wake-up on every read and write.
+pub struct Upstream {
+    connector: Connector,
+    pools: Box<[Arc<Mutex<WorkerPool>>]>,
+    limits: PoolLimits,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PoolLimits {
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+}
+
+/// The connections of one worker thread, by host.
+#[derive(Default)]
+struct WorkerPool {
+    hosts: Vec<HostPool>,
+}
+
+struct HostPool {
+    scheme: Scheme,
+    authority: Authority,
+    /// Idle HTTP/1 connections, oldest first.
+    idle: std::collections::VecDeque<Idle>,
+    /// The shared HTTP/2 connection, when the host speaks it.
+    h2: Option<http2::SendRequest<RelayBody>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<RelayBody>,
+    since: Instant,
+}
+
+enum Conn {
+    H1(http1::SendRequest<RelayBody>),
+    H2(http2::SendRequest<RelayBody>),
+}
+
+impl WorkerPool {
+    fn host_index(&mut self, scheme: &Scheme, authority: &Authority) -> usize {
+        if let Some(i) = self
+            .hosts
+            .iter()
+            .position(|h| h.authority == *authority && h.scheme == *scheme)
+        {
+            return i;
+        }
+        self.hosts.push(HostPool {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            idle: Default::default(),
+            h2: None,
+        });
+        self.hosts.len() - 1
+    }
+}
+
+impl HostPool {
+    /// A connection ready for a request, newest first; closed and expired
+    /// ones are dropped on the way, busy ones (still finishing the previous
+    /// exchange) left in place.
+    fn checkout(&mut self, now: Instant, limits: PoolLimits) -> Option<Conn> {
+        if let Some(h2) = &self.h2 {
+            if !h2.is_closed() {
+                return Some(Conn::H2(h2.clone()));
+            }
+            self.h2 = None;
+        }
+        let mut i = self.idle.len();
+        while i > 0 {
+            i -= 1;
+            let entry = &self.idle[i];
+            if entry.sender.is_closed() || now.duration_since(entry.since) > limits.idle_timeout {
+                self.idle.remove(i);
+            } else if entry.sender.is_ready() {
+                return self.idle.remove(i).map(|e| Conn::H1(e.sender));
+            }
+        }
+        None
+    }
+
+    fn checkin(&mut self, sender: http1::SendRequest<RelayBody>, now: Instant, limits: PoolLimits) {
+        if sender.is_closed() {
+            return;
+        }
+        while self
+            .idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) > limits.idle_timeout)
+        {
+            self.idle.pop_front();
+        }
+        if limits.max_idle_per_host == 0 {
+            return;
+        }
+        if self.idle.len() >= limits.max_idle_per_host {
+            self.idle.pop_front();
+        }
+        self.idle.push_back(Idle { sender, since: now });
+    }
+}
+
+fn lock(pool: &Mutex<WorkerPool>) -> std::sync::MutexGuard<'_, WorkerPool> {
+    // The pool holds no invariant a panic could break halfway.
+    pool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Upstream {
+    /// `pools` worker pools (at least one) with these settings.
+    pub fn new(settings: &UpstreamSettings, pools: usize) -> Self {
+        Self {
+            connector: crate::proxy::https_connector(settings),
+            pools: (0..pools.max(1)).map(|_| Arc::default()).collect(),
+            limits: PoolLimits {
+                idle_timeout: settings.pool_idle_timeout,
+                max_idle_per_host: settings.pool_max_idle_per_host,
+            },
+        }
+    }
+
+    /// Sends `req` (absolute URI, `Host` header set) and returns the
+    /// response head; the body streams from the connection.
+    pub async fn request(
+        &self,
+        mut req: Request<RelayBody>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        let uri = req.uri().clone();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err("upstream URI is not absolute".into());
+        };
+        let pool = &self.pools[crate::server::worker_index() % self.pools.len()];
+        let (host, pooled) = {
+            let mut p = lock(pool);
+            let host = p.host_index(scheme, authority);
+            (host, p.hosts[host].checkout(Instant::now(), self.limits))
+        };
+        let mut reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect(&uri, pool, host).await?,
+        };
+        loop {
+            let sent = match &mut conn {
+                Conn::H1(sender) => {
+                    // HTTP/1 sends the origin form (`/path?query`).
+                    *req.uri_mut() = origin_form(&uri);
+                    sender.try_send_request(req).await
+                }
+                Conn::H2(sender) => {
+                    *req.uri_mut() = uri.clone();
+                    sender.try_send_request(req).await
+                }
+            };
+            match sent {
+                Ok(resp) => {
+                    let checkin = match conn {
+                        Conn::H1(sender) => Some(Checkin {
+                            pool: pool.clone(),
+                            host,
+                            sender,
+                            limits: self.limits,
+                        }),
+                        Conn::H2(_) => None,
+                    };
+                    return Ok(resp.map(|inner| UpstreamBody::new(inner, checkin)));
+                }
+                // A pooled connection that went away before the request was
+                // written: nothing reached the provider, try a fresh one.
+                Err(mut e) if reused => match e.take_message() {
+                    Some(r) => {
+                        req = r;
+                        reused = false;
+                        conn = self.connect(&uri, pool, host).await?;
+                    }
+                    None => return Err(e.into_error().into()),
+                },
+                Err(e) => return Err(e.into_error().into()),
+            }
+        }
+    }
+
+    /// Opens a connection (TLS and ALPN as the URI's scheme says) and starts
+    /// driving it on the current worker's runtime.
+    async fn connect(
+        &self,
+        uri: &Uri,
+        pool: &Mutex<WorkerPool>,
+        host: usize,
+    ) -> Result<Conn, BoxError> {
+        let mut connector = self.connector.clone();
+        let io = connector.call(uri.clone()).await?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            lock(pool).hosts[host].h2 = Some(sender.clone());
+            Ok(Conn::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new().handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Conn::H1(sender))
+        }
+    }
+}
+
+/// `/path?query` of an absolute URI.
+fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Hands an HTTP/1 connection back to its pool.
+struct Checkin {
+    pool: Arc<Mutex<WorkerPool>>,
+    host: usize,
+    sender: http1::SendRequest<RelayBody>,
+    limits: PoolLimits,
+}
+
+impl Checkin {
+    fn give_back(self) {
+        let mut pool = lock(&self.pool);
+        if let Some(h) = pool.hosts.get_mut(self.host) {
+            h.checkin(self.sender, Instant::now(), self.limits);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A provider's response body. When it ends cleanly, its HTTP/1
+    /// connection returns to the pool; dropped early or failed, the
+    /// connection is closed with it (hyper cannot reuse a half-read one).
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        checkin: Option<Checkin>,
+    }
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+        let mut body = UpstreamBody { inner, checkin };
+        // An empty body (204, HEAD, Content-Length: 0) is never polled.
+        if body.inner.is_end_stream() {
+            if let Some(c) = body.checkin.take() {
+                c.give_back();
+            }
+        }
+        body
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                *this.checkin = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended {
+            if let Some(c) = this.checkin.take() {
+                c.give_back();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A plain HTTP/1.1 server counting the connections it accepted; `close`
+    /// answers with `Connection: close` (hyper then closes after the answer).
+    async fn server(close: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                            let path = req.uri().path().to_string();
+                            let mut resp =
+                                Response::new(http_body_util::Full::new(Bytes::from(path)));
+                            if close {
+                                resp.headers_mut()
+                                    .insert(http::header::CONNECTION, "close".parse().unwrap());
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(up: &Upstream, addr: std::net::SocketAddr, path: &str) -> String {
+        let mut req = Request::new(crate::proxy::full(Bytes::new()));
+        *req.uri_mut() = format!("http://{addr}{path}").parse().unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+        let resp = up.request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reuses_a_connection_once_the_body_has_ended() {
+        let (addr, accepted) = server(false).await;
+        let up = Upstream::new(&UpstreamSettings::default(), 1);
+        for i in 0..5 {
+            // The origin form reaches the server, query included.
+            assert_eq!(
+                get(&up, addr, &format!("/v1/x{i}?a=b")).await,
+                format!("/v1/x{i}")
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_early_does_not_return_its_connection() {
+        let (addr, accepted) = server(false).await;
+        let up = Upstream::new(&UpstreamSettings::default(), 1);
+        let mut req = Request::new(crate::proxy::full(Bytes::new()));
+        *req.uri_mut() = format!("http://{addr}/a").parse().unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+        drop(up.request(req).await.unwrap());
+        assert_eq!(get(&up, addr, "/b").await, "/b");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced() {
+        let (addr, accepted) = server(true).await;
+        let up = Upstream::new(&UpstreamSettings::default(), 1);
+        for _ in 0..3 {
+            assert_eq!(get(&up, addr, "/c").await, "/c");
+            // Let the closed connection's task notice the close, or not:
+            // both paths (dropped at checkout, or retried) must work.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (addr, accepted) = server(false).await;
+        let settings = UpstreamSettings {
+            pool_idle_timeout: Duration::from_millis(1),
+            ..UpstreamSettings::default()
+        };
+        let up = Upstream::new(&settings, 1);
+        get(&up, addr, "/a").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        get(&up, addr, "/b").await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn unreachable_host_is_an_error_not_a_hang() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let up = Upstream::new(&UpstreamSettings::default(), 1);
+        let mut req = Request::new(crate::proxy::full(Bytes::new()));
+        *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
+        assert!(up.request(req).await.is_err());
+    }
+}
