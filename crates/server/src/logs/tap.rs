@@ -19,13 +19,12 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde_json::Value;
 
 use super::decode::{Decoder, Encoding, Stop};
 use super::record::{CapturedBody, Usage};
 use super::redact::redact_json_lenient;
 use super::sse::{cut_at_char, SseDigest, SseParser};
-use super::usage::usage_from_json;
+use super::usage::probe_response;
 
 /// Decoded/compressed ratio past which an encoded event stream is treated as
 /// a bomb and no longer decoded.
@@ -302,16 +301,13 @@ impl BodyTap {
             && stopped.is_none()
             && self.decoded.total <= self.decoded.head_limit as u64;
         let head = &self.decoded.head;
-        let parsed: Option<Value> = if complete && self.kind != Kind::Text && looks_like_json(head)
-        {
-            serde_json::from_slice(head).ok()
-        } else {
-            None
-        };
-        let (usage, model) = match (&parsed, self.dir) {
-            (Some(v), Direction::Response) => (usage_from_json(v), response_model(v)),
-            (Some(v), Direction::Request) => (None, top_level_str(v, "model")),
-            (None, Direction::Request) if !undecodable && looks_like_json(head) => {
+        // Only the few keys the record needs are read; the rest of the JSON
+        // is skipped, never built.
+        let (usage, model) = match self.dir {
+            Direction::Response if complete && self.kind != Kind::Text && looks_like_json(head) => {
+                probe_response(head)
+            }
+            Direction::Request if !undecodable && looks_like_json(head) => {
                 (None, top_level_string_lenient(head, "model"))
             }
             _ => (None, None),
@@ -400,20 +396,6 @@ fn looks_like_json(b: &[u8]) -> bool {
         b.iter().find(|c| !c.is_ascii_whitespace()),
         Some(b'{') | Some(b'[')
     )
-}
-
-fn top_level_str(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-/// `model` of a JSON response: top level (OpenAI, Anthropic) or Gemini's
-/// `modelVersion`; for an array (Gemini without `alt=sse`) the first element.
-fn response_model(v: &Value) -> Option<String> {
-    let v = match v {
-        Value::Array(a) => a.first()?,
-        other => other,
-    };
-    top_level_str(v, "model").or_else(|| top_level_str(v, "modelVersion"))
 }
 
 /// The top-level string `key` of a JSON object that may be cut short (a
