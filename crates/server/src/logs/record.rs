@@ -94,4 +94,76 @@ pub struct LogRecord {
     pub request_headers: Option<Vec<(String, String)>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<Vec<(String, String)>>,
+    /// The record's JSON, written once for every sink that needs it (see
+    /// [`LogRecord::json`]); not part of the record itself.
+    #[serde(skip)]
+    pub serialized: JsonCache,
+}
+
+impl LogRecord {
+    /// The record as compact JSON, serialized on first use and shared by
+    /// every sink after that (webhook, database, spool, console). Call it
+    /// only on a finished record: later changes to the fields are not seen.
+    pub fn json(&self) -> &str {
+        self.serialized.0.get_or_init(|| {
+            // Plain data (strings, numbers, maps with string keys): writing
+            // it cannot fail; an empty object is the harmless fallback.
+            serde_json::to_string(self)
+                .unwrap_or_else(|_| "{}".to_owned())
+                .into_boxed_str()
+        })
+    }
+}
+
+/// A lazily filled copy of a record's JSON. Invisible to comparisons and
+/// clones (a clone starts empty) so records compare by their fields only.
+#[derive(Default)]
+pub struct JsonCache(std::sync::OnceLock<Box<str>>);
+
+impl Clone for JsonCache {
+    fn clone(&self) -> Self {
+        JsonCache::default()
+    }
+}
+
+impl PartialEq for JsonCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for JsonCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonCache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn json_is_the_serialized_record_and_written_once() {
+        let r = LogRecord {
+            request_id: "req_1".into(),
+            status: 200,
+            usage: Some(Usage {
+                total_tokens: 3,
+                ..Usage::default()
+            }),
+            ..LogRecord::default()
+        };
+        let json = r.json();
+        assert_eq!(json, serde_json::to_string(&r).unwrap());
+        assert!(!json.contains("serialized"));
+        // The same allocation the second time.
+        assert!(std::ptr::eq(json, r.json()));
+        // Clones and comparisons look at the fields only.
+        let c = r.clone();
+        assert_eq!(c, r);
+        assert_eq!(c.json(), json);
+        let back: LogRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(back, r);
+    }
 }

@@ -178,13 +178,18 @@ fn value_end(b: &[u8], start: usize) -> usize {
 /// Replaces every occurrence of each non-empty secret with `[REDACTED]`.
 /// Applied by the finish hook to path, query and captured bodies.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_owned();
+    scrub_in_place(&mut text.to_owned(), secrets)
+}
+
+/// [`scrub`] of a string the caller owns; copies only when a secret is
+/// found (the usual case is none: this runs on every field of every record).
+pub fn scrub_in_place(text: &mut String, secrets: &[&str]) -> String {
     for s in secrets {
-        if !s.is_empty() && out.contains(s) {
-            out = out.replace(s, REDACTED);
+        if !s.is_empty() && text.contains(s) {
+            *text = text.replace(s, REDACTED);
         }
     }
-    out
+    std::mem::take(text)
 }
 
 /// A path for the log with every segment that could be a token (starts

@@ -18,7 +18,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::record::{CapturedBody, LogRecord};
-use super::redact::{redact_headers, scrub};
+use super::redact::{redact_headers, scrub_in_place};
 use super::tap::{BodyTap, Direction, TapConfig, TapOutcome};
 
 /// A tap shared by a body wrapper and the finish hook.
@@ -114,8 +114,8 @@ impl RequestLog {
             r.response_body = outcome.body;
         }
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        r.path = scrub(&r.path, &secrets);
-        r.query = scrub(&r.query, &secrets);
+        r.path = scrub_in_place(&mut r.path, &secrets);
+        r.query = scrub_in_place(&mut r.query, &secrets);
         for body in [&mut r.request_body, &mut r.response_body]
             .into_iter()
             .flatten()
@@ -127,7 +127,7 @@ impl RequestLog {
             .flatten()
         {
             for (_, v) in headers.iter_mut() {
-                *v = scrub(v, &secrets);
+                *v = scrub_in_place(v, &secrets);
             }
         }
         self.record
@@ -136,10 +136,10 @@ impl RequestLog {
 
 fn scrub_body(body: &mut CapturedBody, secrets: &[&str]) {
     if let Some(t) = body.text.as_mut() {
-        *t = scrub(t, secrets);
+        *t = scrub_in_place(t, secrets);
     }
     for line in &mut body.sse_raw {
-        *line = scrub(line, secrets);
+        *line = scrub_in_place(line, secrets);
     }
 }
 

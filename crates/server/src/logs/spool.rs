@@ -171,11 +171,7 @@ impl Spool {
         let mut count = 0u64;
         for r in records {
             let before = buf.len();
-            if serde_json::to_writer(&mut buf, &**r).is_err() {
-                buf.truncate(before);
-                out.dropped += 1;
-                continue;
-            }
+            buf.extend_from_slice(r.json().as_bytes());
             buf.push(b'\n');
             if self.total_bytes + buf.len() as u64 > self.max_bytes {
                 buf.truncate(before);

@@ -94,25 +94,31 @@ impl Kind {
         let Some(ct) = ct else {
             return Kind::Unknown;
         };
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if mime == "text/event-stream" {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        // Case-insensitive without lowercasing a copy (one per body).
+        let is = |m: &str| mime.eq_ignore_ascii_case(m);
+        let ends = |suffix: &str| {
+            mime.len() >= suffix.len()
+                && mime.as_bytes()[mime.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        let starts = |prefix: &str| {
+            mime.len() >= prefix.len()
+                && mime.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        };
+        if is("text/event-stream") {
             Kind::Sse
-        } else if mime == "application/json"
-            || mime.ends_with("+json")
-            || mime == "application/x-ndjson"
-            || mime == "application/jsonl"
+        } else if is("application/json")
+            || ends("+json")
+            || is("application/x-ndjson")
+            || is("application/jsonl")
         {
             Kind::Json
-        } else if mime.starts_with("text/")
-            || mime.ends_with("+xml")
-            || mime == "application/xml"
-            || mime == "application/javascript"
-            || mime == "application/x-www-form-urlencoded"
+        } else if starts("text/")
+            || ends("+xml")
+            || is("application/xml")
+            || is("application/javascript")
+            || is("application/x-www-form-urlencoded")
         {
             Kind::Text
         } else {
@@ -540,6 +546,22 @@ data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" there\"},{\"text\":
         let mut e = flate2::write::GzEncoder::new(Vec::new(), Compression::default());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn content_types_are_matched_without_regard_to_case() {
+        for (ct, kind) in [
+            (Some("Application/JSON; charset=utf-8"), Kind::Json),
+            (Some("application/vnd.api+JSON"), Kind::Json),
+            (Some(" TEXT/EVENT-STREAM "), Kind::Sse),
+            (Some("Text/Plain"), Kind::Text),
+            (Some("application/atom+XML"), Kind::Text),
+            (Some("image/png"), Kind::Other),
+            (Some("json"), Kind::Other),
+            (None, Kind::Unknown),
+        ] {
+            assert_eq!(Kind::parse(ct), kind, "{ct:?}");
+        }
     }
 
     #[test]

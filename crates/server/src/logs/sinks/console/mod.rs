@@ -110,9 +110,7 @@ impl ConsoleSink {
         for r in batch {
             match self.format {
                 ConsoleFormat::Json => {
-                    serde_json::to_writer(&mut buf, &**r).map_err(|_| {
-                        SinkError::Permanent("console: record not serializable".into())
-                    })?;
+                    buf.extend_from_slice(r.json().as_bytes());
                     buf.push(b'\n');
                 }
                 ConsoleFormat::Pretty => {

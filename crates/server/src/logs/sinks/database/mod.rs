@@ -251,12 +251,7 @@ fn jsonb_safe(json: String) -> String {
 
 impl Row {
     fn from_record(r: &LogRecord, d: Dialect) -> Result<Row, SinkError> {
-        let mut json = Vec::with_capacity(crate::logs::pipeline::estimated_size(r));
-        serde_json::to_writer(&mut json, r)
-            .map_err(|_| SinkError::Permanent("database: record not serializable".into()))?;
-        // serde_json writes UTF-8 only.
-        let record = String::from_utf8(json)
-            .map_err(|_| SinkError::Permanent("database: record not serializable".into()))?;
+        let record = r.json().to_owned();
         let record = match d {
             Dialect::Postgres => jsonb_safe(record),
             _ => record,

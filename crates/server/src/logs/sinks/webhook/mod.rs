@@ -136,8 +136,7 @@ impl WebhookSink {
             if i > 0 {
                 buf.push(b',');
             }
-            serde_json::to_writer(&mut buf, &**r)
-                .map_err(|_| SinkError::Permanent("webhook: record not serializable".into()))?;
+            buf.extend_from_slice(r.json().as_bytes());
         }
         buf.push(b']');
         Ok(Bytes::from(buf))
