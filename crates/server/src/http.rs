@@ -873,6 +873,7 @@ pub fn spawn_background(state: &Arc<AppState>) {
         loop {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { return };
+            state.client.sweep_idle();
             if let Err(e) = state.usage.flush_usage().await {
                 tracing::debug!(error = %e, "usage statistics not written");
             }

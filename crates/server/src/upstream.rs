@@ -161,6 +161,33 @@ impl Upstream {
         }
     }
 
+    /// Closes idle connections past `pool_idle_timeout` and forgets closed
+    /// ones, in every worker's pool. Checkouts and returns do this too; the
+    /// relay calls this every second so that a worker that went quiet does
+    /// not keep sockets open forever.
+    pub fn sweep_idle(&self) {
+        let now = Instant::now();
+        for pool in self.pools.iter() {
+            for host in lock(pool).hosts.iter_mut() {
+                host.idle.retain(|e| {
+                    !e.sender.is_closed() && now.duration_since(e.since) <= self.limits.idle_timeout
+                });
+                if host.h2.as_ref().is_some_and(|h| h.is_closed()) {
+                    host.h2 = None;
+                }
+            }
+        }
+    }
+
+    /// Idle HTTP/1 connections in all pools (tests).
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.pools
+            .iter()
+            .map(|p| lock(p).hosts.iter().map(|h| h.idle.len()).sum::<usize>())
+            .sum()
+    }
+
     /// Sends `req` (absolute URI, `Host` header set) and returns the
     /// response head; the body streams from the connection.
     pub async fn request(
@@ -446,6 +473,24 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         get(&up, addr, "/b").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_idle_connections_of_a_quiet_pool() {
+        let (addr, _) = server(false).await;
+        let settings = UpstreamSettings {
+            pool_idle_timeout: Duration::from_millis(5),
+            ..UpstreamSettings::default()
+        };
+        let up = Upstream::new(&settings, 1);
+        get(&up, addr, "/a").await;
+        tokio::task::yield_now().await;
+        assert_eq!(up.idle_count(), 1);
+        up.sweep_idle();
+        assert_eq!(up.idle_count(), 1, "not expired yet");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        up.sweep_idle();
+        assert_eq!(up.idle_count(), 0);
     }
 
     #[tokio::test]
