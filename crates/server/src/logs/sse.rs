@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::usage::UsageAccumulator;
+use super::usage::{probe_event, UsageAccumulator};
 
 /// One dispatched event.
 #[derive(Debug, PartialEq, Eq)]
@@ -232,6 +232,15 @@ impl SseDigest {
         if data == "[DONE]" || data.is_empty() {
             return;
         }
+        if !self.capture {
+            // Nothing to capture: read usage and model only, skip the rest.
+            if let Ok(model) = probe_event(data, &mut self.usage) {
+                if self.model.is_none() {
+                    self.model = model;
+                }
+            }
+            return;
+        }
         match serde_json::from_str::<Value>(data) {
             Ok(v) => {
                 self.usage.observe(&v);
@@ -364,6 +373,53 @@ mod tests {
         }
         p.finish(&mut f);
         out
+    }
+
+    #[test]
+    fn without_capture_events_are_probed_with_the_same_results() {
+        let streams: &[&[&str]] = &[
+            // OpenAI chat with the final usage chunk
+            &[
+                r#"{"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"Hi"}}],"usage":null}"#,
+                r#"{"id":"c","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+                "[DONE]",
+            ],
+            // Anthropic: model and input in message_start, output later
+            &[
+                r#"{"type":"message_start","message":{"model":"claude-x","content":[],"usage":{"input_tokens":7,"output_tokens":1}}}"#,
+                r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"a\u00e9"}}"#,
+                r#"{"type":"message_delta","usage":{"output_tokens":9}}"#,
+            ],
+            // OpenAI Responses: model and usage inside `response`
+            &[
+                r#"{"type":"response.created","response":{"model":"gpt-5","output":[]}}"#,
+                r#"{"type":"response.completed","response":{"model":"gpt-5","usage":{"input_tokens":4,"output_tokens":6,"total_tokens":10}}}"#,
+            ],
+            // Gemini, odd shapes and non-JSON lines
+            &[
+                "not json",
+                r#"{"modelVersion":"gemini-2","usageMetadata":{"promptTokenCount":2,"totalTokenCount":2}}"#,
+                r#"[{"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":3,"totalTokenCount":5}}]"#,
+                r#""a string""#,
+                r#"{"model":5,"message":"x","response":[1]}"#,
+            ],
+        ];
+        for events in streams {
+            let mut probed = SseDigest::new(false, 1024);
+            let mut reference = (UsageAccumulator::new(), None::<String>);
+            for data in *events {
+                probed.on_event(SseEvent { event: None, data });
+                if let Ok(v) = serde_json::from_str::<Value>(data) {
+                    reference.0.observe(&v);
+                    if reference.1.is_none() {
+                        reference.1 = stream_model(&v);
+                    }
+                }
+            }
+            assert_eq!(probed.usage.usage(), reference.0.usage(), "{events:?}");
+            assert_eq!(probed.model, reference.1, "{events:?}");
+            assert!(probed.usage.usage().is_some(), "{events:?}");
+        }
     }
 
     #[test]

@@ -214,6 +214,28 @@ pub fn probe_response(body: &[u8]) -> (Option<Usage>, Option<String>) {
     (acc.usage(), model)
 }
 
+/// One stream event's data, read like [`probe_response`]: its usage merged
+/// into `acc`; returns the model the event names (top level, then
+/// `message.model`, `response.model`, Gemini `modelVersion`), or `Err` when
+/// the data is not JSON. The same answers as parsing the event into a
+/// `Value` for [`UsageAccumulator::observe`], for when no text is captured.
+pub fn probe_event(data: &str, acc: &mut UsageAccumulator) -> serde_json::Result<Option<String>> {
+    if data.trim_start().starts_with('[') {
+        let items: Vec<AnyJson<ResponseProbe>> = serde_json::from_str(data)?;
+        for p in items.iter().filter_map(|i| i.0.as_ref()) {
+            p.feed(acc);
+        }
+        return Ok(None);
+    }
+    let p: AnyJson<ResponseProbe> = serde_json::from_str(data)?;
+    let Some(p) = p.0 else { return Ok(None) };
+    p.feed(acc);
+    Ok(p.model
+        .or(p.message_model)
+        .or(p.response_model)
+        .or(p.model_version))
+}
+
 /// The keys of a response object that carry usage or the model.
 #[derive(Default)]
 struct ResponseProbe {
@@ -222,6 +244,10 @@ struct ResponseProbe {
     usage: Option<Value>,
     message_usage: Option<Value>,
     response_usage: Option<Value>,
+    /// `message.model` (Anthropic `message_start`), `response.model`
+    /// (OpenAI Responses events): only stream events name the model there.
+    message_model: Option<String>,
+    response_model: Option<String>,
     usage_metadata: Option<Value>,
 }
 
@@ -277,10 +303,12 @@ impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
                 "usage" => p.usage = Some(map.next_value()?),
                 "usageMetadata" => p.usage_metadata = Some(map.next_value()?),
                 "message" => {
-                    p.message_usage = map.next_value::<AnyJson<UsageOnly>>()?.0.and_then(|u| u.0)
+                    let n = map.next_value::<AnyJson<Nested>>()?.0.unwrap_or_default();
+                    (p.message_usage, p.message_model) = (n.usage, n.model);
                 }
                 "response" => {
-                    p.response_usage = map.next_value::<AnyJson<UsageOnly>>()?.0.and_then(|u| u.0)
+                    let n = map.next_value::<AnyJson<Nested>>()?.0.unwrap_or_default();
+                    (p.response_usage, p.response_model) = (n.usage, n.model);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -291,30 +319,37 @@ impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
     }
 }
 
-/// The `usage` of an object (Anthropic `message`, OpenAI Responses `response`).
-struct UsageOnly(Option<Value>);
+/// The `usage` and `model` of an object (Anthropic `message`, OpenAI
+/// Responses `response`).
+#[derive(Default)]
+struct Nested {
+    usage: Option<Value>,
+    model: Option<String>,
+}
 
-impl<'de> serde::Deserialize<'de> for UsageOnly {
+impl<'de> serde::Deserialize<'de> for Nested {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = UsageOnly;
+            type Value = Nested;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<UsageOnly, A::Error> {
-                let mut usage = None;
+            ) -> Result<Nested, A::Error> {
+                let mut n = Nested::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "usage" {
-                        usage = Some(map.next_value()?);
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
+                    match key.as_ref() {
+                        "usage" => n.usage = Some(map.next_value()?),
+                        "model" => n.model = map.next_value::<AnyJson<String>>()?.0,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
                     }
                 }
-                Ok(UsageOnly(usage))
+                Ok(n)
             }
         }
         d.deserialize_map(V)
@@ -340,9 +375,9 @@ impl<'de> FromAnyJson<'de> for String {
     }
 }
 
-impl<'de> FromAnyJson<'de> for UsageOnly {
+impl<'de> FromAnyJson<'de> for Nested {
     fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        UsageOnly::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        Nested::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
     }
 }
 
