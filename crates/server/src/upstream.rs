@@ -74,6 +74,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open and not idle for longer than the pool allows.
+    fn usable(&self, now: Instant, limits: PoolLimits) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) <= limits.idle_timeout
+    }
+}
+
 enum Conn {
     H1(http1::SendRequest<RelayBody>),
     H2(http2::SendRequest<RelayBody>),
@@ -113,7 +120,7 @@ impl HostPool {
         while i > 0 {
             i -= 1;
             let entry = &self.idle[i];
-            if entry.sender.is_closed() || now.duration_since(entry.since) > limits.idle_timeout {
+            if !entry.usable(now, limits) {
                 self.idle.remove(i);
             } else if entry.sender.is_ready() {
                 return self.idle.remove(i).map(|e| Conn::H1(e.sender));
@@ -126,11 +133,7 @@ impl HostPool {
         if sender.is_closed() {
             return;
         }
-        while self
-            .idle
-            .front()
-            .is_some_and(|e| now.duration_since(e.since) > limits.idle_timeout)
-        {
+        while self.idle.front().is_some_and(|e| !e.usable(now, limits)) {
             self.idle.pop_front();
         }
         if limits.max_idle_per_host == 0 {
@@ -169,9 +172,7 @@ impl Upstream {
         let now = Instant::now();
         for pool in self.pools.iter() {
             for host in lock(pool).hosts.iter_mut() {
-                host.idle.retain(|e| {
-                    !e.sender.is_closed() && now.duration_since(e.since) <= self.limits.idle_timeout
-                });
+                host.idle.retain(|e| e.usable(now, self.limits));
                 if host.h2.as_ref().is_some_and(|h| h.is_closed()) {
                     host.h2 = None;
                 }
