@@ -9,14 +9,18 @@
 //! - a worker only ever touches its own pool (the lock is uncontended; it is
 //!   there because tests run several servers on one multi-thread runtime);
 //! - hosts are found by a linear scan of the few the relay talks to;
-//! - an HTTP/1 connection goes back to the pool when the response body
-//!   ends, from the body itself: no task, no waiting;
-//! - an HTTP/2 connection (negotiated by ALPN) is shared by every request
-//!   of that worker to that host.
+//! - HTTP/1.1 is spoken by [`h1`], inside the task serving the client (no
+//!   connection task, no channels), and a connection goes back to the pool
+//!   from the response body itself when it ends;
+//! - an HTTP/2 connection (negotiated by ALPN) is hyper's, shared by every
+//!   request of that worker to that host.
 //!
 //! A pooled HTTP/1 connection the provider closed while it sat idle is
-//! detected when the request could not be handed to it; the request is then
-//! sent once more on a new connection (nothing was written yet).
+//! noticed at checkout (its socket reads end-of-stream); if it dies between
+//! that check and the write of the request, the request is written once
+//! more on a new connection (nothing reached the provider).
+
+pub mod h1;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -28,8 +32,8 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper::client::conn::http2;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
@@ -70,19 +74,19 @@ struct HostPool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RelayBody>,
+    conn: h1::Connection,
     since: Instant,
 }
 
 impl Idle {
-    /// Still open and not idle for longer than the pool allows.
-    fn usable(&self, now: Instant, limits: PoolLimits) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) <= limits.idle_timeout
+    /// Not idle for longer than the pool allows, and still open.
+    fn usable(&mut self, now: Instant, limits: PoolLimits) -> bool {
+        now.duration_since(self.since) <= limits.idle_timeout && self.conn.is_usable()
     }
 }
 
 enum Conn {
-    H1(http1::SendRequest<RelayBody>),
+    H1(h1::Connection),
     H2(http2::SendRequest<RelayBody>),
 }
 
@@ -107,8 +111,7 @@ impl WorkerPool {
 
 impl HostPool {
     /// A connection ready for a request, newest first; closed and expired
-    /// ones are dropped on the way, busy ones (still finishing the previous
-    /// exchange) left in place.
+    /// ones are dropped on the way.
     fn checkout(&mut self, now: Instant, limits: PoolLimits) -> Option<Conn> {
         if let Some(h2) = &self.h2 {
             if !h2.is_closed() {
@@ -116,24 +119,20 @@ impl HostPool {
             }
             self.h2 = None;
         }
-        let mut i = self.idle.len();
-        while i > 0 {
-            i -= 1;
-            let entry = &self.idle[i];
-            if !entry.usable(now, limits) {
-                self.idle.remove(i);
-            } else if entry.sender.is_ready() {
-                return self.idle.remove(i).map(|e| Conn::H1(e.sender));
+        while let Some(mut entry) = self.idle.pop_back() {
+            if entry.usable(now, limits) {
+                return Some(Conn::H1(entry.conn));
             }
         }
         None
     }
 
-    fn checkin(&mut self, sender: http1::SendRequest<RelayBody>, now: Instant, limits: PoolLimits) {
-        if sender.is_closed() {
-            return;
-        }
-        while self.idle.front().is_some_and(|e| !e.usable(now, limits)) {
+    fn checkin(&mut self, conn: h1::Connection, now: Instant, limits: PoolLimits) {
+        while self
+            .idle
+            .front_mut()
+            .is_some_and(|e| !e.usable(now, limits))
+        {
             self.idle.pop_front();
         }
         if limits.max_idle_per_host == 0 {
@@ -142,7 +141,7 @@ impl HostPool {
         if self.idle.len() >= limits.max_idle_per_host {
             self.idle.pop_front();
         }
-        self.idle.push_back(Idle { sender, since: now });
+        self.idle.push_back(Idle { conn, since: now });
     }
 }
 
@@ -172,7 +171,7 @@ impl Upstream {
         let now = Instant::now();
         for pool in self.pools.iter() {
             for host in lock(pool).hosts.iter_mut() {
-                host.idle.retain(|e| e.usable(now, self.limits));
+                host.idle.retain_mut(|e| e.usable(now, self.limits));
                 if host.h2.as_ref().is_some_and(|h| h.is_closed()) {
                     host.h2 = None;
                 }
@@ -193,7 +192,7 @@ impl Upstream {
     /// response head; the body streams from the connection.
     pub async fn request(
         &self,
-        mut req: Request<RelayBody>,
+        req: Request<RelayBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         let uri = req.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
@@ -205,53 +204,59 @@ impl Upstream {
             let host = p.host_index(scheme, authority);
             (host, p.hosts[host].checkout(Instant::now(), self.limits))
         };
-        let mut reused = pooled.is_some();
-        let mut conn = match pooled {
+        let reused = pooled.is_some();
+        let conn = match pooled {
             Some(c) => c,
-            None => self.connect(&uri, pool, host).await?,
+            None => Box::pin(self.connect(&uri, pool, host)).await?,
         };
-        loop {
-            let sent = match &mut conn {
-                Conn::H1(sender) => {
-                    // HTTP/1 sends the origin form (`/path?query`).
-                    *req.uri_mut() = origin_form(&uri);
-                    sender.try_send_request(req).await
-                }
-                Conn::H2(sender) => {
-                    *req.uri_mut() = uri.clone();
-                    sender.try_send_request(req).await
-                }
-            };
-            match sent {
-                Ok(resp) => {
-                    let checkin = match conn {
-                        Conn::H1(sender) => Some(Checkin {
-                            pool: pool.clone(),
-                            host,
-                            sender,
-                            limits: self.limits,
-                        }),
-                        Conn::H2(_) => None,
-                    };
-                    return Ok(resp.map(|inner| UpstreamBody::new(inner, checkin)));
-                }
-                // A pooled connection that went away before the request was
-                // written: nothing reached the provider, try a fresh one.
-                Err(mut e) if reused => match e.take_message() {
-                    Some(r) => {
-                        req = r;
-                        reused = false;
-                        conn = self.connect(&uri, pool, host).await?;
+        match conn {
+            Conn::H1(mut conn) => {
+                let out = h1::Outgoing::prepare(req).await?;
+                if let Err(e) = out.write_start(&mut conn).await {
+                    if !reused {
+                        return Err(e.into());
                     }
-                    None => return Err(e.into_error().into()),
-                },
-                Err(e) => return Err(e.into_error().into()),
+                    // Died after the checkout's check: nothing was sent.
+                    conn = match Box::pin(self.connect(&uri, pool, host)).await? {
+                        Conn::H1(c) => c,
+                        Conn::H2(_) => return Err("provider switched to HTTP/2 mid-request".into()),
+                    };
+                    out.write_start(&mut conn).await?;
+                }
+                let checkin = Checkin {
+                    pool: pool.clone(),
+                    host,
+                    limits: self.limits,
+                };
+                let (parts, body) = out.finish(conn, checkin).await?;
+                Ok(Response::from_parts(parts, UpstreamBody::H1 { body }))
+            }
+            Conn::H2(mut sender) => {
+                let resp = match sender.try_send_request(req).await {
+                    Ok(resp) => resp,
+                    // A shared connection that went away before the request
+                    // was handed to it: nothing was sent, try a fresh one.
+                    Err(mut e) if reused => match e.take_message() {
+                        Some(req) => match Box::pin(self.connect(&uri, pool, host)).await? {
+                            Conn::H2(mut fresh) => fresh.send_request(req).await?,
+                            Conn::H1(_) => {
+                                return Err("provider switched to HTTP/1.1 mid-request".into())
+                            }
+                        },
+                        None => return Err(e.into_error().into()),
+                    },
+                    Err(e) => return Err(e.into_error().into()),
+                };
+                Ok(resp.map(|body| UpstreamBody::H2 { body }))
             }
         }
     }
 
-    /// Opens a connection (TLS and ALPN as the URI's scheme says) and starts
-    /// driving it on the current worker's runtime.
+    /// Opens a connection (TLS and ALPN as the URI's scheme says); an
+    /// HTTP/2 one starts being driven on the current worker's runtime.
+    /// Callers box this future: it is large (the TLS and HTTP/2 handshakes,
+    /// ~6.5 KiB) and rare, and inlined it would be copied around with every
+    /// request's future.
     async fn connect(
         &self,
         uri: &Uri,
@@ -273,102 +278,62 @@ impl Upstream {
             lock(pool).hosts[host].h2 = Some(sender.clone());
             Ok(Conn::H2(sender))
         } else {
-            let (sender, conn) = http1::Builder::new().handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(Conn::H1(sender))
+            Ok(Conn::H1(h1::Connection::new(io.into())))
         }
     }
 }
 
-/// `/path?query` of an absolute URI.
-fn origin_form(uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-/// Hands an HTTP/1 connection back to its pool.
-struct Checkin {
+/// Where an HTTP/1 connection goes back to when its exchange is over.
+pub struct Checkin {
     pool: Arc<Mutex<WorkerPool>>,
     host: usize,
-    sender: http1::SendRequest<RelayBody>,
     limits: PoolLimits,
 }
 
 impl Checkin {
-    fn give_back(self) {
+    fn give_back(self, conn: h1::Connection) {
         let mut pool = lock(&self.pool);
         if let Some(h) = pool.hosts.get_mut(self.host) {
-            h.checkin(self.sender, Instant::now(), self.limits);
+            h.checkin(conn, Instant::now(), self.limits);
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A provider's response body. When it ends cleanly, its HTTP/1
-    /// connection returns to the pool; dropped early or failed, the
-    /// connection is closed with it (hyper cannot reuse a half-read one).
-    pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
-        checkin: Option<Checkin>,
-    }
-}
-
-impl UpstreamBody {
-    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
-        let mut body = UpstreamBody { inner, checkin };
-        // An empty body (204, HEAD, Content-Length: 0) is never polled.
-        if body.inner.is_end_stream() {
-            if let Some(c) = body.checkin.take() {
-                c.give_back();
-            }
-        }
-        body
+    /// A provider's response body, from either protocol.
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        H1 { #[pin] body: h1::ResponseBody },
+        H2 { #[pin] body: Incoming },
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                *this.checkin = None;
-                false
-            }
-            Poll::Pending => false,
-        };
-        if ended {
-            if let Some(c) = this.checkin.take() {
-                c.give_back();
-            }
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            UpstreamBodyProj::H1 { body } => body.poll_frame(cx).map_err(Into::into),
+            UpstreamBodyProj::H2 { body } => body.poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            UpstreamBody::H1 { body } => body.is_end_stream(),
+            UpstreamBody::H2 { body } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UpstreamBody::H1 { body } => body.size_hint(),
+            UpstreamBody::H2 { body } => body.size_hint(),
+        }
     }
 }
 
