@@ -11,6 +11,12 @@
 //! slowly, so the relay asks for [`DIRTY_DECAY_MS`] and skips the "muzzy"
 //! stage (pages go straight back with `MADV_DONTNEED`).
 //!
+//! Each thread also keeps a cache of freed blocks (jemalloc's "tcache"),
+//! emptied only as that thread allocates again: after a burst of thousands
+//! of streams, a worker that went quiet held several MiB there, out of the
+//! decay's reach. [`release_thread_cache`] hands it back; every worker calls
+//! it once a second (`server.rs`).
+//!
 //! Everything goes through `tikv-jemalloc-ctl`'s safe accessors (no unsafe
 //! code in the workspace). Failures are logged and ignored: the relay works
 //! the same with the allocator's defaults, it only holds on to memory longer.
@@ -62,6 +68,20 @@ pub fn tune() {
     }
 }
 
+/// How often each worker hands its thread cache back.
+pub const THREAD_CACHE_RELEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Returns the calling thread's cached free blocks to the shared arenas,
+/// where the decay can give their pages back to the OS. Turning the cache
+/// off flushes it; it is turned on again at once, empty. Cheap (the cache
+/// refills from the arenas in batches), so it needs no "idle" heuristic.
+pub fn release_thread_cache() {
+    let name = b"thread.tcache.enabled\0".name();
+    if name.write(false).is_ok() {
+        let _ = name.write(true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -76,5 +96,13 @@ mod tests {
         let arena0: isize = b"arena.0.dirty_decay_ms\0".name().read().unwrap();
         assert_eq!(arena0, DIRTY_DECAY_MS);
         assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
+    }
+
+    #[test]
+    fn releasing_the_thread_cache_leaves_it_on() {
+        let enabled = || -> bool { b"thread.tcache.enabled\0".name().read().unwrap() };
+        assert!(enabled());
+        release_thread_cache();
+        assert!(enabled());
     }
 }

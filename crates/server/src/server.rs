@@ -269,6 +269,16 @@ async fn worker(
     mut stop: watch::Receiver<bool>,
 ) {
     set_worker_index(index);
+    // This thread's allocator cache, returned once a second (`alloc.rs`);
+    // the task ends with the worker's runtime.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(crate::alloc::THREAD_CACHE_RELEASE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            crate::alloc::release_thread_cache();
+        }
+    });
     let builders = Arc::new(Builders::new(&state));
     let graceful = GracefulShutdown::new();
     let connection_stop = stop.clone();
