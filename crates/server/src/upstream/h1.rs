@@ -403,6 +403,32 @@ impl Outgoing {
     /// its first body frame.
     pub async fn prepare(req: Request<RelayBody>) -> Result<Self, H1Error> {
         let (parts, mut body) = req.into_parts();
+        // The head is built by a plain function: its locals stay out of
+        // this future, which every request's future embeds.
+        let mut out = Self::encode(parts, &body)?;
+        if out.framing == RequestFraming::Length(0) {
+            return Ok(out);
+        }
+        let first = next_data(&mut body).await?;
+        let ended = first.is_none() || body.is_end_stream();
+        if let Some(data) = first {
+            out.count(data.len())?;
+            if ended && data.len() <= COALESCE_LIMIT {
+                out.frame_into_head(&data);
+            } else {
+                out.first = Some(data);
+            }
+        }
+        if ended {
+            out.end_into_head()?;
+        } else {
+            out.rest = Some(body);
+        }
+        Ok(out)
+    }
+
+    /// The request line and headers, with the body's framing decided.
+    fn encode(parts: http::request::Parts, body: &RelayBody) -> Result<Self, H1Error> {
         let mut headers = parts.headers;
         let declared = match headers.get(header::CONTENT_LENGTH) {
             Some(v) => Some(
@@ -453,32 +479,13 @@ impl Outgoing {
         }
         head.extend_from_slice(b"\r\n");
 
-        let mut out = Outgoing {
+        Ok(Outgoing {
             method: parts.method,
             head,
             first: None,
             rest: None,
             framing,
-        };
-        if framing == RequestFraming::Length(0) {
-            return Ok(out);
-        }
-        let first = next_data(&mut body).await?;
-        let ended = first.is_none() || body.is_end_stream();
-        if let Some(data) = first {
-            out.count(data.len())?;
-            if ended && data.len() <= COALESCE_LIMIT {
-                out.frame_into_head(&data);
-            } else {
-                out.first = Some(data);
-            }
-        }
-        if ended {
-            out.end_into_head()?;
-        } else {
-            out.rest = Some(body);
-        }
-        Ok(out)
+        })
     }
 
     /// Counts `n` body bytes against a declared length.
