@@ -447,6 +447,10 @@ def scenario5(ctx):
           {"enabled": True, "type": "sqlite", "connection_string": os.path.join(ctx.tmp, "logs.db")})
 
     def sinks(tag, bodies):
+        # No spool: under this saturating load PostgreSQL falls behind, and
+        # replaying a spool in the background would slow the next target's
+        # run (the alternation would then flatter the ratio). Drops are
+        # counted and reported instead.
         return {"console": False, "bodies": bodies,
                 "web": {"enabled": True, "callback_url": f"http://127.0.0.1:{hook.server_port}/hook"},
                 "database": db,
@@ -467,7 +471,8 @@ def scenario5(ctx):
     time.sleep(2.5)  # let the last batches (1 s delay) land before reading the counters
     out["database"] = "postgres" if pg else "sqlite (PostgreSQL not available)"
     out["console"] = "off"
-    out["sinks"] = {tag: {st["name"]: {k: st[k] for k in ("delivered", "dropped", "queued", "retries")}
+    out["sinks"] = {tag: {st["name"]: {k: st.get(k) for k in ("delivered", "dropped", "queued", "retries",
+                                                              "spooled", "in_spool")}
                           for st in log_stats(port)}
                     for tag, port in ports.items() if tag != "relay-log-off"}
     out["webhook_batches"] = _Hook.batches
@@ -695,7 +700,8 @@ def report(res, ctx):
             P(f"  {name:<24} {f(tr.get('rps'))} req/s  x{f(ratio(tr.get('rps'), base), '{:.2f}')} of logging off"
               f"  p50 {f(tr.get('p50_us'))} us  p99 {f(tr.get('p99_us'))} us  cpu {f(tr.get('cpu_us_per_req'))} us/req")
         for tag, st in (s5.get("sinks") or {}).items():
-            P(f"  {tag}: " + ", ".join(f"{k} delivered {v['delivered']} dropped {v['dropped']}" for k, v in st.items()))
+            P(f"  {tag}: " + ", ".join(f"{k} delivered {v['delivered']} spooled {v.get('spooled')} "
+                                       f"dropped {v['dropped']}" for k, v in st.items()))
         for name, limit in (("relay-all-sinks", 0.90), ("relay-all-sinks-bodies", 0.75)):
             r = ratio(g(s5, "c64", name, "rps"), base)
             gate(gates, f"{name.replace('relay-', '')} (bodies {'on' if 'bodies' in name else 'off'}) "
