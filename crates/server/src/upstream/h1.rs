@@ -898,8 +898,8 @@ mod tests {
     }
 
     /// Reads one request: head, then a Content-Length or chunked body.
-    async fn read_request(
-        s: &mut TcpStream,
+    async fn read_request<S: AsyncRead + Unpin>(
+        s: &mut S,
         buf: &mut Vec<u8>,
         head_only: bool,
     ) -> Option<Vec<u8>> {
@@ -1391,5 +1391,120 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("client went away"), "{err}");
+    }
+
+    /// A provider on TLS (the test CA in `testdata/tls`, ALPN `http/1.1`
+    /// only) answering every request with a chunked body; `close` sends a
+    /// TLS close_notify and closes after each answer.
+    async fn tls_provider(close: bool) -> (u16, Arc<AtomicUsize>) {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/");
+        let certs: Vec<_> = CertificateDer::pem_file_iter(format!("{dir}server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}server.key")).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut s = acceptor.accept(tcp).await.unwrap();
+                    let mut buf = Vec::new();
+                    while read_request(&mut s, &mut buf, false).await.is_some() {
+                        s.write_all(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n, tls!\r\n0\r\n\r\n",
+                        )
+                        .await
+                        .unwrap();
+                        if close {
+                            s.shutdown().await.unwrap();
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    /// An `Upstream` whose connector trusts the test CA.
+    fn tls_upstream() -> Upstream {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(format!("{dir}ca.pem")).unwrap())
+            .unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        let settings = UpstreamSettings::default();
+        let mut up = Upstream::new(&settings, 1);
+        up.connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        up
+    }
+
+    fn tls_get(port: u16) -> Request<RelayBody> {
+        let mut req = Request::new(crate::proxy::full(Bytes::new()));
+        *req.uri_mut() = format!("https://localhost:{port}/v1/models")
+            .parse()
+            .unwrap();
+        req.headers_mut()
+            .insert(header::HOST, format!("localhost:{port}").parse().unwrap());
+        req
+    }
+
+    #[tokio::test]
+    async fn over_tls_a_connection_is_reused_and_a_close_notify_is_noticed() {
+        let up = tls_upstream();
+        let (port, accepted) = tls_provider(false).await;
+        for _ in 0..3 {
+            let (status, _, body) = call(&up, tls_get(port)).await.unwrap();
+            assert_eq!(
+                (status.as_u16(), body.unwrap()),
+                (200, b"hello, tls!".to_vec())
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one TLS connection for all"
+        );
+
+        let (port, accepted) = tls_provider(true).await;
+        for _ in 0..3 {
+            let (_, _, body) = call(&up, tls_get(port)).await.unwrap();
+            assert_eq!(body.unwrap(), b"hello, tls!");
+            // Let the close_notify arrive: the checkout must see it.
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
