@@ -430,13 +430,11 @@ impl Outgoing {
     /// The request line and headers, with the body's framing decided.
     fn encode(parts: http::request::Parts, body: &RelayBody) -> Result<Self, H1Error> {
         let mut headers = parts.headers;
+        // The framing is this function's to decide (the proxy drops the
+        // client's hop-by-hop `Transfer-Encoding` anyway).
+        headers.remove(header::TRANSFER_ENCODING);
         let declared = match headers.get(header::CONTENT_LENGTH) {
-            Some(v) => Some(
-                std::str::from_utf8(v.as_bytes())
-                    .ok()
-                    .and_then(|s| parse_length(s.trim().as_bytes()))
-                    .ok_or(H1Error::BodyLength)?,
-            ),
+            Some(v) => Some(parse_length(v.as_bytes().trim_ascii()).ok_or(H1Error::BodyLength)?),
             None => None,
         };
         // Like hyper: a declared length is kept; an empty body sends no
