@@ -433,6 +433,19 @@ impl Outgoing {
         // The framing is this function's to decide (the proxy drops the
         // client's hop-by-hop `Transfer-Encoding` anyway).
         headers.remove(header::TRANSFER_ENCODING);
+        // HTTP/1.1 requires `Host`; the proxy sets it, except for a base URL
+        // with user info, where it is derived here (without the user info).
+        if !headers.contains_key(header::HOST) {
+            if let Some(host) = parts.uri.host() {
+                let value = match parts.uri.port_u16() {
+                    Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+                    None => HeaderValue::from_str(host),
+                };
+                if let Ok(value) = value {
+                    headers.insert(header::HOST, value);
+                }
+            }
+        }
         let declared = match headers.get(header::CONTENT_LENGTH) {
             Some(v) => Some(parse_length(v.as_bytes().trim_ascii()).ok_or(H1Error::BodyLength)?),
             None => None,
@@ -1338,6 +1351,17 @@ mod tests {
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn a_request_without_host_gets_one_from_its_uri() {
+        let p = provider(vec![ok()]).await;
+        let mut req = Request::new(crate::proxy::full(Bytes::new()));
+        *req.uri_mut() = format!("http://user:pw@{}/h", p.addr).parse().unwrap();
+        call(&upstream(), req).await.unwrap().2.unwrap();
+        let seen = String::from_utf8(p.requests.lock().unwrap()[0].clone()).unwrap();
+        assert!(seen.contains(&format!("host: {}\r\n", p.addr)), "{seen}");
+        assert!(!seen.contains("user"), "{seen}");
     }
 
     #[tokio::test]
