@@ -216,8 +216,9 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: the provider has not
-    /// closed it and sent nothing unasked-for. No system call unless the
-    /// socket became readable since the last read.
+    /// closed it and sent nothing unasked-for. At most one non-blocking
+    /// read, none once the socket has been seen empty and stayed quiet; the
+    /// next wait for the response then needs no extra read.
     pub fn is_usable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         self.inbox.is_empty() && self.inbox.poll_fill(&mut self.io, &mut cx).is_pending()
