@@ -233,7 +233,7 @@ impl Upstream {
             }
             // Boxed: hyper's HTTP/2 send future is large, and inline it
             // would make every request's future (HTTP/1 too) that large.
-            Conn::H2(sender) => Box::pin(self.send_h2(sender, req, reused, pool, host)).await,
+            Conn::H2(sender) => Box::pin(self.send_h2(sender, req, reused, &uri, pool, host)).await,
         }
     }
 
@@ -242,16 +242,16 @@ impl Upstream {
         mut sender: http2::SendRequest<RelayBody>,
         req: Request<RelayBody>,
         reused: bool,
+        uri: &Uri,
         pool: &Mutex<WorkerPool>,
         host: usize,
     ) -> Result<Response<UpstreamBody>, BoxError> {
-        let uri = req.uri().clone();
         let resp = match sender.try_send_request(req).await {
             Ok(resp) => resp,
             // A shared connection that went away before the request was
             // handed to it: nothing was sent, try a fresh one.
             Err(mut e) if reused => match e.take_message() {
-                Some(req) => match Box::pin(self.connect(&uri, pool, host)).await? {
+                Some(req) => match Box::pin(self.connect(uri, pool, host)).await? {
                     Conn::H2(mut fresh) => fresh.send_request(req).await?,
                     Conn::H1(_) => return Err("provider switched to HTTP/1.1 mid-request".into()),
                 },
