@@ -208,6 +208,10 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per provider host.
     pub pool_max_idle_per_host: usize,
+    /// A PEM file of CA certificates trusted for providers' TLS in addition
+    /// to the built-in (Mozilla) roots: a self-hosted model server or a
+    /// corporate proxy with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamSettings {
@@ -218,6 +222,7 @@ impl Default for UpstreamSettings {
             idle_timeout: Duration::from_secs(120),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            ca_file: None,
         }
     }
 }
@@ -514,6 +519,13 @@ impl Config {
         ] {
             if d.is_zero() {
                 problems.push(format!("upstream.{name}: must be > 0 seconds"));
+            }
+        }
+        if let Some(path) = &u.ca_file {
+            if let Err(e) = crate::proxy::extra_roots(path) {
+                problems.push(format!(
+                    "upstream.ca_file: {e}; point it at a PEM file of CA certificates, or remove it to trust only the built-in roots"
+                ));
             }
         }
         if !matches!(self.usage.store.as_str(), "sqlite" | "memory") {
@@ -884,6 +896,31 @@ mod tests {
             "RELAYAPI_NOPE",
         ] {
             assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+    }
+
+    #[test]
+    fn upstream_ca_file_must_hold_pem_certificates() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/ca.pem");
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/server.key");
+        let env = vec![("RELAYAPI_UPSTREAM_CA_FILE".to_string(), ca.to_string())];
+        let c = load_str("c.json", "{}", &env).unwrap();
+        assert_eq!(c.upstream.ca_file.as_deref(), Some(Path::new(ca)));
+        for (path, why) in [
+            ("/nonexistent/ca.pem", "cannot read"),
+            (key, "holds no CERTIFICATE block"),
+        ] {
+            let text = format!(r#"{{"upstream": {{"ca_file": {path:?}}}}}"#);
+            let msg = load_str("c.json", &text, &vec![]).unwrap_err().to_string();
+            assert!(
+                msg.contains("upstream.ca_file") && msg.contains(why),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("PEM file of CA certificates"),
+                "says the fix: {msg}"
+            );
+            assert!(!msg.contains("PRIVATE KEY"), "never echoes the file: {msg}");
         }
     }
 

@@ -32,29 +32,41 @@ pub type RelayBody = BoxBody<Bytes, BoxError>;
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RelayBody>;
 
 /// The HTTP(S) connector every upstream connection uses: rustls (ring)
-/// with webpki roots, ALPN `h2` and `http/1.1`, TCP_NODELAY and keep-alive.
+/// with webpki roots (plus `upstream.ca_file`'s certificates), ALPN `h2`
+/// and `http/1.1`, TCP_NODELAY and keep-alive.
 pub fn https_connector(settings: &UpstreamSettings) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &settings.ca_file {
+        // Validated with the config; a file that broke since then leaves
+        // only the built-in roots (TLS to the private CA's servers fails).
+        match extra_roots(path) {
+            Ok(extra) => roots.roots.extend(extra.roots),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "upstream.ca_file not loaded")
+            }
+        }
+    }
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map(|b| {
-        b.with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth()
+        b.with_root_certificates(roots.clone())
+            .with_no_client_auth()
     });
     let tls = match tls {
         Ok(t) => t,
         // The ring provider always supports the safe defaults; keep a sane
         // fallback instead of a panic anyway.
         Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_root_certificates(roots)
             .with_no_client_auth(),
     };
     hyper_rustls::HttpsConnectorBuilder::new()
@@ -63,6 +75,27 @@ pub fn https_connector(settings: &UpstreamSettings) -> hyper_rustls::HttpsConnec
         .enable_http1()
         .enable_http2()
         .wrap_connector(http)
+}
+
+/// The CA certificates of the PEM file `path` (`upstream.ca_file`), as trust
+/// anchors. Errors say what is wrong with the file, for the config message.
+pub fn extra_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{} holds a certificate rustls cannot use: {e}",
+                path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no CERTIFICATE block", path.display()));
+    }
+    Ok(roots)
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client for the relay's own outgoing calls

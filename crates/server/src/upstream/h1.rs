@@ -1485,32 +1485,13 @@ mod tests {
         (port, accepted)
     }
 
-    /// An `Upstream` whose connector trusts the test CA.
+    /// An `Upstream` trusting the test CA through `upstream.ca_file`.
     fn tls_upstream() -> Upstream {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/");
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(format!("{dir}ca.pem")).unwrap())
-            .unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.enforce_http(false);
-        let settings = UpstreamSettings::default();
-        let mut up = Upstream::new(&settings, 1);
-        up.connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        up
+        let settings = UpstreamSettings {
+            ca_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/ca.pem").into()),
+            ..UpstreamSettings::default()
+        };
+        Upstream::new(&settings, 1)
     }
 
     fn tls_get(port: u16) -> Request<RelayBody> {
@@ -1548,5 +1529,18 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn without_ca_file_a_private_ca_is_not_trusted() {
+        let up = Upstream::new(&UpstreamSettings::default(), 1);
+        let (port, _) = tls_provider(false).await;
+        let err = call(&up, tls_get(port))
+            .await
+            .expect_err("handshake must fail");
+        assert!(
+            format!("{err:?}").contains("UnknownIssuer"),
+            "a certificate error, not something else: {err:?}"
+        );
     }
 }
