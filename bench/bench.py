@@ -108,6 +108,13 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def machine_busy_s():
+    """CPU seconds all cores spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK_TCK  # minus idle and iowait
+
+
 def rss_kib(pids):
     total = 0
     for pid in pids:
@@ -401,8 +408,8 @@ def start_webhook():
 
 
 def start_postgres(tmp):
-    """A throwaway PostgreSQL for scenario 5 (as nobody when root); its URL,
-    or None when the binaries are missing or it does not start."""
+    """A throwaway PostgreSQL for scenario 5 (as nobody when root): (URL,
+    postmaster pid), or None when the binaries are missing or it does not start."""
     bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(re.sub(r"\D", "", p) or 0))
     initdb = shutil.which("initdb") or (bindirs and os.path.join(bindirs[-1], "initdb"))
     if not initdb or not os.path.exists(initdb):
@@ -421,14 +428,14 @@ def start_postgres(tmp):
         return None
     port = free_port()
     logf = open(os.path.join(tmp, "postgres.log"), "w")
-    PROCS.append(subprocess.Popen(pre + [postgres, "-D", os.path.join(d, "data"), "-k", d,
-                                         "-p", str(port), "-h", "127.0.0.1"],
-                                  stdout=logf, stderr=logf))
+    pg = subprocess.Popen(pre + [postgres, "-D", os.path.join(d, "data"), "-k", d,
+                                 "-p", str(port), "-h", "127.0.0.1"], stdout=logf, stderr=logf)
+    PROCS.append(pg)
     if not wait_port(port, 30):
         log(f"WARNING: postgres did not start; see {tmp}/postgres.log")
         return None
     time.sleep(0.5)
-    return f"postgres://relay@127.0.0.1:{port}/postgres"
+    return f"postgres://relay@127.0.0.1:{port}/postgres", pg.pid
 
 
 def log_stats(port):
@@ -442,7 +449,8 @@ def scenario5(ctx):
     and on: three relays, alternated like every other scenario."""
     log("  scenario 5: logging off vs all sinks (database, Parquet, webhook), bodies off / on, c=64")
     hook = start_webhook()
-    pg = start_postgres(ctx.tmp)
+    started = start_postgres(ctx.tmp)
+    pg, pg_pid = started if started else (None, None)
     db = ({"enabled": True, "type": "postgres", "connection_string": pg} if pg else
           {"enabled": True, "type": "sqlite", "connection_string": os.path.join(ctx.tmp, "logs.db")})
 
@@ -466,8 +474,23 @@ def scenario5(ctx):
     if not ctx.quick:
         for t in targets:
             closed_loop(ctx, t, "chat/completions", 64, 1, {}, CHAT_BODY)
-    out = {"c64": alternate(ctx, targets, lambda t: closed_loop(
-        ctx, t, "chat/completions", 64, ctx.dur, {"x-mock-response-bytes": "1024"}, CHAT_BODY))}
+    def run(t):
+        # Where the CPU goes besides the relay: the sinks' receivers share
+        # these 2 cores (PostgreSQL's processes; this process, which is the
+        # webhook receiver while wrk runs), and the whole machine.
+        pg_pids = [pg_pid] + children(pg_pid) if pg_pid else []
+        pg0, me0, busy0 = cpu_seconds(pg_pids), sum(os.times()[:2]), machine_busy_s()
+        r = closed_loop(ctx, t, "chat/completions", 64, ctx.dur, {"x-mock-response-bytes": "1024"},
+                        CHAT_BODY)
+        n = r.get("requests") or 0
+        if n:
+            if pg_pids:
+                r["postgres_cpu_us_per_req"] = (cpu_seconds(pg_pids) - pg0) * 1e6 / n
+            r["webhook_receiver_cpu_us_per_req"] = (sum(os.times()[:2]) - me0) * 1e6 / n
+            r["machine_cpu_us_per_req"] = (machine_busy_s() - busy0) * 1e6 / n
+        return r
+
+    out = {"c64": alternate(ctx, targets, run)}
     time.sleep(2.5)  # let the last batches (1 s delay) land before reading the counters
     out["database"] = "postgres" if pg else "sqlite (PostgreSQL not available)"
     out["console"] = "off"
@@ -699,6 +722,14 @@ def report(res, ctx):
         for name, tr in (s5.get("c64") or {}).items():
             P(f"  {name:<24} {f(tr.get('rps'))} req/s  x{f(ratio(tr.get('rps'), base), '{:.2f}')} of logging off"
               f"  p50 {f(tr.get('p50_us'))} us  p99 {f(tr.get('p99_us'))} us  cpu {f(tr.get('cpu_us_per_req'))} us/req")
+        P("  CPU per request, us (the 2 cores are shared; 'other' = wrk, mock, kernel threads):")
+        P(f"  {'target':<24} {'machine':>8} {'relay':>8} {'postgres':>8} {'webhook':>8} {'other':>8}")
+        for name, tr in (s5.get("c64") or {}).items():
+            m, rl = tr.get("machine_cpu_us_per_req"), tr.get("cpu_us_per_req")
+            pgc, wh = tr.get("postgres_cpu_us_per_req"), tr.get("webhook_receiver_cpu_us_per_req")
+            other = m - sum(x or 0 for x in (rl, pgc, wh)) if m is not None and rl is not None else None
+            P(f"  {name:<24} {f(m, '{:.1f}'):>8} {f(rl, '{:.1f}'):>8} {f(pgc, '{:.1f}'):>8} "
+              f"{f(wh, '{:.1f}'):>8} {f(other, '{:.1f}'):>8}")
         for tag, st in (s5.get("sinks") or {}).items():
             P(f"  {tag}: " + ", ".join(f"{k} delivered {v['delivered']} spooled {v.get('spooled')} "
                                        f"dropped {v['dropped']}" for k, v in st.items()))

@@ -158,6 +158,40 @@ async fn retry_is_idempotent(kind: &str, url: &str) {
     sink.flush().await.unwrap();
 }
 
+/// A table dropped behind the relay's back is created again (indexes and
+/// all) and the batch that found it missing lands on the retry.
+async fn table_vanishes_and_is_recreated<DB>(kind: &str, url: &str, pool: &sqlx::Pool<DB>)
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'a> <DB as sqlx::Database>::Arguments<'a>: sqlx::IntoArguments<'a, DB>,
+    for<'a> i64: sqlx::Decode<'a, DB> + sqlx::Type<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let sink = DatabaseSink::new(kind, &SecretString::new(url.into())).unwrap();
+    let b = batch("vanish", 5);
+    sink.write_batch(&b[..1]).await.unwrap();
+    sqlx::query("DROP TABLE relayapi_logs")
+        .execute(pool)
+        .await
+        .unwrap();
+    let first = sink.write_batch(&b).await;
+    assert!(
+        first.is_err(),
+        "the write that finds the table gone fails (and is retried)"
+    );
+    sink.write_batch(&b)
+        .await
+        .expect("the retry recreates the table");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 5, "the batch, once");
+    sink.flush().await.unwrap();
+}
+
 async fn wait_count<F: std::future::Future<Output = i64>>(
     what: &str,
     mut count: impl FnMut() -> F,
@@ -212,7 +246,10 @@ macro_rules! check_database {
                 .fetch_all(pool)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1], "migrated once, by version");
+        assert_eq!(versions, [1, 2], "migrated once, by version");
+        table_vanishes_and_is_recreated($kind, $url, pool).await;
+        let indexes: i64 = sqlx::query_scalar($indexes).fetch_one(pool).await.unwrap();
+        assert_eq!(indexes, 6, "the recreated table has its indexes again");
     }};
 }
 
@@ -259,6 +296,16 @@ async fn postgres_rows_migration_and_idempotent_retry() {
             .unwrap();
             assert!(tls >= 1, "sslmode=require: the sink's connections use TLS");
         }
+        // Migration 2: records that need TOAST are lz4-compressed (Debian's
+        // PostgreSQL 15 is built with lz4).
+        let compression: String = sqlx::query_scalar(
+            "SELECT attcompression::text FROM pg_attribute \
+             WHERE attrelid = 'relayapi_logs'::regclass AND attname = 'record'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(compression, "l", "record column compressed with lz4");
     });
 }
 

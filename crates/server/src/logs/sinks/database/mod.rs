@@ -30,6 +30,7 @@
 pub mod dsn;
 pub mod schema;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +74,10 @@ struct Inner {
     /// True once the migrations ran on this pool. An async mutex: held
     /// while migrating, so one migration runs at a time.
     schema_ready: tokio::sync::Mutex<bool>,
+    /// Set when a write found the table gone: the next migration replays
+    /// every applied step (the bookkeeping says they ran, the table says
+    /// their work is lost).
+    table_vanished: AtomicBool,
     timeout: Duration,
 }
 
@@ -141,6 +146,7 @@ impl DatabaseSink {
             pools,
             passwords,
             schema_ready: tokio::sync::Mutex::new(false),
+            table_vanished: AtomicBool::new(false),
             timeout: DEFAULT_TIMEOUT,
         });
         let warm = inner.clone();
@@ -327,11 +333,17 @@ impl Inner {
         if *ready {
             return Ok(());
         }
+        let replay = self.table_vanished.swap(false, Ordering::AcqRel);
         let applied = match &self.pools {
-            Pools::Sqlite(p) => migrate(p, self.dialect).await,
-            Pools::Postgres(p) => migrate(p, self.dialect).await,
-            Pools::MySql(p) => migrate(p, self.dialect).await,
+            Pools::Sqlite(p) => migrate(p, self.dialect, replay).await,
+            Pools::Postgres(p) => migrate(p, self.dialect, replay).await,
+            Pools::MySql(p) => migrate(p, self.dialect, replay).await,
         }
+        .inspect_err(|_| {
+            if replay {
+                self.table_vanished.store(true, Ordering::Release);
+            }
+        })
         // Every migration failure is worth retrying: a permission fixed or
         // a concurrent migrator finished, the next attempt goes through.
         .map_err(|e| match self.classify(&e) {
@@ -367,6 +379,7 @@ impl Inner {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 if self.dialect.is_missing_table(&code, db.message()) {
                     // Dropped behind our back: migrate again on the retry.
+                    self.table_vanished.store(true, Ordering::Release);
                     if let Ok(mut ready) = self.schema_ready.try_lock() {
                         *ready = false;
                     }
@@ -412,8 +425,9 @@ impl<'s, 'q, DB: Database> Stmt<'s, 'q, DB> {
 }
 
 /// Migrates `pool` to [`schema::SCHEMA_VERSION`]; returns how many
-/// migrations ran.
-async fn migrate<DB>(pool: &Pool<DB>, d: Dialect) -> Result<usize, sqlx::Error>
+/// migrations ran. `replay`: the log table vanished, so the steps already
+/// recorded run again first (not recorded twice).
+async fn migrate<DB>(pool: &Pool<DB>, d: Dialect, replay: bool) -> Result<usize, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -432,6 +446,13 @@ where
     .fetch_optional(&mut *conn)
     .await?
     .unwrap_or(0);
+    if replay {
+        for m in MIGRATIONS.iter().filter(|m| m.version <= current) {
+            for stmt in d.migration(m.version) {
+                sqlx::query::<DB>(&stmt).execute(&mut *conn).await?;
+            }
+        }
+    }
     let mut applied = 0;
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
         let mut sql =
