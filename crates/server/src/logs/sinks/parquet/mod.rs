@@ -312,6 +312,10 @@ impl ParquetSink {
         for name in columns::NO_DICTIONARY {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*name), false);
         }
+        for name in columns::NO_STATISTICS {
+            props = props
+                .set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None);
+        }
         let props = Arc::new(props.build());
         let files = Arc::new(Mutex::new(Files {
             options,
