@@ -112,7 +112,7 @@ def machine_busy_s():
     """CPU seconds all cores spent busy since boot (/proc/stat)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(v) - v[3] - v[4]) / CLK_TCK  # minus idle and iowait
+    return (sum(v) - v[3] - v[4] - v[7]) / CLK_TCK  # minus idle, iowait and steal
 
 
 def rss_kib(pids):

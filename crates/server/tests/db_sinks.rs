@@ -158,24 +158,18 @@ async fn retry_is_idempotent(kind: &str, url: &str) {
     sink.flush().await.unwrap();
 }
 
-/// A table dropped behind the relay's back is created again (indexes and
-/// all) and the batch that found it missing lands on the retry.
-async fn table_vanishes_and_is_recreated<DB>(kind: &str, url: &str, pool: &sqlx::Pool<DB>)
-where
-    DB: sqlx::Database,
-    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
-    for<'a> <DB as sqlx::Database>::Arguments<'a>: sqlx::IntoArguments<'a, DB>,
-    for<'a> i64: sqlx::Decode<'a, DB> + sqlx::Type<DB>,
-    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
+/// A table dropped behind the relay's back (by `drop_table`, after one
+/// row landed) makes the next write fail, to be retried; the retry creates
+/// the table again and its batch of five lands.
+async fn write_across_a_dropped_table(
+    kind: &str,
+    url: &str,
+    drop_table: impl std::future::Future<Output = ()>,
+) {
     let sink = DatabaseSink::new(kind, &SecretString::new(url.into())).unwrap();
     let b = batch("vanish", 5);
     sink.write_batch(&b[..1]).await.unwrap();
-    sqlx::query("DROP TABLE relayapi_logs")
-        .execute(pool)
-        .await
-        .unwrap();
+    drop_table.await;
     let first = sink.write_batch(&b).await;
     assert!(
         first.is_err(),
@@ -184,11 +178,6 @@ where
     sink.write_batch(&b)
         .await
         .expect("the retry recreates the table");
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 5, "the batch, once");
     sink.flush().await.unwrap();
 }
 
@@ -247,7 +236,11 @@ macro_rules! check_database {
                 .await
                 .unwrap();
         assert_eq!(versions, [1, 2], "migrated once, by version");
-        table_vanishes_and_is_recreated($kind, $url, pool).await;
+        write_across_a_dropped_table($kind, $url, async {
+            sqlx::query("DROP TABLE relayapi_logs").execute(pool).await.unwrap();
+        })
+        .await;
+        assert_eq!(count().await, 5, "the recreated table holds the retried batch, once");
         let indexes: i64 = sqlx::query_scalar($indexes).fetch_one(pool).await.unwrap();
         assert_eq!(indexes, 6, "the recreated table has its indexes again");
     }};
@@ -296,16 +289,25 @@ async fn postgres_rows_migration_and_idempotent_retry() {
             .unwrap();
             assert!(tls >= 1, "sslmode=require: the sink's connections use TLS");
         }
-        // Migration 2: records that need TOAST are lz4-compressed (Debian's
-        // PostgreSQL 15 is built with lz4).
-        let compression: String = sqlx::query_scalar(
-            "SELECT attcompression::text FROM pg_attribute \
-             WHERE attrelid = 'relayapi_logs'::regclass AND attname = 'record'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(compression, "l", "record column compressed with lz4");
+        // Migration 2: records that need TOAST are lz4-compressed on
+        // PostgreSQL 14+ (Debian's builds have lz4; CI installs 15).
+        let version: i32 =
+            sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if version < 140000 {
+            eprintln!("SKIP: lz4 check, PostgreSQL {version} has no column compression");
+        } else {
+            let compression: String = sqlx::query_scalar(
+                "SELECT attcompression::text FROM pg_attribute \
+                 WHERE attrelid = 'relayapi_logs'::regclass AND attname = 'record'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(compression, "l", "record column compressed with lz4");
+        }
     });
 }
 
