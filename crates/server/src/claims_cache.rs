@@ -18,7 +18,7 @@
 //!   longer than [`MAX_CACHED_TOKEN_LEN`] are never stored; a full shard is
 //!   emptied (its tokens are decoded again on their next use).
 
-use std::collections::hash_map::RandomState;
+use crate::FastHasher as RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
@@ -67,7 +67,7 @@ impl Hasher for Prehashed {
 impl Default for ClaimsCache {
     fn default() -> Self {
         Self {
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }

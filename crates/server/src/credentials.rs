@@ -7,7 +7,6 @@
 //! retry once with the key after it ([`Credential::key_after`]). Keys stay
 //! in `SecretString`s and are exposed only to build the upstream header.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use relayapi_token::SecretString;
@@ -54,7 +53,7 @@ impl Credential {
 /// Every configured credential, by name.
 #[derive(Debug, Default)]
 pub struct Credentials {
-    by_name: HashMap<String, Credential>,
+    by_name: crate::FastMap<String, Credential>,
 }
 
 impl Credentials {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -51,6 +51,11 @@ use crate::policy::{self, PolicyState};
 use crate::providers::Registry;
 use crate::proxy::{self, full, Finish, FinishReason, IdleTimeout, RelayBody};
 use crate::usage::{Admission, BudgetAdmission, UsageDelta, UsageStore};
+
+// Named once: a header name given as a string is parsed on every use.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const CALLS_REMAINING: HeaderName = HeaderName::from_static("x-relayapi-calls-remaining");
+const TOKENS_REMAINING: HeaderName = HeaderName::from_static("x-relayapi-tokens-remaining");
 
 /// Counters for `/health`; relaxed atomics, they are statistics.
 #[derive(Debug, Default)]
@@ -141,7 +146,7 @@ impl AppState {
 
     fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
         // A caller's own id is kept when it is short and plain, so traces join up.
-        if let Some(v) = headers.get("x-request-id") {
+        if let Some(v) = headers.get(&X_REQUEST_ID) {
             let ok = v.len() <= 128
                 && v.as_bytes()
                     .iter()
@@ -235,7 +240,7 @@ pub async fn handle(
 
     // 8. what every answer carries
     let headers = resp.headers_mut();
-    headers.insert("x-request-id", request_id);
+    headers.insert(X_REQUEST_ID, request_id);
     if cors_headers {
         state.cors.decorate(origin.as_ref(), headers);
     }
@@ -461,8 +466,9 @@ async fn relay(
     };
 
     // 7. forward (a key_ref call with a replayable body may try two keys)
-    let url = provider.upstream_url(&rest, &query);
-    let uri: http::Uri = url.parse().map_err(|_| ApiError::NotFound)?;
+    let uri = provider
+        .upstream_uri(&rest, &query)
+        .ok_or(ApiError::NotFound)?;
     let started = Instant::now();
     let mut attempt_key = credential.first();
     let mut retried = false;
@@ -548,15 +554,12 @@ async fn relay(
         _ => None,
     };
     if let Some(n) = calls_remaining {
-        rparts
-            .headers
-            .insert("x-relayapi-calls-remaining", HeaderValue::from(n));
+        rparts.headers.insert(CALLS_REMAINING, HeaderValue::from(n));
     }
     if let Some(r) = &reservation {
-        rparts.headers.insert(
-            "x-relayapi-tokens-remaining",
-            HeaderValue::from(r.remaining),
-        );
+        rparts
+            .headers
+            .insert(TOKENS_REMAINING, HeaderValue::from(r.remaining));
     }
     // Only an uncompressed event stream is filtered (an error answer is JSON).
     let strip_usage = strip_usage

@@ -46,6 +46,14 @@ pub mod usage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The hasher for maps keyed by what trusted parties chose (token ids,
+/// tokens that decrypted, provider and credential names): several times
+/// cheaper than std's SipHash on the request path, randomly seeded per
+/// process. Maps keyed by what any client controls (the per-IP limiter's
+/// entries) keep SipHash.
+pub(crate) type FastHasher = foldhash::fast::RandomState;
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
+
 /// A relay running inside the current runtime (tests, embedding).
 pub struct RunningRelay {
     pub addr: SocketAddr,

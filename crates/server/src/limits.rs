@@ -12,7 +12,6 @@
 //! per-IP TAT is updated under its shard lock). Memory per-IP is bounded by
 //! `max_tracked`; losing state only ever errs in the client's favour.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
@@ -133,7 +132,9 @@ const IP_SHARDS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct KeyedTats<K> {
     origin: Instant,
-    hasher: RandomState,
+    /// Picks the shard only. Each shard's map keeps std's SipHash: its keys
+    /// (client IPs) are chosen by whoever connects.
+    hasher: crate::FastHasher,
     /// Per shard: key -> TAT in ns since `origin`. Each map holds at most
     /// `shard_cap` entries. Locked only inside the sync `check`.
     shards: Box<[Mutex<HashMap<K, u64>>]>,
@@ -148,7 +149,7 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedTats<K> {
         let shard_count = IP_SHARDS.min(max_tracked);
         Self {
             origin: Instant::now(),
-            hasher: RandomState::new(),
+            hasher: crate::FastHasher::default(),
             shards: (0..shard_count)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),

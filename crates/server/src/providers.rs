@@ -9,9 +9,10 @@
 //! official SDK, so a front end swaps that SDK's `baseURL` for the relay URL
 //! and every path the SDK appends maps 1:1 onto the provider.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +47,13 @@ impl AuthStyle {
     /// printed by `Debug` of the request.
     pub fn header_value(self, key: &str) -> Option<HeaderValue> {
         let mut v = match self {
-            AuthStyle::Bearer => HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
+            AuthStyle::Bearer => {
+                // One allocation, no formatting machinery: this runs per request.
+                let mut value = bytes::BytesMut::with_capacity(7 + key.len());
+                value.extend_from_slice(b"Bearer ");
+                value.extend_from_slice(key.as_bytes());
+                HeaderValue::from_maybe_shared(value.freeze()).ok()?
+            }
             _ => HeaderValue::from_str(key).ok()?,
         };
         v.set_sensitive(true);
@@ -98,9 +105,28 @@ pub struct Provider {
     pub azure: Option<AzureSettings>,
     /// False while the base URL still has a `{placeholder}` (e.g. Azure without a resource).
     pub configured: bool,
+    /// The `Host` header for every upstream request (computed once).
+    pub host: Option<HeaderValue>,
+    /// `base_url`'s scheme and authority, parsed once, and where its path
+    /// starts: a request's URI then only parses its own path.
+    origin: Option<(Scheme, Authority, usize)>,
 }
 
 impl Provider {
+    /// [`Provider::upstream_url`] as a URI, parsing only the path part.
+    pub fn upstream_uri(&self, rest: &str, query: &str) -> Option<http::Uri> {
+        let url = self.upstream_url(rest, query);
+        let Some((scheme, authority, path_start)) = &self.origin else {
+            return http::Uri::try_from(url).ok();
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        let path = bytes::Bytes::from(url).slice(*path_start..);
+        parts.path_and_query = Some(PathAndQuery::from_maybe_shared(path).ok()?);
+        http::Uri::from_parts(parts).ok()
+    }
+
     /// The upstream URL for the client's `rest` path (after base path and
     /// token) and query string (credentials already removed).
     pub fn upstream_url(&self, rest: &str, query: &str) -> String {
@@ -148,7 +174,7 @@ impl Provider {
 /// Providers by id and alias (lower-case).
 #[derive(Debug, Clone)]
 pub struct Registry {
-    by_name: HashMap<String, Arc<Provider>>,
+    by_name: crate::FastMap<String, Arc<Provider>>,
     ids: Vec<String>,
 }
 
@@ -197,7 +223,7 @@ impl Registry {
                 }
             }
         }
-        let mut by_name = HashMap::new();
+        let mut by_name = crate::FastMap::default();
         let mut ids = Vec::new();
         for (id, e) in merged {
             let Some(provider) = resolve(&id, &e) else {
@@ -250,11 +276,45 @@ fn resolve(id: &str, e: &ProviderOverride) -> Option<Provider> {
         id: id.to_string(),
         base_ends_in_v1: base.ends_with("/v1"),
         configured: !base.contains('{'),
+        host: base.parse().ok().as_ref().and_then(host_header),
+        origin: parsed_origin(&base),
         base_url: base,
         auth: e.auth.unwrap_or(AuthStyle::Bearer),
         default_headers,
         azure: e.azure.clone(),
     })
+}
+
+/// The `Host` header for `uri`, exactly as the client would add it (host,
+/// and the port when it is not the scheme's default), built without
+/// `format!`; `None` leaves it to the client (URLs with user info).
+pub fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = match uri.scheme_str()? {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = match authority.port_u16() {
+        Some(port) if port == default_port => authority.host(),
+        _ => authority.as_str(),
+    };
+    http::HeaderValue::from_str(host).ok()
+}
+
+/// The scheme and authority of `base`, and the length of `scheme://authority`
+/// in it; `None` when `base` does not start with exactly that.
+fn parsed_origin(base: &str) -> Option<(Scheme, Authority, usize)> {
+    let uri: http::Uri = base.parse().ok()?;
+    let (scheme, authority) = (uri.scheme()?.clone(), uri.authority()?.clone());
+    let len = scheme.as_str().len() + 3 + authority.as_str().len();
+    let prefix = format!("{scheme}://{authority}");
+    base.get(..len)
+        .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
+        .then_some((scheme, authority, len))
 }
 
 /// `scheme://host[:port]` of an http(s) URL, lower-cased, or `None`.
@@ -288,6 +348,8 @@ impl Registry {
             id: origin,
             base_ends_in_v1: base.ends_with("/v1"),
             configured: true,
+            host: base.parse().ok().as_ref().and_then(host_header),
+            origin: parsed_origin(&base),
             base_url: base,
             auth: AuthStyle::Bearer,
             default_headers: Vec::new(),
@@ -333,6 +395,28 @@ pub fn validate_overrides(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn host_header_matches_what_the_client_would_write() {
+        let host =
+            |u: &str| host_header(&u.parse().unwrap()).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            host("https://api.openai.com/v1/x").as_deref(),
+            Some("api.openai.com")
+        );
+        assert_eq!(
+            host("https://api.openai.com:443/v1").as_deref(),
+            Some("api.openai.com")
+        );
+        assert_eq!(
+            host("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(host("http://127.0.0.1:80/v1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host("http://[::1]:9000/").as_deref(), Some("[::1]:9000"));
+        assert_eq!(host("http://user:pw@example.com/"), None);
+        assert_eq!(host("/relative"), None);
+    }
 
     #[test]
     fn builtin_file_parses_and_has_the_promised_providers() {
@@ -411,6 +495,40 @@ mod tests {
             az.upstream_url("deployments/x/embeddings", "api-version=1"),
             "https://acme.openai.azure.com/openai/deployments/x/embeddings?api-version=1"
         );
+    }
+
+    #[test]
+    fn upstream_uri_is_the_upstream_url_parsed() {
+        let o: BTreeMap<String, ProviderOverride> = serde_json::from_str(
+            r#"{"openai": {"base_url": "HTTP://127.0.0.1:9/v1/"},
+                "acme": {"base_url": "http://[::1]:8080"},
+                "bare": {"base_url": "https://llm.example.com"}}"#,
+        )
+        .unwrap();
+        let r = Registry::new(&o);
+        for (id, rest, query) in [
+            ("openai", "v1/chat/completions", "a=1&b=%20"),
+            ("openai", "", ""),
+            ("acme", "v1/models", ""),
+            ("bare", "x/y", "q"),
+            ("anthropic", "v1/messages", ""),
+        ] {
+            let p = r.get(id).unwrap();
+            let expected: http::Uri = p.upstream_url(rest, query).parse().unwrap();
+            let uri = p.upstream_uri(rest, query).unwrap();
+            assert_eq!(uri, expected, "{id} {rest}");
+            assert_eq!(uri.to_string(), expected.to_string());
+        }
+        assert_eq!(
+            r.get("openai")
+                .unwrap()
+                .upstream_uri("chat/completions", "")
+                .unwrap(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert_eq!(r.get("acme").unwrap().host.as_ref().unwrap(), "[::1]:8080");
+        // A path the URI grammar refuses is refused, not passed on.
+        assert!(r.get("openai").unwrap().upstream_uri("a b", "").is_none());
     }
 
     #[test]

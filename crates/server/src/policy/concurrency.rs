@@ -11,8 +11,7 @@
 //! limit the acquiring request carried. Entries exist only while a slot is
 //! alive (removed at zero), so memory is bounded by the requests in flight.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use crate::{FastHasher as RandomState, FastMap};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,11 +20,11 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 struct Shards {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<String, u64>>]>,
+    shards: Box<[Mutex<FastMap<String, u64>>]>,
 }
 
 impl Shards {
-    fn shard(&self, jti: &str) -> MutexGuard<'_, HashMap<String, u64>> {
+    fn shard(&self, jti: &str) -> MutexGuard<'_, FastMap<String, u64>> {
         let idx = (self.hasher.hash_one(jti) % SHARDS as u64) as usize;
         // Counts change in single steps; a poisoned map is still consistent.
         self.shards[idx].lock().unwrap_or_else(|p| p.into_inner())
@@ -39,7 +38,7 @@ pub struct InFlight(Arc<Shards>);
 impl Default for InFlight {
     fn default() -> Self {
         InFlight(Arc::new(Shards {
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }))
     }

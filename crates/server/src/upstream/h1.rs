@@ -39,6 +39,8 @@ use crate::proxy::{BoxError, RelayBody};
 
 /// Header lines accepted in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
+/// Headers the relay may add to a provider's response on the way out.
+const ADDED_RESPONSE_HEADERS: usize = 6;
 /// Read buffer: starts small (an idle stream holds it), doubles while reads
 /// fill it, up to this. A response head must fit in it.
 const INITIAL_BUFFER: usize = 4 * 1024;
@@ -231,7 +233,14 @@ impl Connection {
     /// Reads the response head (skipping interim 1xx answers).
     async fn read_head(&mut self, method: &Method) -> Result<Head, H1Error> {
         loop {
-            if let Some((len, head)) = parse_head(self.inbox.filled(), method)? {
+            let filled = self.inbox.filled();
+            // Nothing read yet (the usual first pass): nothing to parse.
+            let parsed = if filled.is_empty() {
+                None
+            } else {
+                parse_head(filled, method)?
+            };
+            if let Some((len, head)) = parsed {
                 self.inbox.consume(len);
                 match head {
                     Some(head) => return Ok(head),
@@ -287,7 +296,9 @@ fn parse_head(bytes: &[u8], method: &Method) -> Result<Option<(usize, Option<Hea
     // allocation per response instead of one per value).
     let head = Bytes::copy_from_slice(&bytes[..len]);
     let base = bytes.as_ptr() as usize;
-    let mut map = HeaderMap::with_capacity(resp.headers.len());
+    // Room for what the relay adds before answering (request id, CORS,
+    // remaining calls): growing a HeaderMap rehashes it.
+    let mut map = HeaderMap::with_capacity(resp.headers.len() + ADDED_RESPONSE_HEADERS);
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Invalid("header name"))?;

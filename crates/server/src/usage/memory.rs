@@ -7,7 +7,7 @@
 //! token expired, when the server would refuse the token before reaching
 //! the store anyway (usage statistics after a retention period).
 
-use std::collections::hash_map::RandomState;
+use crate::{FastHasher as RandomState, FastMap};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -25,13 +25,13 @@ const SWEEP_EVERY_INSERTS: u32 = 1024;
 #[derive(Debug, Default)]
 struct Shard {
     /// jti -> (calls admitted, token exp in unix seconds).
-    counts: HashMap<String, (u64, i64)>,
+    counts: FastMap<String, (u64, i64)>,
     /// New jtis since the last sweep.
     inserts_since_sweep: u32,
     /// jti -> (LLM tokens used incl. outstanding reservations, exp).
-    budgets: HashMap<String, (u64, i64)>,
+    budgets: FastMap<String, (u64, i64)>,
     /// jti -> usage totals for the admin API.
-    ledger: HashMap<String, UsageDelta>,
+    ledger: FastMap<String, UsageDelta>,
 }
 
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub struct MemoryStore {
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     /// jti -> revoked at (unix seconds).
-    revoked: RwLock<HashMap<String, i64>>,
+    revoked: RwLock<FastMap<String, i64>>,
 }
 
 impl Default for MemoryStore {
@@ -51,7 +51,7 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self {
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             revoked: RwLock::default(),
         }

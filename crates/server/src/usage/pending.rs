@@ -7,8 +7,7 @@
 //! it only affects the admin statistics, never a limit (limits live in
 //! their own, exact, tables).
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use crate::{FastHasher as RandomState, FastMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -45,7 +44,7 @@ impl UsageDelta {
 #[derive(Debug)]
 pub struct Pending {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<String, UsageDelta>>]>,
+    shards: Box<[Mutex<FastMap<String, UsageDelta>>]>,
     shard_cap: usize,
     dropped: AtomicU64,
 }
@@ -53,14 +52,14 @@ pub struct Pending {
 impl Pending {
     pub fn new(max_entries: usize) -> Pending {
         Pending {
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shard_cap: (max_entries / SHARDS).max(1),
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, jti: &str) -> MutexGuard<'_, HashMap<String, UsageDelta>> {
+    fn shard(&self, jti: &str) -> MutexGuard<'_, FastMap<String, UsageDelta>> {
         let idx = (self.hasher.hash_one(jti) % SHARDS as u64) as usize;
         // Entries are replaced in one step; a poisoned map is still consistent.
         self.shards[idx].lock().unwrap_or_else(|p| p.into_inner())

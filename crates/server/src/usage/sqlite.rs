@@ -506,7 +506,7 @@ struct Writer {
     conn: Connection,
     /// jti -> (used, exp), equal to the committed rows for these jtis (or to
     /// "no row" when used is 0). Cleared whenever that may not hold.
-    cache: HashMap<Box<str>, (u64, i64)>,
+    cache: crate::FastMap<Box<str>, (u64, i64)>,
     last_housekeeping: Instant,
 }
 
@@ -514,7 +514,7 @@ impl Writer {
     fn new(conn: Connection) -> Self {
         Self {
             conn,
-            cache: HashMap::new(),
+            cache: crate::FastMap::default(),
             last_housekeeping: Instant::now(),
         }
     }
