@@ -20,6 +20,7 @@
 //! - [`cors`], [`error`]: browser access and the one error → HTTP mapping;
 //! - [`admin`]: the admin API (revocation, usage) on its own listener;
 //! - [`server`]: worker threads, listener and graceful shutdown;
+//!   [`timer`]: the coarse per-worker timer for per-request timeouts;
 //!   [`alloc`]: allocator tuning; [`cli`]: the commands.
 
 pub mod admin;
@@ -40,6 +41,7 @@ pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;
+pub mod timer;
 pub mod upstream;
 pub mod usage;
 

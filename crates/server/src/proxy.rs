@@ -476,7 +476,7 @@ pub async fn send(
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    match tokio::time::timeout(first_byte, upstream.request(req)).await {
+    match crate::timer::timeout(first_byte, upstream.request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream request failed");

@@ -31,14 +31,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -279,8 +281,10 @@ async fn worker(
             crate::alloc::release_thread_cache();
         }
     });
+    // Deadlines armed on this thread (header read, first byte) tick here.
+    tokio::spawn(crate::timer::run_ticker());
     let builders = Arc::new(Builders::new(&state));
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     let connection_stop = stop.clone();
     // A dropped sender (the control task is gone) also means stop.
     let stopped = async move {
@@ -321,16 +325,17 @@ async fn worker(
         };
         let state = state.clone();
         let builders = builders.clone();
-        let watcher = graceful.watcher();
+        let drain = Live::new(&drain);
         let stop = connection_stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, state, &builders, watcher, stop).await;
+            serve_connection(stream, peer, state, &builders, drain, stop).await;
             drop(open);
         });
     }
 
     drop(listener);
-    if tokio::time::timeout(state.config.server.shutdown_grace, graceful.shutdown())
+    drain.stop();
+    if tokio::time::timeout(state.config.server.shutdown_grace, drain.finished())
         .await
         .is_err()
     {
@@ -383,6 +388,137 @@ fn hand_over(
     }
 }
 
+/// One worker's open connections, told to finish at shutdown and counted
+/// until they have. Does what hyper-util's `GracefulShutdown` does, minus
+/// its cost on the hot path: there every wake-up of every connection also
+/// polled a watch channel; here a connection hands its task's waker over
+/// once and each poll reads one flag.
+#[derive(Default)]
+struct Drain {
+    stopping: AtomicBool,
+    /// The live connections' task wakers, by slot (`None`: a free slot).
+    wakers: Mutex<Vec<Option<Waker>>>,
+    live: AtomicUsize,
+    all_done: tokio::sync::Notify,
+}
+
+impl Drain {
+    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<Option<Waker>>> {
+        // Slots are set and cleared whole; a poisoned list is still valid.
+        self.wakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, waker: Waker) -> usize {
+        let mut wakers = self.wakers();
+        match wakers.iter().position(Option::is_none) {
+            Some(i) => {
+                wakers[i] = Some(waker);
+                i
+            }
+            None => {
+                wakers.push(Some(waker));
+                wakers.len() - 1
+            }
+        }
+    }
+
+    fn deregister(&self, slot: usize) {
+        if let Some(w) = self.wakers().get_mut(slot) {
+            *w = None;
+        }
+    }
+
+    /// Tells every connection, now and later, to finish its current
+    /// exchange and close.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for waker in self.wakers().iter().flatten() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Resolves once no connection is left.
+    async fn finished(&self) {
+        loop {
+            let notified = self.all_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one connection of a [`Drain`] from its accept until dropped
+/// (protocol detection included, so shutdown waits for it too).
+struct Live(Arc<Drain>);
+
+impl Live {
+    fn new(drain: &Arc<Drain>) -> Self {
+        drain.live.fetch_add(1, Ordering::AcqRel);
+        Self(drain.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_done.notify_waiters();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection that finishes gracefully once its [`Drain`] stops.
+    struct Drained<C> {
+        #[pin]
+        conn: C,
+        live: Live,
+        slot: Option<usize>,
+        told: bool,
+    }
+    impl<C> PinnedDrop for Drained<C> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(slot) = this.slot.take() {
+                this.live.0.deregister(slot);
+            }
+        }
+    }
+}
+
+impl<C> Drained<C> {
+    fn new(conn: C, live: Live) -> Self {
+        Self {
+            conn,
+            live,
+            slot: None,
+            told: false,
+        }
+    }
+}
+
+impl<C: GracefulConnection> Future for Drained<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        let drain = &this.live.0;
+        if this.slot.is_none() {
+            // A task's waker stays the same for its life: registered once,
+            // before the flag is read (so a stop in between still wakes it).
+            *this.slot = Some(drain.register(cx.waker().clone()));
+        }
+        if !*this.told && drain.stopping.load(Ordering::Acquire) {
+            *this.told = true;
+            this.conn.as_mut().graceful_shutdown();
+        }
+        this.conn.poll(cx)
+    }
+}
+
 /// The HTTP/1.1 and h2c connection settings, from the config.
 struct Builders {
     http1: http1::Builder,
@@ -396,7 +532,7 @@ impl Builders {
         let server = &state.config.server;
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
+            .timer(crate::timer::CoarseTimer)
             .header_read_timeout(server.read_timeout)
             .max_buf_size(server.max_header_bytes.max(MIN_HEADER_BUF))
             .keep_alive(true);
@@ -422,7 +558,7 @@ async fn serve_connection(
     peer: SocketAddr,
     state: Arc<AppState>,
     builders: &Builders,
-    watcher: Watcher,
+    drain: Live,
     mut stop: watch::Receiver<bool>,
 ) {
     // Which protocol, by peeking at the first bytes (nothing is consumed:
@@ -450,13 +586,9 @@ async fn serve_connection(
     let service = service_fn(move |req| Box::pin(handle(state.clone(), peer, req)));
     let io = TokioIo::new(stream);
     let result = if h2 {
-        watcher
-            .watch(builders.http2.serve_connection(io, service))
-            .await
+        Drained::new(builders.http2.serve_connection(io, service), drain).await
     } else {
-        watcher
-            .watch(builders.http1.serve_connection(io, service))
-            .await
+        Drained::new(builders.http1.serve_connection(io, service), drain).await
     };
     if let Err(e) = result {
         tracing::trace!(error = %e, "connection ended with an error");

@@ -55,6 +55,57 @@ async fn h2c_with_prior_knowledge_and_http1_share_the_port() {
     env.relay.stop().await;
 }
 
+/// Reads until the relay closes `tcp`; how long that took (None: not
+/// within 10 s).
+async fn time_until_closed(tcp: &mut tokio::net::TcpStream) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_head_and_an_idle_keep_alive_are_cut_after_the_read_timeout() {
+    let env = Env::start_with(
+        |c| c.server.read_timeout = Duration::from_secs(1),
+        relayapi::usage::UsageStore::memory(),
+    )
+    .await;
+    // Slowloris: a head that never ends.
+    let mut slow = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: relay\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let took = time_until_closed(&mut slow).await;
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(900) && t < Duration::from_secs(5)),
+        "{took:?}"
+    );
+    // A kept-alive connection that goes quiet after its answer.
+    let mut idle = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let took = time_until_closed(&mut idle).await;
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(800) && t < Duration::from_secs(5)),
+        "{took:?}"
+    );
+    env.relay.stop().await;
+}
+
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_read_timeout() {
     let env = Env::start_with(
@@ -127,4 +178,42 @@ async fn many_keep_alive_connections_at_once_all_get_answers() {
         300
     );
     env.relay.stop().await;
+}
+
+#[tokio::test]
+async fn stop_closes_idle_keep_alive_connections_at_once() {
+    let env = Env::start_with(
+        |c| c.server.shutdown_grace = Duration::from_secs(20),
+        relayapi::usage::UsageStore::memory(),
+    )
+    .await;
+    // Connections that answered one request each and now sit idle, on
+    // every worker, plus one that never sent anything.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(env.relay.addr)
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        idle.push(tcp);
+    }
+    let mut silent = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    env.relay.stop().await;
+    // Not the 20 s grace period: nothing was in flight.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    for tcp in idle.iter_mut().chain(std::iter::once(&mut silent)) {
+        assert!(time_until_closed(tcp).await.is_some());
+    }
 }
