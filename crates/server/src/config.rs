@@ -347,6 +347,9 @@ pub struct WebLogSettings {
     pub callback_url: String,
     /// When set, batches carry `X-RelayAPI-Signature: sha256=<HMAC-SHA256(secret, body)>`.
     pub secret: Option<relayapi_token::SecretString>,
+    /// PEM CA certificates trusted for an `https` receiver, in addition to
+    /// the built-in roots (a receiver behind a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -548,6 +551,13 @@ impl Config {
                 "log.web.callback_url: {:?} is not an http(s) URL; set the receiver's URL or disable log.web",
                 log.web.callback_url
             ));
+        }
+        if let Some(path) = log.web.ca_file.as_ref().filter(|_| log.web.enabled) {
+            if let Err(e) = crate::proxy::extra_roots(path) {
+                problems.push(format!(
+                    "log.web.ca_file: {e}; point it at a PEM file of CA certificates, or remove it to trust only the built-in roots"
+                ));
+            }
         }
         if log.max_body_bytes == 0 || log.queue_capacity == 0 || log.batch_max_records == 0 {
             problems.push(
@@ -922,6 +932,29 @@ mod tests {
             );
             assert!(!msg.contains("PRIVATE KEY"), "never echoes the file: {msg}");
         }
+    }
+
+    #[test]
+    fn log_web_ca_file_is_checked_when_the_webhook_is_on() {
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/server.key");
+        let web = |enabled: bool, path: &str| {
+            format!(
+                r#"{{"log": {{"web": {{"enabled": {enabled}, "callback_url": "https://localhost/hook", "ca_file": {path:?}}}}}}}"#
+            )
+        };
+        let msg = load_str("c.json", &web(true, key), &vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("log.web.ca_file") && msg.contains("holds no CERTIFICATE block"),
+            "{msg}"
+        );
+        assert!(!msg.contains("PRIVATE KEY"), "never echoes the file: {msg}");
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/ca.pem");
+        let c = load_str("c.json", &web(true, ca), &vec![]).unwrap();
+        assert_eq!(c.log.web.ca_file.as_deref(), Some(Path::new(ca)));
+        // Off: not read at all.
+        assert!(load_str("c.json", &web(false, "/nonexistent"), &vec![]).is_ok());
     }
 
     #[test]

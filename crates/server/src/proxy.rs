@@ -49,7 +49,7 @@ pub fn https_connector(settings: &UpstreamSettings) -> hyper_rustls::HttpsConnec
         match extra_roots(path) {
             Ok(extra) => roots.roots.extend(extra.roots),
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "upstream.ca_file not loaded")
+                tracing::error!(file = %path.display(), error = %e, "ca_file not loaded; only the built-in roots are trusted")
             }
         }
     }

@@ -39,6 +39,7 @@ struct Seen {
 
 struct Receiver {
     addr: SocketAddr,
+    tls: bool,
     /// Status the receiver answers with.
     status: Arc<AtomicU16>,
     seen: Arc<Seen>,
@@ -46,6 +47,36 @@ struct Receiver {
 
 impl Receiver {
     async fn start(secret: Option<&str>) -> Receiver {
+        Self::start_with(secret, None).await
+    }
+
+    /// On TLS with the test certificate for `localhost` (`testdata/tls`).
+    async fn start_tls() -> Receiver {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/");
+        let certs: Vec<_> = CertificateDer::pem_file_iter(format!("{dir}server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}server.key")).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::start_with(
+            None,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_with(secret: Option<&str>, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
+        let on_tls = tls.is_some();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));
@@ -58,6 +89,7 @@ impl Receiver {
                     return;
                 };
                 let (st, sn, secret) = (st.clone(), sn.clone(), secret.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (st, sn, secret) = (st.clone(), sn.clone(), secret.clone());
@@ -104,17 +136,35 @@ impl Receiver {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        // A client that does not trust the certificate
+                        // ends the handshake: no request, not counted.
+                        Some(tls) => {
+                            if let Ok(s) = tls.accept(tcp).await {
+                                let _ = http1.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http1.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                    }
                 });
             }
         });
-        Receiver { addr, status, seen }
+        Receiver {
+            addr,
+            tls: on_tls,
+            status,
+            seen,
+        }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        match self.tls {
+            true => format!("https://localhost:{}/hook", self.addr.port()),
+            false => format!("http://{}/hook", self.addr),
+        }
     }
 
     fn unique(&self) -> usize {
@@ -238,6 +288,43 @@ async fn webhook_signature_verifies_and_batches_flush_by_count() {
     assert_eq!(rx.seen.bad_headers.load(Ordering::SeqCst), 0);
     assert_eq!(report.sinks[0].delivered, 25);
     assert_eq!(report.undelivered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_behind_a_private_ca_needs_log_web_ca_file() {
+    let rx = Receiver::start_tls().await;
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/ca.pem");
+    let settings = |ca_file: Option<&str>| -> relayapi::config::LogSettings {
+        serde_json::from_value(serde_json::json!({
+            "console": false,
+            "web": {"enabled": true, "callback_url": rx.url(), "ca_file": ca_file},
+            "batch_max_delay": 1,
+        }))
+        .unwrap()
+    };
+    // Only the built-in roots: the handshake fails, nothing arrives.
+    let logger = relayapi::logs::Logger::start(&settings(None)).unwrap();
+    logger.pipeline.push(record("untrusted", 0));
+    let report = logger
+        .pipeline
+        .clone()
+        .shutdown(Duration::from_secs(2))
+        .await;
+    assert_eq!(rx.total(), 0);
+    assert_eq!(report.sinks[0].delivered, 0);
+    // Trusting the test CA: every record arrives, over TLS.
+    let logger = relayapi::logs::Logger::start(&settings(Some(ca))).unwrap();
+    for i in 0..3 {
+        logger.pipeline.push(record("trusted", i));
+    }
+    let report = logger
+        .pipeline
+        .clone()
+        .shutdown(Duration::from_secs(5))
+        .await;
+    assert_eq!(report.sinks[0].delivered, 3);
+    assert_eq!(rx.unique(), 3);
+    assert_eq!(rx.total(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

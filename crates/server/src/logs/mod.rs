@@ -47,7 +47,10 @@ impl Logger {
             sinks.push(Arc::new(sinks::console::ConsoleSink::stderr(format)));
         }
         if settings.web.enabled {
-            let client = crate::proxy::build_client(&crate::config::UpstreamSettings::default());
+            let client = crate::proxy::build_client(&crate::config::UpstreamSettings {
+                ca_file: settings.web.ca_file.clone(),
+                ..Default::default()
+            });
             match sinks::webhook::WebhookSink::new(
                 settings.web.callback_url.clone(),
                 settings.web.secret.clone(),
