@@ -149,13 +149,15 @@ pub fn upstream_headers(
     provider: &Provider,
     api_key: &str,
 ) -> Result<HeaderMap, ApiError> {
+    // The provider's own Host replaces the client's below (no removal needed).
+    let host_replaced = provider.host.is_some();
     filter_headers(&mut headers, |name| {
         is_hop_by_hop(name)
             || CREDENTIAL_HEADERS.contains(&name)
+            || (name == "host" && !host_replaced)
             || matches!(
                 name,
-                "host"
-                    | "cookie"
+                "cookie"
                     | "origin"
                     | "referer"
                     | "forwarded"
@@ -303,12 +305,15 @@ pin_project_lite::pin_project! {
     /// ready at once, like most non-streaming answers, never touches the
     /// timer wheel) and is not moved on every frame: when it fires early
     /// because frames arrived meanwhile, it is re-armed for `idle` after the
-    /// last one. The cut therefore happens exactly `idle` after the last frame.
+    /// last one. The cut therefore happens exactly `idle` after the last frame
+    /// (before the first frame: after the relay first waited for one, so a
+    /// body read at once never even reads the clock).
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-        last_frame: tokio::time::Instant,
+        // The last frame's arrival, or when the wait for the first began.
+        last_frame: Option<tokio::time::Instant>,
         idle: Duration,
     }
 }
@@ -318,7 +323,7 @@ impl<B> IdleTimeout<B> {
         Self {
             inner,
             sleep: None,
-            last_frame: tokio::time::Instant::now(),
+            last_frame: None,
             idle,
         }
     }
@@ -343,13 +348,18 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.last_frame = tokio::time::Instant::now();
+                if this.last_frame.is_some() {
+                    *this.last_frame = Some(tokio::time::Instant::now());
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let deadline = *this.last_frame + *this.idle;
+                let last = *this
+                    .last_frame
+                    .get_or_insert_with(tokio::time::Instant::now);
+                let deadline = last + *this.idle;
                 let sleep = this
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -358,7 +368,7 @@ where
                         return Poll::Pending;
                     }
                     // Fired. Frames since it was armed moved the deadline.
-                    let deadline = *this.last_frame + *this.idle;
+                    let deadline = this.last_frame.unwrap_or(last) + *this.idle;
                     if tokio::time::Instant::now() >= deadline {
                         return Poll::Ready(Some(Err(Box::new(IdleElapsed))));
                     }
@@ -492,6 +502,61 @@ mod tests {
     use super::*;
     use crate::providers::Registry;
 
+    /// A body giving one frame after each of `gaps`, then ending.
+    fn paced(gaps: &[u64]) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let gaps: Vec<u64> = gaps.to_vec();
+        let frames = futures_util::stream::unfold(gaps.into_iter(), |mut gaps| async move {
+            let gap = gaps.next()?;
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+            Some((Ok(Frame::data(Bytes::from_static(b"x"))), gaps))
+        });
+        http_body_util::StreamBody::new(frames)
+    }
+
+    /// Frames until the end or the first error; the error's time since start.
+    async fn drain(body: impl Body<Data = Bytes, Error = BoxError>) -> (usize, Option<Duration>) {
+        let started = std::time::Instant::now();
+        let mut body = std::pin::pin!(body);
+        let mut frames = 0;
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            match frame {
+                Ok(_) => frames += 1,
+                Err(e) => {
+                    assert!(e.is::<IdleElapsed>(), "{e}");
+                    return (frames, Some(started.elapsed()));
+                }
+            }
+        }
+        (frames, None)
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_cuts_only_silence_longer_than_idle() {
+        let idle = Duration::from_millis(150);
+        // Ready at once, and steady frames closer than `idle`: never cut.
+        assert_eq!(
+            drain(IdleTimeout::new(paced(&[0, 0, 0]), idle)).await,
+            (3, None)
+        );
+        assert_eq!(
+            drain(IdleTimeout::new(paced(&[60, 60, 60, 60, 60]), idle)).await,
+            (5, None)
+        );
+        // Silent from the start: cut after `idle`.
+        let (frames, cut) = drain(IdleTimeout::new(paced(&[1000]), idle)).await;
+        assert_eq!(frames, 0);
+        let cut = cut.unwrap();
+        assert!(cut >= idle && cut < idle * 4, "{cut:?}");
+        // Two frames, then silence: cut `idle` after the last one.
+        let (frames, cut) = drain(IdleTimeout::new(paced(&[100, 100, 1000]), idle)).await;
+        assert_eq!(frames, 2);
+        let cut = cut.unwrap();
+        assert!(
+            cut >= Duration::from_millis(200) + idle && cut < Duration::from_millis(700),
+            "{cut:?}"
+        );
+    }
+
     fn claims(json: &str) -> Claims {
         let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
         let m = v.as_object_mut().unwrap();
@@ -518,10 +583,15 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("anthropic-version", "2024-01-01"),
             ("openai-beta", "assistants=v2"),
+            ("host", "relay.example.com"),
         ] {
             h.insert(HeaderName::from_static(k), v.parse().unwrap());
         }
+        h.append(header::HOST, "second.example.com".parse().unwrap());
         let out = upstream_headers(h.clone(), reg.get("anthropic").unwrap(), "sk-real").unwrap();
+        // The provider's Host, once, whatever the client sent.
+        let hosts: Vec<_> = out.get_all(header::HOST).iter().collect();
+        assert_eq!(hosts, ["api.anthropic.com"]);
         assert_eq!(out.get("x-api-key").unwrap(), "sk-real");
         assert!(out.get("authorization").is_none());
         assert!(out.get("cookie").is_none() && out.get("x-secret-hop").is_none());
