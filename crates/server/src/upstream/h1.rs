@@ -28,7 +28,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -48,6 +47,10 @@ const MAX_BUFFER: usize = 64 * 1024;
 /// A first body frame up to this size is copied behind the request head so
 /// that both leave in one write.
 const COALESCE_LIMIT: usize = 16 * 1024;
+/// A first body frame up to this size goes out with the head, unwatched
+/// (the socket buffers take it at once); a larger one is written like the
+/// rest of the body, watching for an early answer.
+const FIRST_WITH_HEAD: usize = 64 * 1024;
 
 /// What can go wrong talking HTTP/1.1 to a provider. None of these carry
 /// header values or body bytes: they end up in debug logs.
@@ -425,6 +428,8 @@ pub struct Outgoing {
     /// The rest of the body, `None` when it has all been taken.
     rest: Option<RelayBody>,
     framing: RequestFraming,
+    /// The body ended with `first`: its end (the last chunk) follows it.
+    end_after_first: bool,
 }
 
 impl Outgoing {
@@ -448,10 +453,14 @@ impl Outgoing {
                 out.first = Some(data);
             }
         }
-        if ended {
+        if !ended {
+            out.rest = Some(body);
+        } else if out.first.is_none() {
             out.end_into_head()?;
         } else {
-            out.rest = Some(body);
+            // The end goes on the wire after `first`, never before it.
+            out.end_bytes()?;
+            out.end_after_first = true;
         }
         Ok(out)
     }
@@ -525,6 +534,7 @@ impl Outgoing {
             first: None,
             rest: None,
             framing,
+            end_after_first: false,
         })
     }
 
@@ -551,20 +561,24 @@ impl Outgoing {
     /// The body ended: a declared length must be used up; chunked ends with
     /// the last chunk.
     fn end_into_head(&mut self) -> Result<(), H1Error> {
+        let end = self.end_bytes()?;
+        self.head.extend_from_slice(end);
+        Ok(())
+    }
+
+    /// What ends the body on the wire, once all of it was counted.
+    fn end_bytes(&self) -> Result<&'static [u8], H1Error> {
         match self.framing {
-            RequestFraming::Length(0) => Ok(()),
+            RequestFraming::Length(0) => Ok(b""),
             RequestFraming::Length(_) => Err(H1Error::BodyLength),
-            RequestFraming::Chunked => {
-                self.head.extend_from_slice(b"0\r\n\r\n");
-                Ok(())
-            }
+            RequestFraming::Chunked => Ok(b"0\r\n\r\n"),
         }
     }
 
     /// Writes the head (and the first frame). Safe to call again on another
     /// connection when it fails.
     pub async fn write_start(&self, conn: &mut Connection) -> io::Result<()> {
-        match &self.first {
+        match self.first.as_ref().filter(|d| d.len() <= FIRST_WITH_HEAD) {
             None => conn.io.write_all(&self.head).await,
             Some(data) => {
                 let prefix = match self.framing {
@@ -575,24 +589,35 @@ impl Outgoing {
                     RequestFraming::Chunked => b"\r\n",
                     RequestFraming::Length(_) => b"",
                 };
-                write_all_vectored(&mut conn.io, &[&self.head, prefix.as_bytes(), data, suffix])
-                    .await
+                let end: &[u8] = match self.end_after_first {
+                    true => self.end_bytes().map_err(io::Error::other)?,
+                    false => b"",
+                };
+                write_all_vectored(
+                    &mut conn.io,
+                    &[&self.head, prefix.as_bytes(), data, suffix, end],
+                )
+                .await
             }
         }
     }
 
     /// Streams the rest of the body, then reads the response head. A
-    /// provider that answers before it has read the whole body, and stops
-    /// reading, still gets its answer relayed: after a failed write the
-    /// head is looked for in what it sent.
+    /// provider may answer before it has read the whole body (a 413, a 429
+    /// at its edge) and stop reading: while the body is sent, what the
+    /// provider sends is read too, and a complete response head ends the
+    /// upload — the answer is relayed at once and the connection is not
+    /// reused. After a failed write the head is looked for in what it sent.
     pub async fn finish(
         mut self,
         mut conn: Connection,
         hand_back: Checkin,
     ) -> Result<(http::response::Parts, ResponseBody), H1Error> {
-        if let Some(mut body) = self.rest.take() {
-            match self.write_rest(&mut conn, &mut body).await {
-                Ok(()) => {}
+        let late_first = self.first.take().filter(|d| d.len() > FIRST_WITH_HEAD);
+        if late_first.is_some() || self.rest.is_some() {
+            match self.write_rest(&mut conn, late_first).await {
+                Ok(None) => {}
+                Ok(Some(early)) => return Ok(ResponseBody::start(conn, early, false, hand_back)),
                 Err(H1Error::Io(e)) => {
                     let Ok(head) = conn.read_head(&self.method).await else {
                         return Err(H1Error::Io(e));
@@ -606,44 +631,173 @@ impl Outgoing {
         Ok(ResponseBody::start(conn, head, true, hand_back))
     }
 
+    /// Sends `first` (already counted) and the rest of the body; `Some`
+    /// when a response head arrived before the body was all sent.
     async fn write_rest(
         &mut self,
         conn: &mut Connection,
-        body: &mut RelayBody,
-    ) -> Result<(), H1Error> {
-        while let Some(data) = next_data(body).await? {
-            self.count(data.len())?;
-            match self.framing {
-                RequestFraming::Length(_) => conn.io.write_all(&data).await?,
-                RequestFraming::Chunked => {
-                    let prefix = format!("{:X}\r\n", data.len());
-                    write_all_vectored(&mut conn.io, &[prefix.as_bytes(), &data, b"\r\n"]).await?
+        first: Option<Bytes>,
+    ) -> Result<Option<Head>, H1Error> {
+        let mut watch = EarlyAnswer {
+            method: self.method.clone(),
+            provider_closed: false,
+        };
+        let mut data = first;
+        let mut body = self.rest.take();
+        loop {
+            if let Some(data) = data.take() {
+                let prefix = match self.framing {
+                    RequestFraming::Chunked => format!("{:X}\r\n", data.len()),
+                    RequestFraming::Length(_) => String::new(),
+                };
+                let suffix: &[u8] = match self.framing {
+                    RequestFraming::Chunked => b"\r\n",
+                    RequestFraming::Length(_) => b"",
+                };
+                let parts = [prefix.as_bytes(), &data, suffix];
+                if let Some(early) = watch.write(conn, &parts).await? {
+                    return Ok(Some(early));
                 }
             }
+            let Some(b) = body.as_mut() else { break };
+            match watch.next_data(conn, b).await? {
+                Watched::Early(head) => return Ok(Some(head)),
+                Watched::Done(Some(next)) => {
+                    self.count(next.len())?;
+                    data = Some(next);
+                }
+                Watched::Done(None) => break,
+            }
         }
-        match self.framing {
-            RequestFraming::Length(0) => {}
-            RequestFraming::Length(_) => return Err(H1Error::BodyLength),
-            RequestFraming::Chunked => conn.io.write_all(b"0\r\n\r\n").await?,
+        // Here the end has not been sent: `first` was sent late, or a rest
+        // followed it.
+        let end = self.end_bytes()?;
+        watch.write(conn, &[end]).await
+    }
+}
+
+/// What a watched step ended with.
+enum Watched<T> {
+    Done(T),
+    /// The provider answered first.
+    Early(Head),
+}
+
+/// Reads what the provider sends while the request body is still going
+/// out, for an answer that comes before the upload ends.
+struct EarlyAnswer {
+    method: Method,
+    /// The provider closed its side; the next write will tell how.
+    provider_closed: bool,
+}
+
+impl EarlyAnswer {
+    /// Ready with a complete (final) response head, or a read error.
+    /// Pending otherwise, with the read side's waker registered (none once
+    /// the provider closed: the write or the body read in progress then
+    /// drives the task).
+    fn poll_head(
+        &mut self,
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Head, H1Error>> {
+        loop {
+            let filled = conn.inbox.filled();
+            if !filled.is_empty() {
+                match parse_head(filled, &self.method) {
+                    Ok(Some((len, head))) => {
+                        conn.inbox.consume(len);
+                        match head {
+                            Some(head) => return Poll::Ready(Ok(head)),
+                            None => continue, // 1xx
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.provider_closed {
+                return Poll::Pending;
+            }
+            match conn.inbox.poll_fill(&mut conn.io, cx) {
+                Poll::Ready(Ok(0)) => self.provider_closed = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        Ok(())
+    }
+
+    /// Writes `parts` whole, unless a response head arrives first.
+    async fn write(
+        &mut self,
+        conn: &mut Connection,
+        parts: &[&[u8]],
+    ) -> Result<Option<Head>, H1Error> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.poll_head(conn, cx) {
+                    return Poll::Ready(r.map(Watched::Early));
+                }
+                Pin::new(&mut conn.io)
+                    .poll_write_vectored(cx, slices)
+                    .map(|r| r.map(Watched::Done).map_err(H1Error::Io))
+            })
+            .await?;
+            match step {
+                Watched::Early(head) => return Ok(Some(head)),
+                Watched::Done(0) => return Err(H1Error::Io(io::ErrorKind::WriteZero.into())),
+                Watched::Done(n) => IoSlice::advance_slices(&mut slices, n),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The body's next data frame, unless a response head arrives first.
+    async fn next_data(
+        &mut self,
+        conn: &mut Connection,
+        body: &mut RelayBody,
+    ) -> Result<Watched<Option<Bytes>>, H1Error> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.poll_head(conn, cx) {
+                return Poll::Ready(r.map(Watched::Early));
+            }
+            poll_next_data(body, cx).map(|r| r.map(Watched::Done))
+        })
+        .await
     }
 }
 
 /// The next non-empty data frame (trailers of a request are not forwarded).
 async fn next_data(body: &mut RelayBody) -> Result<Option<Bytes>, H1Error> {
-    while let Some(frame) = body.frame().await {
+    std::future::poll_fn(|cx| poll_next_data(body, cx)).await
+}
+
+fn poll_next_data(
+    body: &mut RelayBody,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Bytes>, H1Error>> {
+    loop {
+        let Some(frame) = ready!(Pin::new(&mut *body).poll_frame(cx)) else {
+            return Poll::Ready(Ok(None));
+        };
         let frame = frame.map_err(H1Error::RequestBody)?;
         if let Ok(data) = frame.into_data() {
             if !data.is_empty() {
-                return Ok(Some(data));
+                return Poll::Ready(Ok(Some(data)));
             }
         }
         if body.is_end_stream() {
-            break;
+            return Poll::Ready(Ok(None));
         }
     }
-    Ok(None)
 }
 
 async fn write_all_vectored(io: &mut Io, parts: &[&[u8]]) -> io::Result<()> {
@@ -914,6 +1068,8 @@ mod tests {
     use super::super::Upstream;
     use super::*;
     use crate::config::UpstreamSettings;
+
+    use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::io::AsyncReadExt;
@@ -928,6 +1084,9 @@ mod tests {
         /// Answers after the request head only, then closes without
         /// reading the body.
         EarlyAndClose(&'static [u8]),
+        /// Answers after the request head only and keeps the connection
+        /// open without reading another byte.
+        EarlyAndStall(&'static [u8]),
     }
 
     struct Provider {
@@ -1006,7 +1165,8 @@ mod tests {
                     let mut buf = Vec::new();
                     for i in 0.. {
                         let reply = replies[i.min(replies.len() - 1)].clone();
-                        let head_only = matches!(reply, Reply::EarlyAndClose(_));
+                        let head_only =
+                            matches!(reply, Reply::EarlyAndClose(_) | Reply::EarlyAndStall(_));
                         let Some(req) = read_request(&mut s, &mut buf, head_only).await else {
                             return;
                         };
@@ -1020,6 +1180,11 @@ mod tests {
                                     }
                                     s.write_all(p).await.unwrap();
                                 }
+                            }
+                            Reply::EarlyAndStall(bytes) => {
+                                s.write_all(bytes).await.unwrap();
+                                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                                return;
                             }
                             Reply::SendAndClose(bytes) | Reply::EarlyAndClose(bytes) => {
                                 let _ = s.write_all(bytes).await;
@@ -1429,6 +1594,92 @@ mod tests {
             .unwrap();
         assert_eq!(status, 413);
         assert_eq!(body.unwrap(), b"big");
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_ends_the_upload_even_when_the_provider_keeps_the_connection() {
+        const EARLY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\n\r\nslow";
+        let p = provider(vec![Reply::EarlyAndStall(EARLY)]).await;
+        let up = upstream();
+        let within = |f| tokio::time::timeout(std::time::Duration::from_secs(5), f);
+        // A provider that stopped reading: 8 MB can never be written.
+        let frames =
+            (0..128).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let (status, _, body) = within(call(&up, request(&p, Method::POST, "/big", body)))
+            .await
+            .expect("answered while the upload was blocked")
+            .unwrap();
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::TOO_MANY_REQUESTS, b"slow".to_vec())
+        );
+        // A client still uploading (its body never ends): answered anyway.
+        let first = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(
+            Bytes::from_static(b"{\"partial\":"),
+        ))]);
+        let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(
+            first,
+            futures_util::stream::pending(),
+        ));
+        let (status, _, body) = within(call(&up, request(&p, Method::POST, "/slow", body.boxed())))
+            .await
+            .expect("answered while the client was still uploading")
+            .unwrap();
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::TOO_MANY_REQUESTS, b"slow".to_vec())
+        );
+        // Neither connection is reused: the provider never read those bodies.
+        call(&up, get(&p)).await.unwrap().2.unwrap();
+        assert_eq!(p.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// A body of unknown size that is over after its one frame.
+    struct OneFrame(Option<Bytes>);
+
+    impl Body for OneFrame {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.take().map(|d| Ok(Frame::data(d))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_that_ends_with_its_first_frame_ends_after_it() {
+        let p = provider(vec![ok()]).await;
+        let up = upstream();
+        // Small (copied into the head), medium (written with the head) and
+        // large (written after it).
+        for size in [100usize, 20_000, 100_000] {
+            let body = OneFrame(Some(Bytes::from(vec![b'y'; size]))).boxed();
+            call(&up, request(&p, Method::POST, "/one", body))
+                .await
+                .unwrap()
+                .2
+                .unwrap();
+        }
+        let seen = p.requests.lock().unwrap().clone();
+        for (req, size) in seen.iter().zip([100usize, 20_000, 100_000]) {
+            let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&req[..head_end]);
+            assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+            let mut expected = format!("{size:X}\r\n").into_bytes();
+            expected.extend(std::iter::repeat_n(b'y', size));
+            expected.extend_from_slice(b"\r\n0\r\n\r\n");
+            assert!(
+                req[head_end..] == expected[..],
+                "size {size}: wrong body framing"
+            );
+        }
+        assert_eq!(p.accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
