@@ -53,16 +53,12 @@ pub fn https_connector(settings: &UpstreamSettings) -> hyper_rustls::HttpsConnec
             }
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map(|b| {
-        b.with_root_certificates(roots.clone())
-            .with_no_client_auth()
-    });
-    let tls = match tls {
-        Ok(t) => t,
+    .with_safe_default_protocol_versions();
+    let tls = match builder {
+        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
         // The ring provider always supports the safe defaults; keep a sane
         // fallback instead of a panic anyway.
         Err(_) => rustls::ClientConfig::builder()
