@@ -302,6 +302,7 @@ fn parse_head(bytes: &[u8], method: &Method) -> Result<Option<(usize, Option<Hea
     // Room for what the relay adds before answering (request id, CORS,
     // remaining calls): growing a HeaderMap rehashes it.
     let mut map = HeaderMap::with_capacity(resp.headers.len() + ADDED_RESPONSE_HEADERS);
+    let mut framing_headers = 0u8;
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Invalid("header name"))?;
@@ -315,10 +316,23 @@ fn parse_head(bytes: &[u8], method: &Method) -> Result<Option<(usize, Option<Hea
             _ => HeaderValue::from_bytes(h.value),
         }
         .map_err(|_| H1Error::Invalid("header value"))?;
+        // Noted on the way, so the usual answer (a length, no
+        // `Transfer-Encoding`, no `Connection`) needs no lookups below.
+        framing_headers |= if name == header::CONTENT_LENGTH {
+            HAS_LENGTH
+        } else if name == header::TRANSFER_ENCODING {
+            HAS_TRANSFER_ENCODING
+        } else if name == header::CONNECTION {
+            HAS_CONNECTION
+        } else {
+            0
+        };
         map.append(name, value);
     }
-    let (framing, framing_reusable) = response_framing(method, status, &map)?;
-    let keep_alive = framing_reusable && wants_keep_alive(version, &map);
+    let (framing, framing_reusable) = response_framing(method, status, &map, framing_headers)?;
+    let keep_alive = framing_reusable
+        && ((framing_headers & HAS_CONNECTION == 0 && version == Version::HTTP_11)
+            || wants_keep_alive(version, &map));
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -336,10 +350,16 @@ fn parse_head(bytes: &[u8], method: &Method) -> Result<Option<(usize, Option<Hea
 
 /// How the response body is delimited (RFC 9112 §6.3), and whether the
 /// framing allows reusing the connection afterwards.
+const HAS_LENGTH: u8 = 1;
+const HAS_TRANSFER_ENCODING: u8 = 2;
+const HAS_CONNECTION: u8 = 4;
+
+/// `present`: which of the framing headers the head has (`HAS_*` bits).
 fn response_framing(
     method: &Method,
     status: StatusCode,
     headers: &HeaderMap,
+    present: u8,
 ) -> Result<(Framing, bool), H1Error> {
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -347,8 +367,8 @@ fn response_framing(
     {
         return Ok((Framing::Done, true));
     }
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    let has_length = present & HAS_LENGTH != 0;
+    if present & HAS_TRANSFER_ENCODING != 0 {
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -386,10 +406,15 @@ fn response_framing(
 
 /// Digits only: `+1`, `-1`, ` 1` and the empty string are refused.
 fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 fn has_token(headers: &HeaderMap, token: &str) -> bool {
@@ -1633,6 +1658,30 @@ mod tests {
         // Neither connection is reused: the provider never read those bodies.
         call(&up, get(&p)).await.unwrap().2.unwrap();
         assert_eq!(p.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn content_lengths_are_plain_digits_that_fit() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"007"), Some(7));
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1e3",
+            b"0x10",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     /// A body of unknown size that is over after its one frame.
