@@ -229,29 +229,34 @@ impl Connection {
         self.inbox.is_empty() && self.inbox.poll_fill(&mut self.io, &mut cx).is_pending()
     }
 
-    async fn fill(&mut self) -> Result<usize, H1Error> {
-        std::future::poll_fn(|cx| self.inbox.poll_fill(&mut self.io, cx)).await
-    }
-
     /// Reads the response head (skipping interim 1xx answers).
     async fn read_head(&mut self, method: &Method) -> Result<Head, H1Error> {
+        std::future::poll_fn(|cx| self.poll_head(method, cx))
+            .await?
+            .ok_or(H1Error::Incomplete)
+    }
+
+    /// [`Connection::read_head`] as a poll: `Ok(None)` when the provider
+    /// closed before a whole head arrived.
+    fn poll_head(
+        &mut self,
+        method: &Method,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Head>, H1Error>> {
         loop {
             let filled = self.inbox.filled();
             // Nothing read yet (the usual first pass): nothing to parse.
-            let parsed = if filled.is_empty() {
-                None
-            } else {
-                parse_head(filled, method)?
-            };
-            if let Some((len, head)) = parsed {
-                self.inbox.consume(len);
-                match head {
-                    Some(head) => return Ok(head),
-                    None => continue, // 1xx: the real answer follows
+            if !filled.is_empty() {
+                if let Some((len, head)) = parse_head(filled, method)? {
+                    self.inbox.consume(len);
+                    match head {
+                        Some(head) => return Poll::Ready(Ok(Some(head))),
+                        None => continue, // 1xx: the real answer follows
+                    }
                 }
             }
-            if self.fill().await? == 0 {
-                return Err(H1Error::Incomplete);
+            if ready!(self.inbox.poll_fill(&mut self.io, cx))? == 0 {
+                return Poll::Ready(Ok(None));
             }
         }
     }
@@ -726,30 +731,16 @@ impl EarlyAnswer {
         conn: &mut Connection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Head, H1Error>> {
-        loop {
-            let filled = conn.inbox.filled();
-            if !filled.is_empty() {
-                match parse_head(filled, &self.method) {
-                    Ok(Some((len, head))) => {
-                        conn.inbox.consume(len);
-                        match head {
-                            Some(head) => return Poll::Ready(Ok(head)),
-                            None => continue, // 1xx
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
+        if self.provider_closed {
+            return Poll::Pending;
+        }
+        match ready!(conn.poll_head(&self.method, cx)) {
+            Ok(Some(head)) => Poll::Ready(Ok(head)),
+            Ok(None) => {
+                self.provider_closed = true;
+                Poll::Pending
             }
-            if self.provider_closed {
-                return Poll::Pending;
-            }
-            match conn.inbox.poll_fill(&mut conn.io, cx) {
-                Poll::Ready(Ok(0)) => self.provider_closed = true,
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
