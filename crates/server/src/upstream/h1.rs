@@ -577,14 +577,18 @@ impl Outgoing {
     }
 
     fn frame_into_head(&mut self, data: &[u8]) {
+        let (prefix, suffix) = self.frame_around(data.len());
+        self.head.extend_from_slice(prefix.as_bytes());
+        self.head.extend_from_slice(data);
+        self.head.extend_from_slice(suffix);
+    }
+
+    /// What goes before and after `len` body bytes on the wire (the chunk
+    /// size line and its CRLF when chunked).
+    fn frame_around(&self, len: usize) -> (String, &'static [u8]) {
         match self.framing {
-            RequestFraming::Length(_) => self.head.extend_from_slice(data),
-            RequestFraming::Chunked => {
-                self.head
-                    .extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
-                self.head.extend_from_slice(data);
-                self.head.extend_from_slice(b"\r\n");
-            }
+            RequestFraming::Chunked => (format!("{len:X}\r\n"), b"\r\n"),
+            RequestFraming::Length(_) => (String::new(), b""),
         }
     }
 
@@ -611,14 +615,7 @@ impl Outgoing {
         match self.first.as_ref().filter(|d| d.len() <= FIRST_WITH_HEAD) {
             None => conn.io.write_all(&self.head).await,
             Some(data) => {
-                let prefix = match self.framing {
-                    RequestFraming::Chunked => format!("{:X}\r\n", data.len()),
-                    RequestFraming::Length(_) => String::new(),
-                };
-                let suffix: &[u8] = match self.framing {
-                    RequestFraming::Chunked => b"\r\n",
-                    RequestFraming::Length(_) => b"",
-                };
+                let (prefix, suffix) = self.frame_around(data.len());
                 let end: &[u8] = match self.end_after_first {
                     true => self.end_bytes().map_err(io::Error::other)?,
                     false => b"",
@@ -676,14 +673,7 @@ impl Outgoing {
         let mut body = self.rest.take();
         loop {
             if let Some(data) = data.take() {
-                let prefix = match self.framing {
-                    RequestFraming::Chunked => format!("{:X}\r\n", data.len()),
-                    RequestFraming::Length(_) => String::new(),
-                };
-                let suffix: &[u8] = match self.framing {
-                    RequestFraming::Chunked => b"\r\n",
-                    RequestFraming::Length(_) => b"",
-                };
+                let (prefix, suffix) = self.frame_around(data.len());
                 let parts = [prefix.as_bytes(), &data, suffix];
                 if let Some(early) = watch.write(conn, &parts).await? {
                     return Ok(Some(early));
@@ -750,11 +740,7 @@ impl EarlyAnswer {
         conn: &mut Connection,
         parts: &[&[u8]],
     ) -> Result<Option<Head>, H1Error> {
-        let mut slices: Vec<IoSlice<'_>> = parts
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| IoSlice::new(p))
-            .collect();
+        let mut slices = io_slices(parts);
         let mut slices = &mut slices[..];
         while !slices.is_empty() {
             let step = std::future::poll_fn(|cx| {
@@ -816,12 +802,17 @@ fn poll_next_data(
     }
 }
 
-async fn write_all_vectored(io: &mut Io, parts: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = parts
+/// The non-empty `parts`, for a vectored write.
+fn io_slices<'a>(parts: &[&'a [u8]]) -> Vec<IoSlice<'a>> {
+    parts
         .iter()
         .filter(|p| !p.is_empty())
         .map(|p| IoSlice::new(p))
-        .collect();
+        .collect()
+}
+
+async fn write_all_vectored(io: &mut Io, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices = io_slices(parts);
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
         let n = io.write_vectored(slices).await?;
