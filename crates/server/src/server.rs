@@ -396,43 +396,31 @@ fn hand_over(
 #[derive(Default)]
 struct Drain {
     stopping: AtomicBool,
-    /// The live connections' task wakers, by slot (`None`: a free slot).
-    wakers: Mutex<Vec<Option<Waker>>>,
+    /// The live connections' task wakers.
+    wakers: Mutex<slab::Slab<Waker>>,
     live: AtomicUsize,
     all_done: tokio::sync::Notify,
 }
 
 impl Drain {
-    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<Option<Waker>>> {
+    fn wakers(&self) -> std::sync::MutexGuard<'_, slab::Slab<Waker>> {
         // Slots are set and cleared whole; a poisoned list is still valid.
         self.wakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn register(&self, waker: Waker) -> usize {
-        let mut wakers = self.wakers();
-        match wakers.iter().position(Option::is_none) {
-            Some(i) => {
-                wakers[i] = Some(waker);
-                i
-            }
-            None => {
-                wakers.push(Some(waker));
-                wakers.len() - 1
-            }
-        }
+        self.wakers().insert(waker)
     }
 
     fn deregister(&self, slot: usize) {
-        if let Some(w) = self.wakers().get_mut(slot) {
-            *w = None;
-        }
+        self.wakers().try_remove(slot);
     }
 
     /// Tells every connection, now and later, to finish its current
     /// exchange and close.
     fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        for waker in self.wakers().iter().flatten() {
+        for (_, waker) in self.wakers().iter() {
             waker.wake_by_ref();
         }
     }

@@ -33,9 +33,7 @@ static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 /// The armed deadlines of one worker thread.
 struct Table {
     id: u64,
-    slots: Vec<Option<Armed>>,
-    free: Vec<usize>,
-    armed: usize,
+    armed: slab::Slab<Armed>,
     /// The ticker, when it parked because nothing was armed.
     ticker: Option<Waker>,
 }
@@ -47,18 +45,7 @@ struct Armed {
 
 impl Table {
     fn arm(&mut self, deadline: Instant, waker: Waker) -> usize {
-        let armed = Some(Armed { deadline, waker });
-        let slot = match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = armed;
-                i
-            }
-            None => {
-                self.slots.push(armed);
-                self.slots.len() - 1
-            }
-        };
-        self.armed += 1;
+        let slot = self.armed.insert(Armed { deadline, waker });
         if let Some(ticker) = self.ticker.take() {
             ticker.wake();
         }
@@ -66,18 +53,13 @@ impl Table {
     }
 
     fn disarm(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            if s.take().is_some() {
-                self.armed -= 1;
-                self.free.push(slot);
-            }
-        }
+        self.armed.try_remove(slot);
     }
 
     /// Wakes every sleep whose deadline has passed (it then sees so itself
     /// and completes; its slot is freed when it is dropped or polled).
     fn wake_expired(&mut self, now: Instant) {
-        for s in self.slots.iter_mut().flatten() {
+        for (_, s) in &self.armed {
             if s.deadline <= now {
                 s.waker.wake_by_ref();
             }
@@ -92,9 +74,7 @@ pub async fn run_ticker() {
     TABLE.with(|t| {
         *t.borrow_mut() = Some(Table {
             id,
-            slots: Vec::new(),
-            free: Vec::new(),
-            armed: 0,
+            armed: slab::Slab::new(),
             ticker: None,
         });
     });
@@ -102,7 +82,7 @@ pub async fn run_ticker() {
         // Park while nothing is armed (an idle worker does not tick).
         std::future::poll_fn(|cx| {
             TABLE.with(|t| match t.borrow_mut().as_mut() {
-                Some(table) if table.armed == 0 => {
+                Some(table) if table.armed.is_empty() => {
                     table.ticker = Some(cx.waker().clone());
                     Poll::Pending
                 }
@@ -147,7 +127,7 @@ impl Sleep {
         }
         if let Some((id, slot)) = self.slot {
             with_table(id, |t| {
-                if let Some(Some(armed)) = t.slots.get_mut(slot) {
+                if let Some(armed) = t.armed.get_mut(slot) {
                     armed.deadline = deadline;
                 }
             });
@@ -191,7 +171,7 @@ impl Future for Sleep {
             let table = t.as_mut()?;
             match this.slot {
                 Some((id, slot)) if id == table.id => {
-                    if let Some(Some(a)) = table.slots.get_mut(slot) {
+                    if let Some(a) = table.armed.get_mut(slot) {
                         if !a.waker.will_wake(cx.waker()) {
                             a.waker = cx.waker().clone();
                         }
@@ -292,7 +272,7 @@ mod tests {
     use super::*;
 
     fn armed() -> usize {
-        TABLE.with(|t| t.borrow().as_ref().map_or(0, |t| t.armed))
+        TABLE.with(|t| t.borrow().as_ref().map_or(0, |t| t.armed.len()))
     }
 
     fn current_thread() -> tokio::runtime::Runtime {
