@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
@@ -107,24 +106,13 @@ pub struct Provider {
     pub configured: bool,
     /// The `Host` header for every upstream request (computed once).
     pub host: Option<HeaderValue>,
-    /// `base_url`'s scheme and authority, parsed once, and where its path
-    /// starts: a request's URI then only parses its own path.
-    origin: Option<(Scheme, Authority, usize)>,
 }
 
 impl Provider {
-    /// [`Provider::upstream_url`] as a URI, parsing only the path part.
+    /// [`Provider::upstream_url`] as a URI (`None` if it is not one).
     pub fn upstream_uri(&self, rest: &str, query: &str) -> Option<http::Uri> {
-        let url = self.upstream_url(rest, query);
-        let Some((scheme, authority, path_start)) = &self.origin else {
-            return http::Uri::try_from(url).ok();
-        };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(scheme.clone());
-        parts.authority = Some(authority.clone());
-        let path = bytes::Bytes::from(url).slice(*path_start..);
-        parts.path_and_query = Some(PathAndQuery::from_maybe_shared(path).ok()?);
-        http::Uri::from_parts(parts).ok()
+        // From the String itself: its buffer becomes the URI's, no copy.
+        http::Uri::try_from(self.upstream_url(rest, query)).ok()
     }
 
     /// The upstream URL for the client's `rest` path (after base path and
@@ -276,8 +264,7 @@ fn resolve(id: &str, e: &ProviderOverride) -> Option<Provider> {
         id: id.to_string(),
         base_ends_in_v1: base.ends_with("/v1"),
         configured: !base.contains('{'),
-        host: base.parse().ok().as_ref().and_then(host_header),
-        origin: parsed_origin(&base),
+        host: base_host(&base),
         base_url: base,
         auth: e.auth.unwrap_or(AuthStyle::Bearer),
         default_headers,
@@ -305,16 +292,8 @@ pub fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
     http::HeaderValue::from_str(host).ok()
 }
 
-/// The scheme and authority of `base`, and the length of `scheme://authority`
-/// in it; `None` when `base` does not start with exactly that.
-fn parsed_origin(base: &str) -> Option<(Scheme, Authority, usize)> {
-    let uri: http::Uri = base.parse().ok()?;
-    let (scheme, authority) = (uri.scheme()?.clone(), uri.authority()?.clone());
-    let len = scheme.as_str().len() + 3 + authority.as_str().len();
-    let prefix = format!("{scheme}://{authority}");
-    base.get(..len)
-        .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
-        .then_some((scheme, authority, len))
+fn base_host(base: &str) -> Option<HeaderValue> {
+    host_header(&base.parse().ok()?)
 }
 
 /// `scheme://host[:port]` of an http(s) URL, lower-cased, or `None`.
@@ -348,8 +327,7 @@ impl Registry {
             id: origin,
             base_ends_in_v1: base.ends_with("/v1"),
             configured: true,
-            host: base.parse().ok().as_ref().and_then(host_header),
-            origin: parsed_origin(&base),
+            host: base_host(&base),
             base_url: base,
             auth: AuthStyle::Bearer,
             default_headers: Vec::new(),

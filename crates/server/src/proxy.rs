@@ -472,16 +472,13 @@ where
 }
 
 /// Sends `req` and waits for the response head at most `first_byte`.
+/// `Host` is already set ([`upstream_headers`]), or derived by the HTTP/1
+/// client for a base URL with user info.
 pub async fn send(
     upstream: &Upstream,
-    mut req: http::Request<RelayBody>,
+    req: http::Request<RelayBody>,
     first_byte: Duration,
 ) -> Result<http::Response<UpstreamBody>, ApiError> {
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(host) = crate::providers::host_header(req.uri()) {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
     match crate::timer::timeout(first_byte, upstream.request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
