@@ -524,13 +524,7 @@ impl Config {
                 problems.push(format!("upstream.{name}: must be > 0 seconds"));
             }
         }
-        if let Some(path) = &u.ca_file {
-            if let Err(e) = crate::proxy::extra_roots(path) {
-                problems.push(format!(
-                    "upstream.ca_file: {e}; point it at a PEM file of CA certificates, or remove it to trust only the built-in roots"
-                ));
-            }
-        }
+        check_ca_file("upstream.ca_file", u.ca_file.as_deref(), problems);
         if !matches!(self.usage.store.as_str(), "sqlite" | "memory") {
             problems.push(format!(
                 "usage.store: unknown store {:?}; use \"sqlite\" (durable file) or \"memory\"",
@@ -552,12 +546,8 @@ impl Config {
                 log.web.callback_url
             ));
         }
-        if let Some(path) = log.web.ca_file.as_ref().filter(|_| log.web.enabled) {
-            if let Err(e) = crate::proxy::extra_roots(path) {
-                problems.push(format!(
-                    "log.web.ca_file: {e}; point it at a PEM file of CA certificates, or remove it to trust only the built-in roots"
-                ));
-            }
+        if log.web.enabled {
+            check_ca_file("log.web.ca_file", log.web.ca_file.as_deref(), problems);
         }
         if log.max_body_bytes == 0 || log.queue_capacity == 0 || log.batch_max_records == 0 {
             problems.push(
@@ -682,6 +672,16 @@ impl Config {
             .iter()
             .filter_map(|s| parse_net(s))
             .collect()
+    }
+}
+
+/// A `ca_file` setting (`field` names it) must be a readable PEM file of
+/// CA certificates; the message never echoes the file.
+fn check_ca_file(field: &str, path: Option<&Path>, problems: &mut Vec<String>) {
+    if let Err(e) = path.map_or(Ok(()), |p| crate::proxy::extra_roots(p).map(drop)) {
+        problems.push(format!(
+            "{field}: {e}; point it at a PEM file of CA certificates, or remove it to trust only the built-in roots"
+        ));
     }
 }
 

@@ -335,9 +335,7 @@ fn parse_head(bytes: &[u8], method: &Method) -> Result<Option<(usize, Option<Hea
         map.append(name, value);
     }
     let (framing, framing_reusable) = response_framing(method, status, &map, framing_headers)?;
-    let keep_alive = framing_reusable
-        && ((framing_headers & HAS_CONNECTION == 0 && version == Version::HTTP_11)
-            || wants_keep_alive(version, &map));
+    let keep_alive = framing_reusable && wants_keep_alive(version, &map, framing_headers);
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -430,7 +428,12 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+/// `present`: as for [`response_framing`]; without a `Connection` header
+/// the version's default holds.
+fn wants_keep_alive(version: Version, headers: &HeaderMap, present: u8) -> bool {
+    if present & HAS_CONNECTION == 0 {
+        return version != Version::HTTP_10;
+    }
     match version {
         Version::HTTP_10 => has_token(headers, "keep-alive"),
         _ => !has_token(headers, "close"),
