@@ -203,7 +203,7 @@ pub async fn handle(
             RequestLog::begin(
                 request_id.to_str().unwrap_or(""),
                 req.method().as_str(),
-                ip.to_string(),
+                crate::logs::request::ip_text(ip),
             )
         });
         let mut refusal_headers = HeaderMap::new();
@@ -275,7 +275,10 @@ async fn relay(
     let located = auth::locate(rest, req.uri().query(), req.headers());
     if let Some(log) = log.as_mut() {
         let r = log.record();
-        r.path = format!("{base}{}", located.rest);
+        r.path.clear();
+        r.path.reserve(base.len() + located.rest.len());
+        r.path.push_str(base);
+        r.path.push_str(&located.rest);
         r.query.clone_from(&located.query);
         if let Some(t) = &located.token {
             log.secret(t);
@@ -309,7 +312,12 @@ async fn relay(
         r.sub.clone_from(&claims.sub);
         r.ext_info.clone_from(&claims.ext_info);
         r.provider = Some(claims.provider.clone());
-        r.kid = located.token.as_deref().and_then(relayapi_token::peek_kid);
+        // The token decoded above: only its header needs reading again.
+        r.kid = located
+            .token
+            .as_deref()
+            .and_then(|t| t.split_once('.'))
+            .and_then(|(header, _)| relayapi_token::header_kid(header));
         r.model_sent = claims.effective_model().map(str::to_string);
     }
     let origin = req.headers().get(header::ORIGIN).cloned();

@@ -54,4 +54,6 @@ pub use keys::{Keyring, V2Key};
 pub use legacy::{decode_legacy, LegacyClaims, LegacyKey, LegacyKeyring};
 pub use rai::{RaiConfig, RaiCrypto, RaiServer};
 pub use secret::SecretString;
-pub use v2::{decode_v2, encode_v2, encode_v2_with_iv, looks_like_jwe, open_v2, peek_kid};
+pub use v2::{
+    decode_v2, encode_v2, encode_v2_with_iv, header_kid, looks_like_jwe, open_v2, peek_kid,
+};

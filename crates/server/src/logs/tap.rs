@@ -421,8 +421,8 @@ fn top_level_string_lenient(bytes: &[u8], key: &str) -> Option<String> {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(k) = map.next_key::<String>()? {
-                if k == self.key {
+            while let Some(is_key) = map.next_key_seed(KeyIs(self.key))? {
+                if is_key {
                     if let Ok(s) = map.next_value::<String>() {
                         *self.found = Some(s);
                     }
@@ -431,6 +431,24 @@ fn top_level_string_lenient(bytes: &[u8], key: &str) -> Option<String> {
                 map.next_value::<IgnoredAny>()?;
             }
             Ok(())
+        }
+    }
+    /// Whether an object key is the one wanted, compared in place (no
+    /// `String` per key).
+    struct KeyIs<'a>(&'a str);
+    impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_identifier(self)
+        }
+    }
+    impl Visitor<'_> for KeyIs<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object key")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+            Ok(key == self.0)
         }
     }
     let mut found = None;

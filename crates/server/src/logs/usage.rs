@@ -39,6 +39,57 @@ fn num(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64)
 }
 
+/// The counters of one usage object, under every provider's names; each is
+/// `None` unless present as an unsigned integer (what `Value::as_u64`
+/// gives). Read from a `Value` ([`Counters::from_value`]) or straight from
+/// the JSON ([`Counters`]' `Deserialize`), with the same result.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Counters {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    /// `prompt_tokens_details.cached_tokens`: `Some(_)` when the details
+    /// object is there (the inner `None`: no count in it).
+    prompt_details_cached: Option<Option<u64>>,
+    input_details_cached: Option<Option<u64>>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    // Gemini `usageMetadata`.
+    prompt_token_count: Option<u64>,
+    candidates_token_count: Option<u64>,
+    thoughts_token_count: Option<u64>,
+    total_token_count: Option<u64>,
+    cached_content_token_count: Option<u64>,
+}
+
+impl Counters {
+    /// `None` when `v` is not an object.
+    pub(super) fn from_value(v: &Value) -> Option<Counters> {
+        if !v.is_object() {
+            return None;
+        }
+        let details = |key: &str| v.get(key).map(|d| num(d, "cached_tokens"));
+        Some(Counters {
+            prompt_tokens: num(v, "prompt_tokens"),
+            completion_tokens: num(v, "completion_tokens"),
+            total_tokens: num(v, "total_tokens"),
+            prompt_details_cached: details("prompt_tokens_details"),
+            input_details_cached: details("input_tokens_details"),
+            input_tokens: num(v, "input_tokens"),
+            output_tokens: num(v, "output_tokens"),
+            cache_creation_input_tokens: num(v, "cache_creation_input_tokens"),
+            cache_read_input_tokens: num(v, "cache_read_input_tokens"),
+            prompt_token_count: num(v, "promptTokenCount"),
+            candidates_token_count: num(v, "candidatesTokenCount"),
+            thoughts_token_count: num(v, "thoughtsTokenCount"),
+            total_token_count: num(v, "totalTokenCount"),
+            cached_content_token_count: num(v, "cachedContentTokenCount"),
+        })
+    }
+}
+
 impl UsageAccumulator {
     pub fn new() -> Self {
         Self::default()
@@ -59,31 +110,32 @@ impl UsageAccumulator {
             Value::Object(_) => {
                 // OpenAI chat / Responses (non-stream), Anthropic JSON and
                 // `message_delta`.
-                if let Some(u) = v.get("usage") {
-                    self.merge_usage_object(u);
+                let counters = |u: Option<&Value>| u.and_then(Counters::from_value);
+                if let Some(u) = counters(v.get("usage")) {
+                    self.merge_usage_object(&u);
                 }
                 // Anthropic `message_start`.
-                if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
-                    self.merge_usage_object(u);
+                if let Some(u) = counters(v.get("message").and_then(|m| m.get("usage"))) {
+                    self.merge_usage_object(&u);
                 }
                 // OpenAI Responses stream: `response.completed` (and
                 // `response.incomplete` / `response.failed`).
-                if let Some(u) = v.get("response").and_then(|r| r.get("usage")) {
-                    self.merge_usage_object(u);
+                if let Some(u) = counters(v.get("response").and_then(|r| r.get("usage"))) {
+                    self.merge_usage_object(&u);
                 }
                 // Gemini.
-                if let Some(u) = v.get("usageMetadata") {
-                    self.merge_gemini(u);
+                if let Some(u) = counters(v.get("usageMetadata")) {
+                    self.merge_gemini(&u);
                 }
             }
             _ => {}
         }
     }
 
-    pub(super) fn merge_usage_object(&mut self, u: &Value) {
-        if !u.is_object() {
-            return; // OpenAI streams send `"usage": null` on every chunk but the last
-        }
+    /// Merges an OpenAI / Anthropic usage object (OpenAI streams send
+    /// `"usage": null` on every chunk but the last: not an object, never
+    /// merged).
+    pub(super) fn merge_usage_object(&mut self, u: &Counters) {
         let before = self.seen;
         self.seen = true;
         let mut any = false;
@@ -94,46 +146,37 @@ impl UsageAccumulator {
             }
         };
         // OpenAI chat completions.
-        set(&mut self.prompt, num(u, "prompt_tokens"));
-        set(&mut self.completion, num(u, "completion_tokens"));
-        set(&mut self.total, num(u, "total_tokens"));
-        let details_cached = u
-            .get("prompt_tokens_details")
-            .or_else(|| u.get("input_tokens_details"))
-            .and_then(|d| num(d, "cached_tokens"));
-        set(&mut self.cached, details_cached);
-        // Anthropic, and OpenAI Responses (same names, no cache_* fields).
-        set(&mut self.input, num(u, "input_tokens"));
-        set(&mut self.completion, num(u, "output_tokens"));
+        set(&mut self.prompt, u.prompt_tokens);
+        set(&mut self.completion, u.completion_tokens);
+        set(&mut self.total, u.total_tokens);
         set(
-            &mut self.cache_creation,
-            num(u, "cache_creation_input_tokens"),
+            &mut self.cached,
+            u.prompt_details_cached.or(u.input_details_cached).flatten(),
         );
-        let cache_read = num(u, "cache_read_input_tokens");
-        set(&mut self.cache_read, cache_read);
-        set(&mut self.cached, cache_read);
+        // Anthropic, and OpenAI Responses (same names, no cache_* fields).
+        set(&mut self.input, u.input_tokens);
+        set(&mut self.completion, u.output_tokens);
+        set(&mut self.cache_creation, u.cache_creation_input_tokens);
+        set(&mut self.cache_read, u.cache_read_input_tokens);
+        set(&mut self.cached, u.cache_read_input_tokens);
         if !any {
             self.seen = before;
         }
     }
 
-    pub(super) fn merge_gemini(&mut self, u: &Value) {
-        if !u.is_object() {
-            return;
-        }
+    pub(super) fn merge_gemini(&mut self, u: &Counters) {
         self.seen = true;
-        if let Some(p) = num(u, "promptTokenCount") {
+        if let Some(p) = u.prompt_token_count {
             self.prompt = Some(p);
         }
-        let cand = num(u, "candidatesTokenCount");
-        let thoughts = num(u, "thoughtsTokenCount");
+        let (cand, thoughts) = (u.candidates_token_count, u.thoughts_token_count);
         if cand.is_some() || thoughts.is_some() {
             self.completion = Some(cand.unwrap_or(0).saturating_add(thoughts.unwrap_or(0)));
         }
-        if let Some(t) = num(u, "totalTokenCount") {
+        if let Some(t) = u.total_token_count {
             self.total = Some(t);
         }
-        if let Some(c) = num(u, "cachedContentTokenCount") {
+        if let Some(c) = u.cached_content_token_count {
             self.cached = Some(c);
         }
     }
@@ -241,14 +284,14 @@ pub fn probe_event(data: &str, acc: &mut UsageAccumulator) -> serde_json::Result
 struct ResponseProbe {
     model: Option<String>,
     model_version: Option<String>,
-    usage: Option<Value>,
-    message_usage: Option<Value>,
-    response_usage: Option<Value>,
+    usage: Option<Counters>,
+    message_usage: Option<Counters>,
+    response_usage: Option<Counters>,
     /// `message.model` (Anthropic `message_start`), `response.model`
     /// (OpenAI Responses events): only stream events name the model there.
     message_model: Option<String>,
     response_model: Option<String>,
-    usage_metadata: Option<Value>,
+    usage_metadata: Option<Counters>,
 }
 
 impl ResponseProbe {
@@ -270,9 +313,63 @@ impl ResponseProbe {
     }
 }
 
-/// Any JSON value: `Some` when it was an object `T` could be read from,
-/// `None` for anything else (skipped, not built).
-struct AnyJson<T>(Option<T>);
+/// Declares an enum of the JSON keys a visitor looks at, deserialized
+/// straight from the parser's string (no allocation; escaped keys work
+/// too), every other key being `Other`.
+macro_rules! key_enum {
+    ($name:ident { $($variant:ident = $json:literal),* $(,)? }) => {
+        enum $name { $($variant,)* Other }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an object key")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<$name, E> {
+                        Ok(match key {
+                            $($json => $name::$variant,)*
+                            _ => $name::Other,
+                        })
+                    }
+                }
+                d.deserialize_identifier(V)
+            }
+        }
+    };
+}
+
+key_enum!(ProbeKey {
+    Model = "model",
+    ModelVersion = "modelVersion",
+    Usage = "usage",
+    UsageMetadata = "usageMetadata",
+    Message = "message",
+    Response = "response",
+});
+
+key_enum!(CounterKey {
+    PromptTokens = "prompt_tokens",
+    CompletionTokens = "completion_tokens",
+    TotalTokens = "total_tokens",
+    PromptTokensDetails = "prompt_tokens_details",
+    InputTokensDetails = "input_tokens_details",
+    InputTokens = "input_tokens",
+    OutputTokens = "output_tokens",
+    CacheCreationInputTokens = "cache_creation_input_tokens",
+    CacheReadInputTokens = "cache_read_input_tokens",
+    PromptTokenCount = "promptTokenCount",
+    CandidatesTokenCount = "candidatesTokenCount",
+    ThoughtsTokenCount = "thoughtsTokenCount",
+    TotalTokenCount = "totalTokenCount",
+    CachedContentTokenCount = "cachedContentTokenCount",
+});
+
+key_enum!(DetailsKey {
+    CachedTokens = "cached_tokens",
+});
 
 impl<'de> serde::Deserialize<'de> for ResponseProbe {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -296,21 +393,23 @@ impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
         use serde::de::IgnoredAny;
         let mut p = ResponseProbe::default();
         // A later duplicate key wins, as in a `Value`.
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "model" => p.model = map.next_value::<AnyJson<String>>()?.0,
-                "modelVersion" => p.model_version = map.next_value::<AnyJson<String>>()?.0,
-                "usage" => p.usage = Some(map.next_value()?),
-                "usageMetadata" => p.usage_metadata = Some(map.next_value()?),
-                "message" => {
+        while let Some(key) = map.next_key::<ProbeKey>()? {
+            match key {
+                ProbeKey::Model => p.model = map.next_value::<AnyJson<String>>()?.0,
+                ProbeKey::ModelVersion => p.model_version = map.next_value::<AnyJson<String>>()?.0,
+                ProbeKey::Usage => p.usage = map.next_value::<AnyJson<Counters>>()?.0,
+                ProbeKey::UsageMetadata => {
+                    p.usage_metadata = map.next_value::<AnyJson<Counters>>()?.0;
+                }
+                ProbeKey::Message => {
                     let n = map.next_value::<AnyJson<Nested>>()?.0.unwrap_or_default();
                     (p.message_usage, p.message_model) = (n.usage, n.model);
                 }
-                "response" => {
+                ProbeKey::Response => {
                     let n = map.next_value::<AnyJson<Nested>>()?.0.unwrap_or_default();
                     (p.response_usage, p.response_model) = (n.usage, n.model);
                 }
-                _ => {
+                ProbeKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -323,7 +422,7 @@ impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
 /// Responses `response`).
 #[derive(Default)]
 struct Nested {
-    usage: Option<Value>,
+    usage: Option<Counters>,
     model: Option<String>,
 }
 
@@ -340,10 +439,10 @@ impl<'de> serde::Deserialize<'de> for Nested {
                 mut map: A,
             ) -> Result<Nested, A::Error> {
                 let mut n = Nested::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "usage" => n.usage = Some(map.next_value()?),
-                        "model" => n.model = map.next_value::<AnyJson<String>>()?.0,
+                while let Some(key) = map.next_key::<ProbeKey>()? {
+                    match key {
+                        ProbeKey::Usage => n.usage = map.next_value::<AnyJson<Counters>>()?.0,
+                        ProbeKey::Model => n.model = map.next_value::<AnyJson<String>>()?.0,
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -353,6 +452,138 @@ impl<'de> serde::Deserialize<'de> for Nested {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// Reads a usage object's counters like [`Counters::from_value`] does from
+/// its `Value`: a later duplicate key wins, a count that is not an
+/// unsigned integer is `None`.
+impl<'de> serde::Deserialize<'de> for Counters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Counters;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Counters, A::Error> {
+                let mut c = Counters::default();
+                while let Some(key) = map.next_key::<CounterKey>()? {
+                    let slot = match key {
+                        CounterKey::PromptTokensDetails => {
+                            c.prompt_details_cached =
+                                Some(map.next_value::<AnyJson<Details>>()?.0.and_then(|d| d.0));
+                            continue;
+                        }
+                        CounterKey::InputTokensDetails => {
+                            c.input_details_cached =
+                                Some(map.next_value::<AnyJson<Details>>()?.0.and_then(|d| d.0));
+                            continue;
+                        }
+                        CounterKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                        CounterKey::PromptTokens => &mut c.prompt_tokens,
+                        CounterKey::CompletionTokens => &mut c.completion_tokens,
+                        CounterKey::TotalTokens => &mut c.total_tokens,
+                        CounterKey::InputTokens => &mut c.input_tokens,
+                        CounterKey::OutputTokens => &mut c.output_tokens,
+                        CounterKey::CacheCreationInputTokens => &mut c.cache_creation_input_tokens,
+                        CounterKey::CacheReadInputTokens => &mut c.cache_read_input_tokens,
+                        CounterKey::PromptTokenCount => &mut c.prompt_token_count,
+                        CounterKey::CandidatesTokenCount => &mut c.candidates_token_count,
+                        CounterKey::ThoughtsTokenCount => &mut c.thoughts_token_count,
+                        CounterKey::TotalTokenCount => &mut c.total_token_count,
+                        CounterKey::CachedContentTokenCount => &mut c.cached_content_token_count,
+                    };
+                    *slot = map.next_value::<AnyU64>()?.0;
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `cached_tokens` of a `*_tokens_details` object.
+struct Details(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for Details {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Details;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a details object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Details, A::Error> {
+                let mut cached = None;
+                while let Some(key) = map.next_key::<DetailsKey>()? {
+                    match key {
+                        DetailsKey::CachedTokens => cached = map.next_value::<AnyU64>()?.0,
+                        DetailsKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Details(cached))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Any JSON value: `Some` for an unsigned integer (like `Value::as_u64`),
+/// `None` for anything else (skipped, not built).
+struct AnyU64(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for AnyU64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AnyU64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<AnyU64, E> {
+                Ok(AnyU64(Some(n)))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<AnyU64, E> {
+                Ok(AnyU64(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<AnyU64, E> {
+                Ok(AnyU64(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<AnyU64, E> {
+                Ok(AnyU64(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<AnyU64, E> {
+                Ok(AnyU64(None))
+            }
+            fn visit_unit<E>(self) -> Result<AnyU64, E> {
+                Ok(AnyU64(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AnyU64, A::Error> {
+                serde::de::IgnoredAny::deserialize(serde::de::value::MapAccessDeserializer::new(
+                    map,
+                ))
+                .map(|_| AnyU64(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<AnyU64, A::Error> {
+                serde::de::IgnoredAny::deserialize(serde::de::value::SeqAccessDeserializer::new(
+                    seq,
+                ))
+                .map(|_| AnyU64(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -375,17 +606,28 @@ impl<'de> FromAnyJson<'de> for String {
     }
 }
 
-impl<'de> FromAnyJson<'de> for Nested {
-    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        Nested::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-    }
+/// Objects read with their own `Deserialize` (any other shape is `None`).
+macro_rules! from_any_json_object {
+    ($($t:ty),*) => {$(
+        impl<'de> FromAnyJson<'de> for $t {
+            fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+                <$t>::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+            }
+        }
+    )*};
 }
+
+from_any_json_object!(Nested, Counters, Details);
 
 impl<'de> FromAnyJson<'de> for ResponseProbe {
     fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
         ProbeVisitor.visit_map(map).map(Some)
     }
 }
+
+/// Any JSON value: `Some` when it was an object `T` could be read from,
+/// `None` for anything else (skipped, not built).
+struct AnyJson<T>(Option<T>);
 
 impl<'de, T: FromAnyJson<'de>> serde::Deserialize<'de> for AnyJson<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -532,6 +774,30 @@ mod tests {
             (None, None)
         );
         assert_eq!(probe_response(b"plain"), (None, None));
+    }
+
+    #[test]
+    fn counters_read_from_json_match_the_value_reading() {
+        for text in [
+            r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#,
+            // Counts that are not unsigned integers count as absent.
+            r#"{"prompt_tokens":"1","completion_tokens":-2,"total_tokens":3.0,"input_tokens":{"n":1},"output_tokens":[4],"cache_read_input_tokens":null,"cache_creation_input_tokens":true}"#,
+            // Details: present without a count, present as null, or absent.
+            r#"{"prompt_tokens_details":{},"input_tokens_details":{"cached_tokens":5}}"#,
+            r#"{"prompt_tokens_details":null,"input_tokens_details":{"cached_tokens":5}}"#,
+            r#"{"input_tokens_details":{"cached_tokens":5,"other":[1,{"a":2}]}}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":"x"}}"#,
+            // A later duplicate wins; escaped key names are the same keys.
+            r#"{"total_tokens":1,"total_tokens":2,"t\u006ftal_tokens":3}"#,
+            r#"{"promptTokenCount":8,"candidatesTokenCount":3,"thoughtsTokenCount":2,"totalTokenCount":13,"cachedContentTokenCount":4,"x":"y"}"#,
+            r#"{}"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let read: Counters = serde_json::from_str(text).unwrap();
+            assert_eq!(Some(read), Counters::from_value(&value), "{text}");
+        }
+        assert_eq!(Counters::from_value(&json!([1])), None);
+        assert_eq!(Counters::from_value(&Value::Null), None);
     }
 
     #[test]
