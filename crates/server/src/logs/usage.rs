@@ -555,8 +555,9 @@ impl<'de> serde::Deserialize<'de> for AnyU64 {
             fn visit_u64<E>(self, n: u64) -> Result<AnyU64, E> {
                 Ok(AnyU64(Some(n)))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<AnyU64, E> {
-                Ok(AnyU64(None))
+            // A `Value` keeps a non-negative i64 as an unsigned number.
+            fn visit_i64<E>(self, n: i64) -> Result<AnyU64, E> {
+                Ok(AnyU64(u64::try_from(n).ok()))
             }
             fn visit_f64<E>(self, _: f64) -> Result<AnyU64, E> {
                 Ok(AnyU64(None))
@@ -781,6 +782,7 @@ mod tests {
         for text in [
             r#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#,
             // Counts that are not unsigned integers count as absent.
+            r#"{"prompt_tokens":-0,"completion_tokens":0,"total_tokens":18446744073709551615}"#,
             r#"{"prompt_tokens":"1","completion_tokens":-2,"total_tokens":3.0,"input_tokens":{"n":1},"output_tokens":[4],"cache_read_input_tokens":null,"cache_creation_input_tokens":true}"#,
             // Details: present without a count, present as null, or absent.
             r#"{"prompt_tokens_details":{},"input_tokens_details":{"cached_tokens":5}}"#,
