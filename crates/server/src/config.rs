@@ -285,7 +285,9 @@ pub struct LogSettings {
     pub redact_headers: Vec<String>,
     /// More JSON body field names whose values are masked.
     pub redact_json_fields: Vec<String>,
-    /// Where records wait while a sink is down and its queue is full.
+    /// Where records wait while a sink is down and its queue is full
+    /// (`relayapi-spool` in the working directory, like the usage store's
+    /// file; `null` runs without a spool, dropping overflow).
     pub spool_dir: Option<PathBuf>,
     /// Spool size per sink before records are dropped (and counted).
     pub spool_max_bytes: u64,
@@ -309,7 +311,7 @@ impl Default for LogSettings {
             max_body_bytes: 64 * 1024,
             redact_headers: Vec::new(),
             redact_json_fields: Vec::new(),
-            spool_dir: None,
+            spool_dir: Some(PathBuf::from("relayapi-spool")),
             spool_max_bytes: 256 * 1024 * 1024,
             queue_capacity: 10_000,
             batch_max_records: 500,
@@ -593,6 +595,17 @@ impl Config {
                 problems.push(
                     "log.parquet: max_file_bytes and max_file_age must be > 0 (they bound what a crash can lose)".into(),
                 );
+            }
+        }
+        if let Some(dir) = &log.spool_dir {
+            if dir.as_os_str().is_empty() {
+                problems.push(
+                    "log.spool_dir: empty; set a directory (default \"relayapi-spool\") or null to run without a spool".into(),
+                );
+            } else if dir.exists() && !dir.is_dir() {
+                problems.push(format!(
+                    "log.spool_dir: {dir:?} is a file; it must be a directory (created if missing), or null to run without a spool"
+                ));
             }
         }
         self.validate_policy(problems);
@@ -1028,6 +1041,37 @@ mod tests {
         let c = load_str("c.json", ok, &vec![]).unwrap();
         assert!(c.log.any_sink());
         assert_eq!(c.log.parquet.max_file_age, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_log_spool_is_on_by_default_and_null_turns_it_off() {
+        let c = load_str("c.json", "{}", &vec![]).unwrap();
+        assert_eq!(c.log.spool_dir, Some(PathBuf::from("relayapi-spool")));
+        let c = load_str(
+            "c.json",
+            r#"{"log": {"spool_dir": "/var/spool/relayapi"}}"#,
+            &vec![],
+        )
+        .unwrap();
+        assert_eq!(c.log.spool_dir, Some(PathBuf::from("/var/spool/relayapi")));
+        let c = load_str("c.json", r#"{"log": {"spool_dir": null}}"#, &vec![]).unwrap();
+        assert_eq!(c.log.spool_dir, None);
+        let env = vec![("RELAYAPI_LOG_SPOOL_DIR".to_string(), "null".to_string())];
+        assert_eq!(load_str("c.json", "{}", &env).unwrap().log.spool_dir, None);
+        let msg = load_str("c.json", r#"{"log": {"spool_dir": ""}}"#, &vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("c.json") && msg.contains("log.spool_dir"),
+            "{msg}"
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let text = serde_json::json!({"log": {"spool_dir": file.path()}}).to_string();
+        let msg = load_str("c.json", &text, &vec![]).unwrap_err().to_string();
+        assert!(
+            msg.contains("log.spool_dir") && msg.contains("is a file"),
+            "{msg}"
+        );
     }
 
     #[test]

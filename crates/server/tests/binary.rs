@@ -457,6 +457,100 @@ fn earlier_cli_spellings_and_the_sample_key() {
 /// SIGTERM under load with every sink on (PostgreSQL as the database):
 /// every admitted request has exactly one record in every sink afterwards,
 /// and the Parquet files are complete.
+/// The webhook sink's counters in the relay's `/health`.
+async fn webhook_stats(http: &reqwest::Client, relay: &Relay) -> serde_json::Value {
+    let health: serde_json::Value = http
+        .get(format!("{}/health", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["logs"]
+        .as_array()
+        .and_then(|sinks| sinks.iter().find(|s| s["name"] == "webhook"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no webhook sink in /health: {health}"))
+}
+
+/// A config that says nothing about the spool still has one: records that
+/// overflow a down sink's queue wait in `relayapi-spool/` in the working
+/// directory, and every one arrives, once, when the sink is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_down_sink_spools_instead_of_dropping() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let (hook, records, down) = common::switchable_receiver().await;
+    down.store(true, SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "server": {"port": 0},
+        "usage": {"store": "memory"},
+        "log": {"console": false, "queue_capacity": 5, "batch_max_records": 5,
+                "batch_max_delay": 0.02,
+                "web": {"enabled": true, "callback_url": hook}},
+        "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let base = retarget(&mint_url(dir.path(), &[]), &relay);
+    let http = reqwest::Client::new();
+    let n = 60;
+    for i in 0..n {
+        let r = http
+            .get(format!("{base}models"))
+            .header("x-request-id", format!("spooled-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let mut stats = webhook_stats(&http, &relay).await;
+    for _ in 0..100 {
+        if stats["spooled"].as_u64().unwrap_or(0) + stats["queued"].as_u64().unwrap_or(0) >= n - 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stats = webhook_stats(&http, &relay).await;
+    }
+    assert!(stats["spooled"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["dropped"], 0, "{stats}");
+    let segments = std::fs::read_dir(dir.path().join("relayapi-spool").join("webhook"))
+        .expect("the spool lives in the working directory")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        })
+        .count();
+    assert!(segments > 0, "no spool segment written");
+    assert!(records.lock().unwrap().is_empty());
+
+    down.store(false, SeqCst);
+    let mut ids = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..600 {
+        ids.clear();
+        for r in records.lock().unwrap().iter() {
+            if let Some(id) = r["request_id"].as_str() {
+                *ids.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        if ids.len() == n as usize {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ids.len(),
+        n as usize,
+        "every record arrives after the outage"
+    );
+    assert!(ids.values().all(|c| *c == 1), "none arrives twice: {ids:?}");
+    let stats = webhook_stats(&http, &relay).await;
+    assert_eq!(stats["dropped"], 0, "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_every_admitted_request_is_logged() {
     let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();

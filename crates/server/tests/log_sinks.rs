@@ -299,6 +299,9 @@ async fn an_https_receiver_behind_a_private_ca_needs_log_web_ca_file() {
             "console": false,
             "web": {"enabled": true, "callback_url": rx.url(), "ca_file": ca_file},
             "batch_max_delay": 1,
+            // No spool: the first relay's undelivered record must not
+            // reach the second through one (it would, from the default).
+            "spool_dir": null,
         }))
         .unwrap()
     };

@@ -326,7 +326,7 @@ impl LogPipeline {
                 Arc::new(tokio::sync::Mutex::new(None));
             let notify = Arc::new(Notify::new());
             let mut opener = None;
-            let overflow = match &settings.spool_dir {
+            let overflow = match settings.spool_dir.as_ref().filter(|_| sink.spools()) {
                 Some(dir) => {
                     // Held by the batcher until the spool is open, so the
                     // writer waits for it instead of dropping.
@@ -560,7 +560,13 @@ impl Batcher {
                     *guard = Some(s);
                 }
                 Err(e) => {
-                    tracing::warn!(sink = %self.sink.name(), error = %e.kind(), "log spool unavailable; overflow will be dropped");
+                    tracing::warn!(
+                        sink = %self.sink.name(),
+                        spool_dir = %dir.display(),
+                        error = %e.kind(),
+                        "log spool unavailable, so records that overflow the queue will be dropped; \
+                         set log.spool_dir to a writable directory (or null to run without a spool)"
+                    );
                 }
             }
             drop(guard);

@@ -31,6 +31,9 @@ pub fn config_for(mock_url: &str) -> Config {
     // The console sink writes straight to the test process's stderr (past
     // the test harness's capture); tests that log turn sinks on themselves.
     config.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
+    // The default spool (`relayapi-spool` in the working directory) would
+    // land in the crate's folder; tests of the spool give it a temp dir.
+    config.log.spool_dir = None;
     let mut p = BTreeMap::new();
     let ov = |url: String| ProviderOverride {
         base_url: Some(url),

@@ -47,6 +47,12 @@ pub trait Sink: Send + Sync + 'static {
     fn flush<'a>(&'a self) -> SinkFuture<'a> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Whether overflow waits in the spool (when one is configured). A
+    /// sink that cannot be "down" — the console — has no use for one.
+    fn spools(&self) -> bool {
+        true
+    }
 }
 
 /// Why a sink could not write a batch. Messages never contain secrets,

@@ -197,6 +197,11 @@ impl Sink for ConsoleSink {
         "console"
     }
 
+    /// A blocked terminal is not an outage to outlast: no spool files for it.
+    fn spools(&self) -> bool {
+        false
+    }
+
     fn write_batch<'a>(&'a self, batch: &'a [Arc<LogRecord>]) -> SinkFuture<'a> {
         Box::pin(async move {
             let buf = self.render(batch)?;
