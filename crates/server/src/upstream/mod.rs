@@ -92,10 +92,13 @@ enum Conn {
 
 impl WorkerPool {
     fn host_index(&mut self, scheme: &Scheme, authority: &Authority) -> usize {
+        // Exact bytes, not `Authority`'s case-insensitive `==` (ten times
+        // the instructions): the URIs come from the provider config, so a
+        // host is always spelled the same; another spelling just gets a pool.
         if let Some(i) = self
             .hosts
             .iter()
-            .position(|h| h.authority == *authority && h.scheme == *scheme)
+            .position(|h| h.authority.as_str() == authority.as_str() && h.scheme == *scheme)
         {
             return i;
         }
