@@ -560,10 +560,12 @@ impl Batcher {
                     *guard = Some(s);
                 }
                 Err(e) => {
+                    // The message, not just the kind: it says when another
+                    // relay holds the directory (never a secret: a path).
                     tracing::warn!(
                         sink = %self.sink.name(),
                         spool_dir = %dir.display(),
-                        error = %e.kind(),
+                        error = %e,
                         "log spool unavailable, so records that overflow the queue will be dropped; \
                          set log.spool_dir to a writable directory (or null to run without a spool)"
                     );

@@ -17,6 +17,9 @@
 //!
 //! All file I/O is `tokio::fs`; the spool is owned by one sink's pipeline
 //! tasks behind an async mutex and is never touched on the request path.
+//! One process at a time: `open` takes an exclusive lock on `<dir>/.lock`
+//! (held until the spool is dropped), so two relays started in the same
+//! working directory cannot replay or number each other's segments.
 
 use std::collections::VecDeque;
 use std::io;
@@ -77,6 +80,8 @@ pub struct Spool {
     next_seq: u64,
     total_bytes: u64,
     total_records: u64,
+    /// Holds the directory's lock for as long as this spool lives.
+    _lock: std::fs::File,
 }
 
 /// Keeps a sink name usable as a directory name.
@@ -98,6 +103,29 @@ fn dir_name(sink: &str) -> String {
     }
 }
 
+/// Takes `<dir>/.lock` exclusively; another process holding it is
+/// [`io::ErrorKind::ResourceBusy`].
+async fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
+    let path = dir.join(".lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the spool directory is in use by another relay process",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.jsonl"))
 }
@@ -108,6 +136,7 @@ impl Spool {
     pub async fn open(spool_dir: &Path, sink: &str, max_bytes: u64) -> io::Result<Spool> {
         let dir = spool_dir.join(dir_name(sink));
         tokio::fs::create_dir_all(&dir).await?;
+        let lock = lock_dir(&dir).await?;
         let mut seqs = Vec::new();
         let mut entries = tokio::fs::read_dir(&dir).await?;
         while let Some(entry) = entries.next_entry().await? {
@@ -129,6 +158,7 @@ impl Spool {
             next_seq: seqs.last().map_or(1, |s| s + 1),
             total_bytes: 0,
             total_records: 0,
+            _lock: lock,
         };
         for seq in seqs {
             let data = tokio::fs::read(segment_path(&spool.dir, seq)).await?;
@@ -310,6 +340,21 @@ mod tests {
             status: 200,
             ..Default::default()
         })
+    }
+
+    #[tokio::test]
+    async fn one_spool_directory_serves_one_relay_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = Spool::open(tmp.path(), "webhook", 10_000).await.unwrap();
+        let err = Spool::open(tmp.path(), "webhook", 10_000)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+        assert!(err.to_string().contains("another relay"), "{err}");
+        // Another sink's directory is its own.
+        Spool::open(tmp.path(), "parquet", 10_000).await.unwrap();
+        drop(first);
+        Spool::open(tmp.path(), "webhook", 10_000).await.unwrap();
     }
 
     #[tokio::test]
