@@ -165,15 +165,7 @@ async fn newcomer_walkthrough_and_no_secret_in_logs() {
         http.post(bad).body("{}").send().await.unwrap().status(),
         401
     );
-    let health: serde_json::Value = http
-        .get(format!("{}/health", relay.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "ok");
+    assert_eq!(health(&http, &relay).await["status"], "ok");
 
     relay.signal("-TERM");
     let stderr = relay.stderr.clone();
@@ -457,16 +449,19 @@ fn earlier_cli_spellings_and_the_sample_key() {
 /// SIGTERM under load with every sink on (PostgreSQL as the database):
 /// every admitted request has exactly one record in every sink afterwards,
 /// and the Parquet files are complete.
-/// The webhook sink's counters in the relay's `/health`.
-async fn webhook_stats(http: &reqwest::Client, relay: &Relay) -> serde_json::Value {
-    let health: serde_json::Value = http
-        .get(format!("{}/health", relay.url))
+async fn health(http: &reqwest::Client, relay: &Relay) -> serde_json::Value {
+    http.get(format!("{}/health", relay.url))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The webhook sink's counters in the relay's `/health`.
+async fn webhook_stats(http: &reqwest::Client, relay: &Relay) -> serde_json::Value {
+    let health = health(http, relay).await;
     health["logs"]
         .as_array()
         .and_then(|sinks| sinks.iter().find(|s| s["name"] == "webhook"))
