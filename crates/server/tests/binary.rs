@@ -446,9 +446,7 @@ fn earlier_cli_spellings_and_the_sample_key() {
     assert!(relay.url.starts_with("http://127.0.0.1:"));
 }
 
-/// SIGTERM under load with every sink on (PostgreSQL as the database):
-/// every admitted request has exactly one record in every sink afterwards,
-/// and the Parquet files are complete.
+/// The relay's `/health` document.
 async fn health(http: &reqwest::Client, relay: &Relay) -> serde_json::Value {
     http.get(format!("{}/health", relay.url))
         .send()
@@ -546,6 +544,9 @@ async fn by_default_a_down_sink_spools_instead_of_dropping() {
     assert_eq!(stats["dropped"], 0, "{stats}");
 }
 
+/// SIGTERM under load with every sink on (PostgreSQL as the database):
+/// every admitted request has exactly one record in every sink afterwards,
+/// and the Parquet files are complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_every_admitted_request_is_logged() {
     let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
