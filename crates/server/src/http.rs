@@ -316,8 +316,7 @@ async fn relay(
         r.kid = located
             .token
             .as_deref()
-            .and_then(|t| t.split_once('.'))
-            .and_then(|(header, _)| relayapi_token::header_kid(header));
+            .and_then(relayapi_token::header_kid);
         r.model_sent = claims.effective_model().map(str::to_string);
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
