@@ -19,6 +19,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use relayapi_token::Claims;
+use smallvec::SmallVec;
 
 use crate::auth::CREDENTIAL_HEADERS;
 use crate::config::UpstreamSettings;
@@ -124,14 +125,21 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// `Connection`. One scan over the (few) headers present, then removals of
 /// only what is there: cheaper than removing each unwanted name by lookup.
 fn filter_headers(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    doomed.extend(headers.keys().filter(|k| drop(k.as_str())).cloned());
+    // On the stack: a request drops one or two headers (its `Origin`, a
+    // client's `Authorization`), and this runs twice per call.
+    let mut doomed: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    for listed in headers.get_all(header::CONNECTION) {
+        for name in listed.to_str().unwrap_or_default().split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in headers.keys() {
+        if drop(name.as_str()) {
+            doomed.push(name.clone());
+        }
+    }
     for name in doomed {
         headers.remove(name);
     }
