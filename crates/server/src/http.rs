@@ -30,7 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use crate::auth;
@@ -473,7 +473,7 @@ async fn relay(
     };
 
     // 7. forward (a key_ref call with a replayable body may try two keys)
-    let uri = provider
+    let mut uri = provider
         .upstream_uri(&rest, &query)
         .ok_or(ApiError::NotFound)?;
     let started = Instant::now();
@@ -490,10 +490,11 @@ async fn relay(
             (Some(_), Some(pool)) if !retried => pool.key_after(key_index),
             _ => None,
         };
-        let attempt_headers = if next_key.is_some() {
-            headers.clone()
+        // Copies only when a second attempt may follow.
+        let (attempt_headers, attempt_uri) = if next_key.is_some() {
+            (headers.clone(), uri.clone())
         } else {
-            std::mem::take(&mut headers)
+            (std::mem::take(&mut headers), std::mem::take(&mut uri))
         };
         let attempt_body = match &buffered {
             Some(bytes) => full(bytes.clone()),
@@ -501,7 +502,7 @@ async fn relay(
         };
         let mut upstream_req = Request::new(attempt_body);
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri.clone();
+        *upstream_req.uri_mut() = attempt_uri;
         *upstream_req.headers_mut() =
             proxy::upstream_headers(attempt_headers, &provider, key.expose())?;
         let sent = proxy::send(
@@ -584,13 +585,22 @@ async fn relay(
     let finish_state = state.clone();
     let finish_provider = provider.clone();
     let finish_claims = claims.clone();
-    let mut rbody: RelayBody = match &response_tap {
-        Some(tap) => Tapped::new(IdleTimeout::new(rbody, idle), tap.clone()).boxed(),
-        None => IdleTimeout::new(rbody, idle).boxed(),
+    // The plain case is boxed once (below, with the finish hook); only a
+    // tapped or filtered stream pays for a second box.
+    let rbody = IdleTimeout::new(rbody, idle);
+    let rbody = match (&response_tap, strip_usage) {
+        (None, false) => Either::Left(rbody),
+        (tap, strip) => {
+            let mut b: RelayBody = match tap {
+                Some(tap) => Tapped::new(rbody, tap.clone()).boxed(),
+                None => rbody.boxed(),
+            };
+            if strip {
+                b = StripUsageChunk::new(b).boxed();
+            }
+            Either::Right(b)
+        }
     };
-    if strip_usage {
-        rbody = StripUsageChunk::new(rbody).boxed();
-    }
     let body = Finish::new(rbody, move |reason: FinishReason| {
         // 9. finish: exactly once, whatever happened to the stream
         let outcome = response_tap.and_then(take_tap).map(|t| t.finish());

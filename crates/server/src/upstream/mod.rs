@@ -197,8 +197,7 @@ impl Upstream {
         &self,
         req: Request<RelayBody>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
-        let uri = req.uri().clone();
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        let (Some(scheme), Some(authority)) = (req.uri().scheme(), req.uri().authority()) else {
             return Err("upstream URI is not absolute".into());
         };
         let pool = &self.pools[crate::server::worker_index() % self.pools.len()];
@@ -210,7 +209,7 @@ impl Upstream {
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
-            None => Box::pin(self.connect(&uri, pool, host)).await?,
+            None => Box::pin(self.connect(pool, host)).await?,
         };
         match conn {
             Conn::H1(mut conn) => {
@@ -220,7 +219,7 @@ impl Upstream {
                         return Err(e.into());
                     }
                     // Died after the checkout's check: nothing was sent.
-                    conn = match Box::pin(self.connect(&uri, pool, host)).await? {
+                    conn = match Box::pin(self.connect(pool, host)).await? {
                         Conn::H1(c) => c,
                         Conn::H2(_) => return Err("provider switched to HTTP/2 mid-request".into()),
                     };
@@ -236,7 +235,7 @@ impl Upstream {
             }
             // Boxed: hyper's HTTP/2 send future is large, and inline it
             // would make every request's future (HTTP/1 too) that large.
-            Conn::H2(sender) => Box::pin(self.send_h2(sender, req, reused, &uri, pool, host)).await,
+            Conn::H2(sender) => Box::pin(self.send_h2(sender, req, reused, pool, host)).await,
         }
     }
 
@@ -245,7 +244,6 @@ impl Upstream {
         mut sender: http2::SendRequest<RelayBody>,
         req: Request<RelayBody>,
         reused: bool,
-        uri: &Uri,
         pool: &Mutex<WorkerPool>,
         host: usize,
     ) -> Result<Response<UpstreamBody>, BoxError> {
@@ -254,7 +252,7 @@ impl Upstream {
             // A shared connection that went away before the request was
             // handed to it: nothing was sent, try a fresh one.
             Err(mut e) if reused => match e.take_message() {
-                Some(req) => match Box::pin(self.connect(uri, pool, host)).await? {
+                Some(req) => match Box::pin(self.connect(pool, host)).await? {
                     Conn::H2(mut fresh) => fresh.send_request(req).await?,
                     Conn::H1(_) => return Err("provider switched to HTTP/1.1 mid-request".into()),
                 },
@@ -270,14 +268,20 @@ impl Upstream {
     /// Callers box this future: it is large (the TLS and HTTP/2 handshakes,
     /// ~6.5 KiB) and rare, and inlined it would be copied around with every
     /// request's future.
-    async fn connect(
-        &self,
-        uri: &Uri,
-        pool: &Mutex<WorkerPool>,
-        host: usize,
-    ) -> Result<Conn, BoxError> {
+    async fn connect(&self, pool: &Mutex<WorkerPool>, host: usize) -> Result<Conn, BoxError> {
+        // The connector needs only the scheme and authority: the pool's key
+        // (no request URI is kept around for this rare path).
+        let uri = {
+            let p = lock(pool);
+            let h = p.hosts.get(host).ok_or("upstream host left the pool")?;
+            Uri::builder()
+                .scheme(h.scheme.clone())
+                .authority(h.authority.clone())
+                .path_and_query("/")
+                .build()?
+        };
         let mut connector = self.connector.clone();
-        let io = connector.call(uri.clone()).await?;
+        let io = connector.call(uri).await?;
         if io.connected().is_negotiated_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
