@@ -17,6 +17,13 @@
 //! decay's reach. [`release_thread_cache`] hands it back; every worker calls
 //! it once a second (`server.rs`).
 //!
+//! Page-sized blocks (the 4 KiB and 8 KiB size classes) come from slabs of
+//! eight pages instead of one or two: the build sets jemalloc's
+//! `slab_sizes` (`.cargo/config.toml`; it cannot be changed at run time).
+//! Every open stream holds buffers of these sizes, and with one block per
+//! slab each became an extent of its own, whose metadata jemalloc keeps for
+//! good: after 5,000 streams closed, RSS stayed 2.5 MiB above idle.
+//!
 //! Everything goes through `tikv-jemalloc-ctl`'s safe accessors (no unsafe
 //! code in the workspace). Failures are logged and ignored: the relay works
 //! the same with the allocator's defaults, it only holds on to memory longer.
@@ -96,6 +103,23 @@ mod tests {
         let arena0: isize = b"arena.0.dirty_decay_ms\0".name().read().unwrap();
         assert_eq!(arena0, DIRTY_DECAY_MS);
         assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
+    }
+
+    #[test]
+    fn page_sized_blocks_share_slabs() {
+        // Set at build time by `.cargo/config.toml` (see the module docs).
+        let page: usize = b"arenas.page\0".name().read().unwrap();
+        let nbins: u32 = b"arenas.nbins\0".name().read().unwrap();
+        let mut checked = Vec::new();
+        for i in 0..nbins {
+            let size: usize = format!("arenas.bin.{i}.size\0").name().read().unwrap();
+            if size == 4096 || size == 8192 {
+                let slab: usize = format!("arenas.bin.{i}.slab_size\0").name().read().unwrap();
+                assert_eq!(slab, 8 * page, "slab size of the {size}-byte class");
+                checked.push(size);
+            }
+        }
+        assert_eq!(checked, [4096, 8192]);
     }
 
     #[test]
