@@ -413,7 +413,13 @@ impl Drain {
     }
 
     fn deregister(&self, slot: usize) {
-        self.wakers().try_remove(slot);
+        let mut wakers = self.wakers();
+        wakers.try_remove(slot);
+        // After a burst of connections, give the list's memory back (as
+        // the coarse timer's table does).
+        if wakers.is_empty() && wakers.capacity() > crate::timer::KEEP_CAPACITY {
+            *wakers = slab::Slab::new();
+        }
     }
 
     /// Tells every connection, now and later, to finish its current
@@ -634,6 +640,28 @@ mod tests {
             open: open.iter().map(|&n| AtomicUsize::new(n)).collect(),
             inbox: open.iter().map(|_| mpsc::channel(1).0).collect(),
         }
+    }
+
+    #[test]
+    fn the_drain_list_gives_its_memory_back_once_a_burst_is_over() {
+        let drain = Drain::default();
+        let waker = futures_util::task::noop_waker();
+        let burst = crate::timer::KEEP_CAPACITY * 3;
+        let slots: Vec<usize> = (0..burst).map(|_| drain.register(waker.clone())).collect();
+        assert!(drain.wakers().capacity() >= burst);
+        for &slot in &slots[1..] {
+            drain.deregister(slot);
+        }
+        assert!(
+            drain.wakers().capacity() >= burst,
+            "a live slot keeps the list"
+        );
+        drain.deregister(slots[0]);
+        assert_eq!(drain.wakers().capacity(), 0);
+        // A small list stays allocated when it empties.
+        let slot = drain.register(waker);
+        drain.deregister(slot);
+        assert!(drain.wakers().capacity() > 0);
     }
 
     #[test]

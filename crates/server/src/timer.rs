@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 /// How late a coarse deadline may fire: the ticker's period.
 pub const GRANULARITY: Duration = Duration::from_millis(20);
 
+/// Slots an emptied table keeps allocated (see [`Table::disarm`]).
+pub(crate) const KEEP_CAPACITY: usize = 1024;
+
 thread_local! {
     static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
 }
@@ -54,6 +57,14 @@ impl Table {
 
     fn disarm(&mut self, slot: usize) {
         self.armed.try_remove(slot);
+        // A burst (thousands of connections waiting at once) grows the
+        // table, and a slab never shrinks by itself: once the burst is
+        // over, hand the memory back. Small tables are kept, so light
+        // traffic, which empties the table on every request, never pays
+        // for a new allocation.
+        if self.armed.is_empty() && self.armed.capacity() > KEEP_CAPACITY {
+            self.armed = slab::Slab::new();
+        }
     }
 
     /// Wakes every sleep whose deadline has passed (it then sees so itself
@@ -322,6 +333,36 @@ mod tests {
             b.await;
             assert!(started.elapsed() < Duration::from_secs(1));
             assert_eq!(armed(), 0);
+        });
+    }
+
+    #[test]
+    fn a_table_emptied_after_a_burst_gives_its_memory_back() {
+        let capacity = || TABLE.with(|t| t.borrow().as_ref().map_or(0, |t| t.armed.capacity()));
+        current_thread().block_on(async {
+            tokio::spawn(run_ticker());
+            tokio::task::yield_now().await;
+            let far = Instant::now() + Duration::from_secs(3600);
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let mut burst: Vec<_> = (0..3 * KEEP_CAPACITY)
+                .map(|_| Box::pin(Sleep::until(far)))
+                .collect();
+            for s in &mut burst {
+                assert!(s.as_mut().poll(&mut cx).is_pending());
+            }
+            assert!(capacity() >= 3 * KEEP_CAPACITY);
+            let last = burst.pop();
+            drop(burst);
+            // One left armed: the slots cannot move, so the table stays.
+            assert!(capacity() >= 3 * KEEP_CAPACITY);
+            drop(last);
+            assert_eq!(capacity(), 0);
+            // A small table is kept as it is when it empties.
+            let mut one = Box::pin(Sleep::until(far));
+            assert!(one.as_mut().poll(&mut cx).is_pending());
+            drop(one);
+            assert!(capacity() > 0);
         });
     }
 
