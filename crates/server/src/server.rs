@@ -415,11 +415,7 @@ impl Drain {
     fn deregister(&self, slot: usize) {
         let mut wakers = self.wakers();
         wakers.try_remove(slot);
-        // After a burst of connections, give the list's memory back (as
-        // the coarse timer's table does).
-        if wakers.is_empty() && wakers.capacity() > crate::timer::KEEP_CAPACITY {
-            *wakers = slab::Slab::new();
-        }
+        crate::alloc::release_emptied(&mut *wakers);
     }
 
     /// Tells every connection, now and later, to finish its current
@@ -646,7 +642,7 @@ mod tests {
     fn the_drain_list_gives_its_memory_back_once_a_burst_is_over() {
         let drain = Drain::default();
         let waker = futures_util::task::noop_waker();
-        let burst = crate::timer::KEEP_CAPACITY * 3;
+        let burst = crate::alloc::KEEP_SLOTS * 3;
         let slots: Vec<usize> = (0..burst).map(|_| drain.register(waker.clone())).collect();
         assert!(drain.wakers().capacity() >= burst);
         for &slot in &slots[1..] {

@@ -23,9 +23,6 @@ use std::time::{Duration, Instant};
 /// How late a coarse deadline may fire: the ticker's period.
 pub const GRANULARITY: Duration = Duration::from_millis(20);
 
-/// Slots an emptied table keeps allocated (see [`Table::disarm`]).
-pub(crate) const KEEP_CAPACITY: usize = 1024;
-
 thread_local! {
     static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
 }
@@ -57,14 +54,7 @@ impl Table {
 
     fn disarm(&mut self, slot: usize) {
         self.armed.try_remove(slot);
-        // A burst (thousands of connections waiting at once) grows the
-        // table, and a slab never shrinks by itself: once the burst is
-        // over, hand the memory back. Small tables are kept, so light
-        // traffic, which empties the table on every request, never pays
-        // for a new allocation.
-        if self.armed.is_empty() && self.armed.capacity() > KEEP_CAPACITY {
-            self.armed = slab::Slab::new();
-        }
+        crate::alloc::release_emptied(&mut self.armed);
     }
 
     /// Wakes every sleep whose deadline has passed (it then sees so itself
@@ -345,17 +335,17 @@ mod tests {
             let far = Instant::now() + Duration::from_secs(3600);
             let waker = futures_util::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
-            let mut burst: Vec<_> = (0..3 * KEEP_CAPACITY)
+            let mut burst: Vec<_> = (0..3 * crate::alloc::KEEP_SLOTS)
                 .map(|_| Box::pin(Sleep::until(far)))
                 .collect();
             for s in &mut burst {
                 assert!(s.as_mut().poll(&mut cx).is_pending());
             }
-            assert!(capacity() >= 3 * KEEP_CAPACITY);
+            assert!(capacity() >= 3 * crate::alloc::KEEP_SLOTS);
             let last = burst.pop();
             drop(burst);
             // One left armed: the slots cannot move, so the table stays.
-            assert!(capacity() >= 3 * KEEP_CAPACITY);
+            assert!(capacity() >= 3 * crate::alloc::KEEP_SLOTS);
             drop(last);
             assert_eq!(capacity(), 0);
             // A small table is kept as it is when it empties.
