@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 
 /// How a provider expects its credential.
@@ -106,18 +107,58 @@ pub struct Provider {
     pub configured: bool,
     /// The `Host` header for every upstream request (computed once).
     pub host: Option<HeaderValue>,
+    /// `base_url` split once: its scheme and authority (reused for every
+    /// request's URI, so only the path is parsed per request) and its path
+    /// without a trailing slash (`/v1`, or empty). `None` when `base_url`
+    /// is not an absolute URL: then no request can be forwarded.
+    base: Option<(Scheme, Authority, String)>,
 }
 
 impl Provider {
-    /// [`Provider::upstream_url`] as a URI (`None` if it is not one).
-    pub fn upstream_uri(&self, rest: &str, query: &str) -> Option<http::Uri> {
-        // From the String itself: its buffer becomes the URI's, no copy.
-        http::Uri::try_from(self.upstream_url(rest, query)).ok()
+    /// A provider at `base_url` (a trailing slash is ignored).
+    fn at(
+        id: String,
+        base_url: &str,
+        auth: AuthStyle,
+        default_headers: Vec<(HeaderName, HeaderValue)>,
+        azure: Option<AzureSettings>,
+    ) -> Provider {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let parsed: Option<Uri> = base_url.parse().ok();
+        let base = parsed.as_ref().and_then(|uri| {
+            let path = uri.path().trim_end_matches('/').to_string();
+            Some((uri.scheme()?.clone(), uri.authority()?.clone(), path))
+        });
+        Provider {
+            id,
+            base_ends_in_v1: base_url.ends_with("/v1"),
+            configured: !base_url.contains('{'),
+            host: parsed.as_ref().and_then(host_header),
+            base,
+            base_url,
+            auth,
+            default_headers,
+            azure,
+        }
     }
 
-    /// The upstream URL for the client's `rest` path (after base path and
-    /// token) and query string (credentials already removed).
-    pub fn upstream_url(&self, rest: &str, query: &str) -> String {
+    /// The upstream URI for the client's `rest` path (after base path and
+    /// token) and query string (credentials already removed); `None` when
+    /// the path is not one a URI may carry.
+    pub fn upstream_uri(&self, rest: &str, query: &str) -> Option<Uri> {
+        let (scheme, authority, base_path) = self.base.as_ref()?;
+        // From the String itself: its buffer becomes the path's, no copy.
+        let path = PathAndQuery::try_from(self.upstream_path(base_path, rest, query)).ok()?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).ok()
+    }
+
+    /// `base_path` + the client's path and query as the provider wants them
+    /// (`v1` de-duplicated, Azure's deployment and `api-version` added).
+    fn upstream_path(&self, base_path: &str, rest: &str, query: &str) -> String {
         let mut rest = rest.trim_start_matches('/');
         if self.base_ends_in_v1 {
             if let Some(stripped) = rest.strip_prefix("v1/") {
@@ -126,8 +167,8 @@ impl Provider {
                 rest = "";
             }
         }
-        let mut url = String::with_capacity(self.base_url.len() + rest.len() + query.len() + 48);
-        url.push_str(&self.base_url);
+        let mut url = String::with_capacity(base_path.len() + rest.len() + query.len() + 48);
+        url.push_str(base_path);
         url.push('/');
         if let Some(az) = &self.azure {
             if let Some(dep) = &az.deployment {
@@ -248,7 +289,6 @@ fn resolve(id: &str, e: &ProviderOverride) -> Option<Provider> {
     if let Some(res) = e.azure.as_ref().and_then(|a| a.resource.as_deref()) {
         base = base.replace("{resource}", res);
     }
-    let base = base.trim_end_matches('/').to_string();
     let default_headers = e
         .default_headers
         .iter()
@@ -260,16 +300,13 @@ fn resolve(id: &str, e: &ProviderOverride) -> Option<Provider> {
             ))
         })
         .collect();
-    Some(Provider {
-        id: id.to_string(),
-        base_ends_in_v1: base.ends_with("/v1"),
-        configured: !base.contains('{'),
-        host: base_host(&base),
-        base_url: base,
-        auth: e.auth.unwrap_or(AuthStyle::Bearer),
+    Some(Provider::at(
+        id.to_string(),
+        &base,
+        e.auth.unwrap_or(AuthStyle::Bearer),
         default_headers,
-        azure: e.azure.clone(),
-    })
+        e.azure.clone(),
+    ))
 }
 
 /// The `Host` header for `uri`, exactly as the client would add it (host,
@@ -290,10 +327,6 @@ pub fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
         _ => authority.as_str(),
     };
     http::HeaderValue::from_str(host).ok()
-}
-
-fn base_host(base: &str) -> Option<HeaderValue> {
-    host_header(&base.parse().ok()?)
 }
 
 /// `scheme://host[:port]` of an http(s) URL, lower-cased, or `None`.
@@ -322,17 +355,13 @@ impl Registry {
         {
             return None;
         }
-        let base = url.trim_end_matches('/').to_string();
-        Some(Arc::new(Provider {
-            id: origin,
-            base_ends_in_v1: base.ends_with("/v1"),
-            configured: true,
-            host: base_host(&base),
-            base_url: base,
-            auth: AuthStyle::Bearer,
-            default_headers: Vec::new(),
-            azure: None,
-        }))
+        Some(Arc::new(Provider::at(
+            origin,
+            url,
+            AuthStyle::Bearer,
+            Vec::new(),
+            None,
+        )))
     }
 }
 
@@ -373,6 +402,15 @@ pub fn validate_overrides(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    impl Provider {
+        /// The URI as text, for assertions.
+        fn upstream_url(&self, rest: &str, query: &str) -> String {
+            self.upstream_uri(rest, query)
+                .map(|u| u.to_string())
+                .unwrap_or_default()
+        }
+    }
 
     #[test]
     fn host_header_matches_what_the_client_would_write() {
@@ -476,37 +514,51 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uri_is_the_upstream_url_parsed() {
+    fn upstream_uri_joins_the_base_and_the_client_path() {
         let o: BTreeMap<String, ProviderOverride> = serde_json::from_str(
             r#"{"openai": {"base_url": "HTTP://127.0.0.1:9/v1/"},
                 "acme": {"base_url": "http://[::1]:8080"},
-                "bare": {"base_url": "https://llm.example.com"}}"#,
+                "bare": {"base_url": "https://llm.example.com"},
+                "creds": {"base_url": "http://u:p@127.0.0.1:9/x/"}}"#,
         )
         .unwrap();
         let r = Registry::new(&o);
-        for (id, rest, query) in [
-            ("openai", "v1/chat/completions", "a=1&b=%20"),
-            ("openai", "", ""),
-            ("acme", "v1/models", ""),
-            ("bare", "x/y", "q"),
-            ("anthropic", "v1/messages", ""),
+        for (id, rest, query, expected) in [
+            (
+                "openai",
+                "v1/chat/completions",
+                "a=1&b=%20",
+                "http://127.0.0.1:9/v1/chat/completions?a=1&b=%20",
+            ),
+            ("openai", "", "", "http://127.0.0.1:9/v1/"),
+            ("acme", "v1/models", "", "http://[::1]:8080/v1/models"),
+            ("bare", "x/y", "q", "https://llm.example.com/x/y?q"),
+            ("creds", "/y", "", "http://u:p@127.0.0.1:9/x/y"),
+            (
+                "anthropic",
+                "v1/messages",
+                "",
+                "https://api.anthropic.com/v1/messages",
+            ),
         ] {
-            let p = r.get(id).unwrap();
-            let expected: http::Uri = p.upstream_url(rest, query).parse().unwrap();
-            let uri = p.upstream_uri(rest, query).unwrap();
-            assert_eq!(uri, expected, "{id} {rest}");
-            assert_eq!(uri.to_string(), expected.to_string());
+            let uri = r.get(id).unwrap().upstream_uri(rest, query).unwrap();
+            // Equal to the whole URL parsed, part for part.
+            let parsed: http::Uri = expected.parse().unwrap();
+            assert_eq!(uri, parsed, "{id} {rest}");
+            assert_eq!(uri.to_string(), expected);
         }
-        assert_eq!(
-            r.get("openai")
-                .unwrap()
-                .upstream_uri("chat/completions", "")
-                .unwrap(),
-            "http://127.0.0.1:9/v1/chat/completions"
-        );
         assert_eq!(r.get("acme").unwrap().host.as_ref().unwrap(), "[::1]:8080");
+        assert!(r.get("creds").unwrap().host.is_none());
         // A path the URI grammar refuses is refused, not passed on.
         assert!(r.get("openai").unwrap().upstream_uri("a b", "").is_none());
+        // A base that is no absolute URL forwards nothing.
+        let o: BTreeMap<String, ProviderOverride> =
+            serde_json::from_str(r#"{"odd": {"base_url": "relative/path"}}"#).unwrap();
+        assert!(Registry::new(&o)
+            .get("odd")
+            .unwrap()
+            .upstream_uri("v1/x", "")
+            .is_none());
     }
 
     #[test]
