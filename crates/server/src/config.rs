@@ -558,7 +558,12 @@ impl Config {
         }
         if log.database.enabled {
             let db = &log.database;
-            if !matches!(db.kind.as_str(), "sqlite" | "postgres" | "mysql") {
+            if db.kind.is_empty() {
+                problems.push(
+                    "log.database.type is missing; with log.database.enabled, set it to \"sqlite\", \"postgres\" or \"mysql\" (also for MariaDB)"
+                        .into(),
+                );
+            } else if !matches!(db.kind.as_str(), "sqlite" | "postgres" | "mysql") {
                 problems.push(format!(
                     "log.database.type: unknown type {:?}; use \"sqlite\", \"postgres\" or \"mysql\" (also for MariaDB)",
                     db.kind
@@ -735,10 +740,23 @@ fn parse_tree(label: &str, path: &Path, text: &str) -> Result<Value, ConfigError
 fn explain_serde(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     if msg.starts_with("unknown field") {
-        format!("{msg} (remove it or fix the spelling)")
-    } else {
-        msg
+        return format!("{msg} (remove it or fix the spelling)");
     }
+    // serde names Rust types; say what to write instead.
+    for (rust, plain) in [
+        ("expected usize", "write a whole number, 0 or more"),
+        ("expected u64", "write a whole number, 0 or more"),
+        ("expected u32", "write a whole number, 0 or more"),
+        ("expected u16", "write a whole number from 0 to 65535"),
+        ("expected f64", "write a number"),
+        ("expected a boolean", "write true or false"),
+        ("expected a string", "write a string in double quotes"),
+    ] {
+        if msg.contains(rust) {
+            return format!("{msg} ({plain})");
+        }
+    }
+    msg
 }
 
 /// Applies `RELAYAPI_SECTION_FIELD=value` overrides, e.g.
@@ -919,6 +937,34 @@ mod tests {
             "RELAYAPI_NOPE",
         ] {
             assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+    }
+
+    #[test]
+    fn type_errors_say_what_to_write() {
+        for (text, needles) in [
+            (
+                r#"{"log": {"console": {"format": "xml"}}}"#,
+                &["log.console", r#"{"format": "json"}"#][..],
+            ),
+            (
+                r#"{"log": {"console": "json"}}"#,
+                &["log.console", "true, false"],
+            ),
+            (
+                r#"{"log": {"max_body_bytes": -1}}"#,
+                &["log.max_body_bytes", "whole number"],
+            ),
+            (
+                r#"{"log": {"database": {"enabled": true}}}"#,
+                &["log.database.type is missing", "\"postgres\""],
+            ),
+        ] {
+            let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+            for needle in needles {
+                assert!(msg.contains(needle), "missing {needle} in {msg}");
+            }
+            assert!(!msg.contains("ConsoleSetting"), "{msg}");
         }
     }
 

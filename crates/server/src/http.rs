@@ -199,12 +199,14 @@ pub async fn handle(
         health(&state)
     } else {
         let ip = client_ip(peer, req.headers(), &state.trusted_proxies);
-        let mut log = state.logger.as_ref().map(|_| {
-            RequestLog::begin(
+        let mut log = state.logger.as_ref().map(|logger| {
+            let mut log = RequestLog::begin(
                 request_id.to_str().unwrap_or(""),
                 req.method().as_str(),
                 crate::logs::request::ip_text(ip),
-            )
+            );
+            log.request_headers(&logger.records, req.headers());
+            log
         });
         let mut refusal_headers = HeaderMap::new();
         let body_may_be_unread = has_http1_body(&req);
@@ -215,15 +217,8 @@ pub async fn handle(
                 if e == ApiError::OriginNotAllowed {
                     cors_headers = false;
                 }
-                // A refusal is one record, written now (relay() handed the
-                // log to the response body only on success).
-                if let (Some(mut log), Some(logger)) = (log, &state.logger) {
-                    log.record().error_code = Some(e.code().to_string());
-                    logger
-                        .pipeline
-                        .push(Arc::new(log.finish(e.status().as_u16(), None, 0, false)));
-                }
-                let mut resp = error_response(e);
+                let body = e.body();
+                let mut resp = error_response_with(e, body.clone());
                 resp.headers_mut().extend(refusal_headers);
                 if body_may_be_unread {
                     // Most refusals come before the body is read; hyper then
@@ -232,6 +227,18 @@ pub async fn handle(
                     // closing socket.
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                // A refusal is one record, written now (relay() handed the
+                // log to the response body only on success).
+                if let (Some(mut log), Some(logger)) = (log, &state.logger) {
+                    log.record().error_code = Some(e.code().to_string());
+                    log.answered(&logger.records, resp.headers(), &body);
+                    logger.pipeline.push(Arc::new(log.finish(
+                        e.status().as_u16(),
+                        None,
+                        body.len() as u64,
+                        false,
+                    )));
                 }
                 resp
             }
@@ -285,10 +292,12 @@ async fn relay(
         }
     }
 
-    // 4. traffic limits, before any crypto
+    // 4. traffic limits, before any crypto (one clock read for the request's
+    // limits and its start)
+    let started = Instant::now();
     state
         .limiter
-        .check(ip, Instant::now())
+        .check(ip, started)
         .map_err(|retry| ApiError::RateLimited(retry.0))?;
 
     // 5. token
@@ -360,7 +369,7 @@ async fn relay(
         state
             .policy
             .rates
-            .check(&claims.jti, rps, burst, Instant::now())
+            .check(&claims.jti, rps, burst, started)
             .map_err(|retry| ApiError::RateLimited(retry.0))?;
     }
     let slot = match claims.concurrency {
@@ -476,7 +485,6 @@ async fn relay(
     let mut uri = provider
         .upstream_uri(&rest, &query)
         .ok_or(ApiError::NotFound)?;
-    let started = Instant::now();
     let mut attempt_key = credential.first();
     let mut retried = false;
     let upstream = loop {
@@ -902,7 +910,13 @@ pub fn spawn_background(state: &Arc<AppState>) {
 }
 
 pub fn error_response(e: ApiError) -> Response<RelayBody> {
-    let mut resp = Response::new(full(e.body()));
+    let body = e.body();
+    error_response_with(e, body)
+}
+
+/// [`error_response`] with `e`'s body already made.
+fn error_response_with(e: ApiError, body: Bytes) -> Response<RelayBody> {
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();
     h.insert(

@@ -94,7 +94,7 @@ async fn one_record_per_request_with_usage_and_no_secret() {
         .await
         .unwrap();
     assert_eq!(r3.status(), 401);
-    r3.text().await.unwrap();
+    let refused_body = r3.text().await.unwrap();
     // 4. Client leaves mid-stream.
     let r4 = env
         .http
@@ -147,6 +147,21 @@ async fn one_record_per_request_with_usage_and_no_secret() {
     assert_eq!(refused["status"], 401);
     assert_eq!(refused["error_code"], "token_invalid");
     assert!(refused["upstream_status"].is_null());
+    // What the client got from the relay itself, as for a provider's answer.
+    assert_eq!(refused["bytes_out"], refused_body.len() as u64);
+    assert_eq!(refused["response_body"]["text"], refused_body);
+    let has =
+        |headers: &Value, name: &str| headers.as_array().unwrap().iter().any(|h| h[0] == name);
+    assert!(
+        has(&refused["response_headers"], "content-type"),
+        "{refused}"
+    );
+    assert!(
+        has(&refused["request_headers"], "x-request-id"),
+        "{refused}"
+    );
+    // Refused before the body was read: no request body.
+    assert!(refused["request_body"].is_null());
 
     let gone = by_id(&all, "log-gone");
     assert_eq!(gone["client_aborted"], true);

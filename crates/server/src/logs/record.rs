@@ -36,6 +36,21 @@ pub struct CapturedBody {
     /// For SSE bodies: `data:` lines that were not JSON, kept raw (capped too).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub sse_raw: Vec<String>,
+    /// Why no bytes were kept (then `text` and `base64` are unset): the body
+    /// was in a content coding the relay could not decode, so secrets in it
+    /// could not be scrubbed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<String>,
+}
+
+impl CapturedBody {
+    /// The capture of an encoded body the relay could not decode.
+    pub fn undecodable() -> CapturedBody {
+        CapturedBody {
+            omitted: Some("undecodable content-encoding".to_string()),
+            ..CapturedBody::default()
+        }
+    }
 }
 
 /// One request, start to finish.

@@ -175,23 +175,96 @@ fn value_end(b: &[u8], start: usize) -> usize {
     }
 }
 
-/// Replaces every occurrence of each non-empty secret with `[REDACTED]`.
-/// Applied by the finish hook to path, query and captured bodies.
-pub fn scrub(text: &str, secrets: &[&str]) -> String {
-    scrub_in_place(&mut text.to_owned(), secrets)
+/// A fragment of a secret this long (from the secret's start) is masked as
+/// well as the whole secret: a capture cap, or a provider echoing a cut
+/// prompt, can end a body inside a key or token.
+pub const FRAGMENT_MIN: usize = 12;
+
+/// Replaces every occurrence of the known secrets (the token, the provider
+/// key) with `[REDACTED]`, and every run of [`FRAGMENT_MIN`] or more bytes
+/// that starts like one of them (a cut copy). Applied by the finish hook to
+/// path, query, header values and captured bodies (text and the bytes
+/// behind a base64 capture). Built once per record: the searchers are set
+/// up once for all its fields.
+pub struct Scrubber<'a> {
+    secrets: Vec<(&'a [u8], memchr::memmem::Finder<'a>)>,
 }
 
-/// [`scrub`] of a string the caller owns; copies only when a secret is
-/// found (the usual case is none: this runs on every field of every record).
-pub fn scrub_in_place(text: &mut String, secrets: &[&str]) -> String {
-    for s in secrets {
-        // Cheap test first: the token (hundreds of bytes) is longer than
-        // most paths, and a substring search sets up per needle.
-        if !s.is_empty() && s.len() <= text.len() && text.contains(s) {
-            *text = text.replace(s, REDACTED);
+impl<'a> Scrubber<'a> {
+    pub fn new(secrets: &[&'a str]) -> Scrubber<'a> {
+        let secrets = secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let s = s.as_bytes();
+                (
+                    s,
+                    memchr::memmem::Finder::new(&s[..s.len().min(FRAGMENT_MIN)]),
+                )
+            })
+            .collect();
+        Scrubber { secrets }
+    }
+
+    /// Scrubs `text` in place (copies only when something is found: the
+    /// usual case is nothing, on every field of every record).
+    pub fn text(&self, text: &mut String) {
+        if !self.found_in(text.as_bytes()) {
+            return;
+        }
+        let mut bytes = std::mem::take(text).into_bytes();
+        self.scrub(&mut bytes, true);
+        // Runs end on character boundaries, so this stays UTF-8.
+        *text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    }
+
+    /// Scrubs raw bytes (a binary capture); true when something was masked.
+    pub fn bytes(&self, bytes: &mut Vec<u8>) -> bool {
+        if !self.found_in(bytes) {
+            return false;
+        }
+        self.scrub(bytes, false);
+        true
+    }
+
+    fn found_in(&self, hay: &[u8]) -> bool {
+        self.secrets.iter().any(|(_, f)| f.find(hay).is_some())
+    }
+
+    fn scrub(&self, bytes: &mut Vec<u8>, text: bool) {
+        for (secret, finder) in &self.secrets {
+            let mut from = 0;
+            while let Some(i) = finder.find(&bytes[from..]) {
+                let start = from + i;
+                let mut run = bytes[start..]
+                    .iter()
+                    .zip(secret.iter())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if text {
+                    // A cut inside a multi-byte character keeps the character
+                    // whole (the run then ends before it).
+                    while run > 0 && bytes.get(start + run).is_some_and(|b| b & 0xC0 == 0x80) {
+                        run -= 1;
+                    }
+                }
+                if run < secret.len().min(FRAGMENT_MIN) {
+                    from = start + 1;
+                    continue;
+                }
+                bytes.splice(start..start + run, REDACTED.bytes());
+                from = start + REDACTED.len();
+            }
         }
     }
-    std::mem::take(text)
+}
+
+/// [`Scrubber::text`] for one string.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    Scrubber::new(secrets).text(&mut text);
+    text
 }
 
 /// A path for the log with every segment that could be a token (starts
@@ -286,5 +359,38 @@ mod tests {
             "/v1/[REDACTED]/chat?x=[REDACTED]&k=[REDACTED]"
         );
         assert_eq!(scrub("nothing", &["zz"]), "nothing");
+    }
+
+    #[test]
+    fn cut_copies_of_a_secret_are_masked_too() {
+        let key = "sk-mock-SUPERSECRET-4242";
+        // The capture ended inside the key; the provider echoed a cut copy.
+        assert_eq!(scrub("...AAAsk-mock-SUPERSEC", &[key]), "...AAA[REDACTED]");
+        assert_eq!(
+            scrub("echo: sk-mock-SUPERSECRE and more", &[key]),
+            "echo: [REDACTED] and more"
+        );
+        // Shorter than FRAGMENT_MIN: a prefix that common is no secret.
+        assert_eq!(scrub("sk-mock-SUP", &[key]), "sk-mock-SUP");
+        // A short secret is masked whole only.
+        assert_eq!(scrub("a tok1 tok", &["tok1"]), "a [REDACTED] tok");
+        // A cut inside a multi-byte character leaves valid text.
+        let wide = "ключ-секрет-очень-длинный";
+        let cut = &wide[..wide.char_indices().nth(15).unwrap().0];
+        let out = scrub(&format!("x{cut}ü"), &[wide]);
+        assert_eq!(out, "x[REDACTED]ü");
+    }
+
+    #[test]
+    fn binary_captures_are_scrubbed_bytewise() {
+        let key = "sk-mock-SUPERSECRET-4242";
+        let mut b = b"\xff\xfe\x00binary sk-mock-SUPERSECRET-4242 and sk-mock-SUPERS\x00".to_vec();
+        assert!(Scrubber::new(&[key]).bytes(&mut b));
+        assert_eq!(
+            b,
+            b"\xff\xfe\x00binary [REDACTED] and [REDACTED]\x00".to_vec()
+        );
+        let mut clean = b"\x00\x01".to_vec();
+        assert!(!Scrubber::new(&[key]).bytes(&mut clean));
     }
 }

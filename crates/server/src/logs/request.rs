@@ -18,7 +18,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::record::{CapturedBody, LogRecord};
-use super::redact::{redact_headers, scrub_in_place};
+use super::redact::{redact_headers, Scrubber};
 use super::tap::{BodyTap, Direction, TapConfig, TapOutcome};
 
 /// A tap shared by a body wrapper and the finish hook.
@@ -76,14 +76,36 @@ impl RequestLog {
         self.record.ttfb_ms = Some(self.start.elapsed().as_millis() as u64);
     }
 
-    /// Starts tapping the request body; returns the tap for [`Tapped`].
-    pub fn tap_request(&mut self, settings: &RecordSettings, headers: &HeaderMap) -> SharedTap {
-        let tap = new_tap(Direction::Request, settings, headers);
+    /// Keeps the (redacted) request headers, with body logging on; called on
+    /// arrival, so a refused request has them too.
+    pub fn request_headers(&mut self, settings: &RecordSettings, headers: &HeaderMap) {
         if settings.bodies {
             self.record.request_headers = Some(redact_headers(headers, &settings.redact_headers));
         }
+    }
+
+    /// Starts tapping the request body; returns the tap for [`Tapped`].
+    pub fn tap_request(&mut self, settings: &RecordSettings, headers: &HeaderMap) -> SharedTap {
+        let tap = new_tap(Direction::Request, settings, headers);
         self.request_tap = Some(tap.clone());
         tap
+    }
+
+    /// The relay answered itself (a refusal): with body logging on, the
+    /// answer's headers and its (small, JSON) body are kept like a
+    /// provider's.
+    pub fn answered(&mut self, settings: &RecordSettings, headers: &HeaderMap, body: &[u8]) {
+        if !settings.bodies {
+            return;
+        }
+        self.record.response_headers = Some(redact_headers(headers, &settings.redact_headers));
+        let cap = settings.tap.max_capture_bytes;
+        let text = String::from_utf8_lossy(&body[..body.len().min(cap)]).into_owned();
+        self.record.response_body = Some(CapturedBody {
+            text: Some(text),
+            truncated: body.len() > cap,
+            ..CapturedBody::default()
+        });
     }
 
     /// Ends the record: `status` the client got, the response tap (if the
@@ -114,32 +136,48 @@ impl RequestLog {
             r.response_body = outcome.body;
         }
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        r.path = scrub_in_place(&mut r.path, &secrets);
-        r.query = scrub_in_place(&mut r.query, &secrets);
+        let scrubber = Scrubber::new(&secrets);
+        scrubber.text(&mut r.path);
+        scrubber.text(&mut r.query);
         for body in [&mut r.request_body, &mut r.response_body]
             .into_iter()
             .flatten()
         {
-            scrub_body(body, &secrets);
+            scrub_body(body, &scrubber);
         }
         for headers in [&mut r.request_headers, &mut r.response_headers]
             .into_iter()
             .flatten()
         {
             for (_, v) in headers.iter_mut() {
-                *v = scrub_in_place(v, &secrets);
+                scrubber.text(v);
             }
         }
         self.record
     }
 }
 
-fn scrub_body(body: &mut CapturedBody, secrets: &[&str]) {
+fn scrub_body(body: &mut CapturedBody, scrubber: &Scrubber<'_>) {
     if let Some(t) = body.text.as_mut() {
-        *t = scrub_in_place(t, secrets);
+        scrubber.text(t);
     }
     for line in &mut body.sse_raw {
-        *line = scrub_in_place(line, secrets);
+        scrubber.text(line);
+    }
+    // A binary capture is base64 of raw bytes: a secret in it is scrubbed in
+    // the bytes (a grep of the record would not find it, a decoder would).
+    if let Some(b64) = body.base64.as_mut() {
+        use base64::Engine as _;
+        let engine = &base64::engine::general_purpose::STANDARD;
+        match engine.decode(b64.as_bytes()) {
+            Ok(mut raw) => {
+                if scrubber.bytes(&mut raw) {
+                    *b64 = engine.encode(&raw);
+                }
+            }
+            // The tap wrote it, so this cannot happen; if it did, fail closed.
+            Err(_) => body.base64 = None,
+        }
     }
 }
 
@@ -318,6 +356,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", "application/json".parse().unwrap());
         h.insert("x-note", "contains sk-live-key".parse().unwrap());
+        log.request_headers(&settings, &h);
         let tap = log.tap_request(&settings, &h);
         tap.lock()
             .unwrap()
@@ -332,5 +371,35 @@ mod tests {
         );
         assert_eq!(rec.model_requested.as_deref(), Some("m"));
         assert!(rec.bytes_in > 0);
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_binary_captures_too() {
+        use base64::Engine as _;
+        let key = "sk-live-key-0123456789";
+        let mut log = RequestLog::begin("req_1", "POST", "127.0.0.1".into());
+        log.secret(key);
+        let settings = RecordSettings {
+            tap: Arc::new(TapConfig {
+                capture_bodies: true,
+                ..TapConfig::default()
+            }),
+            bodies: true,
+            redact_headers: vec![],
+        };
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/octet-stream".parse().unwrap());
+        let tap = log.tap_request(&settings, &h);
+        let mut body = b"\xff\xfe\x00 ".to_vec();
+        body.extend_from_slice(key.as_bytes());
+        body.extend_from_slice(b" \x00 ");
+        body.extend_from_slice(&key.as_bytes()[..15]);
+        tap.lock().unwrap().as_mut().unwrap().observe(&body);
+        let rec = log.finish(200, None, 10, false);
+        let b64 = rec.request_body.unwrap().base64.unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(raw, b"\xff\xfe\x00 [REDACTED] \x00 [REDACTED]".to_vec());
     }
 }

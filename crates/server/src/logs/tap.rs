@@ -5,14 +5,16 @@
 //! and [`BodyTap::finish`] exactly once (also when the body was cut short).
 //!
 //! Layout of the work, per chunk:
-//! 1. raw bytes are counted (and, for encoded bodies, the first
-//!    `max_capture_bytes` kept as a base64 fallback);
+//! 1. raw bytes are counted;
 //! 2. [`decode`](super::decode) undoes `Content-Encoding` into bounded pieces;
 //! 3. decoded pieces go either to the [`sse`](super::sse) parser (event
 //!    streams) or into the `head` buffer (everything else), which holds the
 //!    first `max(max_capture_bytes, max_usage_scan_bytes)` decoded bytes.
 //!
-//! Memory bound, whatever the input: `head` + raw fallback + SSE line and
+//! An encoded body the tap cannot decode (unknown or stacked coding, corrupt
+//! data) is not captured at all: secrets inside it could not be scrubbed.
+//!
+//! Memory bound, whatever the input: `head` + SSE line and
 //! event buffers (each ≤ `max_usage_scan_bytes`) + SSE text/raw (≤
 //! `max_capture_bytes` each) + the decoder's window (32 KiB, brotli ≤ 16 MiB).
 
@@ -162,9 +164,6 @@ pub struct BodyTap {
     encoding: Encoding,
     /// Raw bytes seen (what went over the wire).
     seen: u64,
-    /// First `max_capture_bytes` raw bytes of an encoded body, for the base64
-    /// fallback (unknown coding, corrupt stream); empty when not capturing.
-    raw_head: Vec<u8>,
     decoder: Option<DecoderBox>,
     decoded: Decoded,
 }
@@ -214,7 +213,6 @@ impl BodyTap {
             kind,
             encoding,
             seen: 0,
-            raw_head: Vec::new(),
             decoder: Decoder::new(encoding).map(DecoderBox),
             decoded: Decoded {
                 total: 0,
@@ -229,14 +227,6 @@ impl BodyTap {
     /// Called per frame: O(chunk) work, memory bounded by the caps.
     pub fn observe(&mut self, chunk: &[u8]) {
         self.seen += chunk.len() as u64;
-        if self.encoding != Encoding::Identity && self.cfg.capture_bodies {
-            let room = self
-                .cfg
-                .max_capture_bytes
-                .saturating_sub(self.raw_head.len());
-            let take = room.min(chunk.len());
-            self.raw_head.extend_from_slice(&chunk[..take]);
-        }
         match (&mut self.decoder, self.encoding) {
             (Some(d), _) => {
                 let budget = if self.decoded.sse.is_some() {
@@ -264,8 +254,7 @@ impl BodyTap {
     /// the memory bound; excludes the decoder's window).
     #[cfg(test)]
     fn buffered_bytes(&self) -> usize {
-        self.raw_head.capacity()
-            + self.decoded.head.capacity()
+        self.decoded.head.capacity()
             + self
                 .decoded
                 .sse
@@ -283,7 +272,7 @@ impl BodyTap {
             parser.finish(&mut |ev| digest.on_event(ev));
             let body = capture.then(|| {
                 if undecodable && digest.events == 0 {
-                    self.raw_body()
+                    CapturedBody::undecodable()
                 } else {
                     CapturedBody {
                         text: Some(std::mem::take(&mut digest.text)),
@@ -291,6 +280,7 @@ impl BodyTap {
                         truncated: digest.truncated || stopped.is_some(),
                         sse_events: Some(digest.events),
                         sse_raw: std::mem::take(&mut digest.raw),
+                        omitted: None,
                     }
                 }
             });
@@ -321,7 +311,7 @@ impl BodyTap {
 
         let body = capture.then(|| {
             if undecodable {
-                self.raw_body()
+                CapturedBody::undecodable()
             } else {
                 self.decoded_body()
             }
@@ -331,15 +321,6 @@ impl BodyTap {
             body,
             stream: false,
             model,
-        }
-    }
-
-    /// Base64 of the first raw bytes (unknown coding or corrupt stream).
-    fn raw_body(&self) -> CapturedBody {
-        CapturedBody {
-            base64: Some(base64::engine::general_purpose::STANDARD.encode(&self.raw_head)),
-            truncated: self.seen > self.raw_head.len() as u64,
-            ..CapturedBody::default()
         }
     }
 
@@ -775,7 +756,8 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
     }
 
     #[test]
-    fn unknown_or_corrupt_encoding_is_captured_as_base64_of_raw_bytes() {
+    fn unknown_or_corrupt_encoding_is_not_captured() {
+        // Secrets inside bytes the relay cannot decode could not be scrubbed.
         let o = resp(
             "application/json",
             Some("zstd"),
@@ -783,8 +765,8 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
             b"\x28\xb5\x2f\xfdabc",
         );
         let b = o.body.unwrap();
-        assert_eq!(b.base64.as_deref(), Some("KLUv/WFiYw=="));
-        assert!(b.text.is_none() && !b.truncated);
+        assert_eq!(b, CapturedBody::undecodable());
+        assert!(b.text.is_none() && b.base64.is_none() && !b.truncated);
         assert_eq!(o.usage, None);
         let o = resp(
             "application/json",
@@ -792,8 +774,10 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
             true,
             OPENAI_JSON.as_bytes(),
         );
-        assert!(o.body.unwrap().base64.is_some());
+        assert_eq!(o.body.unwrap(), CapturedBody::undecodable());
         assert_eq!(o.usage, None);
+        let o = resp("text/event-stream", Some("zstd"), true, b"data: {}\n\n");
+        assert_eq!(o.body.unwrap(), CapturedBody::undecodable());
     }
 
     #[test]

@@ -45,7 +45,10 @@ impl ConsoleFormat {
 
 /// The `log.console` config value: `true`/`false`, or `{"format": ...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "true, false, or {\"format\": \"pretty\"} / {\"format\": \"json\"}"
+)]
 pub enum ConsoleSetting {
     /// `true`: on, [`ConsoleFormat::auto`]; `false`: off.
     Enabled(bool),
