@@ -578,22 +578,35 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
             eprint!("{e}");
         }
     }
-    let (rai_path, _) = default_path(rai.as_deref(), "default.rai");
-    match keyfile::load(&rai_path, false, 0, false) {
+    let (rai_path, explicit_rai) = default_path(rai.as_deref(), "default.rai");
+    if !explicit_rai && !rai_path.exists() {
+        // What `serve` does on its first run: nothing to check yet.
+        println!(
+            "note: {} does not exist yet; `relayapi serve` generates it on first run",
+            rai_path.display()
+        );
+    } else {
+        check_key_files(&rai_path, &mut failed);
+    }
+    if failed {
+        bail!("configuration has problems (listed above)");
+    }
+    Ok(())
+}
+
+/// `check-config`'s key file part.
+fn check_key_files(rai_path: &Path, failed: &mut bool) {
+    match keyfile::load(rai_path, false, 0, false) {
         Ok(k) => {
             for (file, kid) in k.files {
                 println!("ok: {} (kid {kid})", file.display());
             }
         }
         Err(e) => {
-            failed = true;
+            *failed = true;
             eprintln!("{e}");
         }
     }
-    if failed {
-        bail!("configuration has problems (listed above)");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

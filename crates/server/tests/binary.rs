@@ -209,6 +209,22 @@ fn assert_no_canary(place: &str, text: &str, canaries: &[(String, String)]) {
             "{what} leaked into {place}"
         );
     }
+    // A grep does not see into base64 (binary body captures): every run of
+    // base64 that decodes is searched too.
+    use base64::Engine as _;
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    for run in text.split(|c: char| !is_b64(c)).filter(|r| r.len() >= 16) {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(run) else {
+            continue;
+        };
+        let raw = String::from_utf8_lossy(&raw);
+        for (what, secret) in canaries {
+            assert!(
+                !raw.contains(secret.as_str()),
+                "{what} leaked into {place}, base64-encoded"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -889,6 +905,24 @@ async fn no_secret_reaches_any_sink_or_log_line() {
             r.text().await.unwrap();
             ids.push(id);
         }
+        // A binary upload carrying the secrets (captured as base64), which
+        // the echo reflects back.
+        let id = format!("canary-{db_kind}-binary");
+        let mut upload = b"\xff\xfe\x00 ".to_vec();
+        upload.extend_from_slice(MOCK_KEY.as_bytes());
+        upload.extend_from_slice(b" \x00 ");
+        upload.extend_from_slice(token.as_bytes());
+        let r = http
+            .post(format!("{base}echo"))
+            .header("x-request-id", &id)
+            .header("content-type", "application/octet-stream")
+            .body(upload)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+        ids.push(id);
         let (status, logs) = exit_status(relay).await;
         assert!(status.success(), "{db_kind}: {status:?}\n{logs}");
         let canaries = canaries(&token, &aes_key, &sinks.passwords());
@@ -913,4 +947,18 @@ async fn no_secret_reaches_any_sink_or_log_line() {
             );
         }
     }
+}
+
+#[test]
+fn check_config_before_the_first_run_is_fine_but_a_named_key_file_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("default.rai does not exist yet"), "{out}");
+    assert!(
+        !dir.path().join("default.rai").exists(),
+        "check-config writes nothing"
+    );
+    let (ok, _, err) = relayapi(dir.path(), &["check-config", "--rai", "missing.rai"]);
+    assert!(!ok && err.contains("missing.rai: not found"), "{err}");
 }

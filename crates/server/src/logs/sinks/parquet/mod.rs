@@ -101,6 +101,26 @@ impl std::fmt::Debug for ParquetSink {
     }
 }
 
+/// Warns about `.inprogress` files in `dir` (a crash left them unfinished);
+/// returns how many there are. Run once, when the sink starts.
+fn report_unfinished(dir: &Path) -> usize {
+    let leftovers = std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(IN_PROGRESS))
+                .count()
+        })
+        .unwrap_or(0);
+    if leftovers > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            files = leftovers,
+            "unfinished Parquet files from an earlier run (no footer, not readable); their records were lost in a crash"
+        );
+    }
+    leftovers
+}
+
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> SinkError {
     SinkError::Retryable(format!("parquet: {what} {}: {e}", path.display()))
 }
@@ -129,20 +149,6 @@ impl Files {
         }
         let dir = &self.options.dir;
         std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
-        let leftovers = std::fs::read_dir(dir)
-            .map(|it| {
-                it.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(IN_PROGRESS))
-                    .count()
-            })
-            .unwrap_or(0);
-        if leftovers > 0 {
-            tracing::warn!(
-                dir = %dir.display(),
-                files = leftovers,
-                "unfinished Parquet files from an earlier run (no footer, not readable); their records were lost in a crash"
-            );
-        }
         self.dir_ready = true;
         Ok(())
     }
@@ -317,6 +323,7 @@ impl ParquetSink {
                 .set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None);
         }
         let props = Arc::new(props.build());
+        report_unfinished(&options.dir);
         let files = Arc::new(Mutex::new(Files {
             options,
             schema,
@@ -438,6 +445,20 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn unfinished_files_are_counted_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(report_unfinished(dir.path()), 0);
+        assert_eq!(report_unfinished(&dir.path().join("missing")), 0);
+        std::fs::write(
+            dir.path().join(".logs_2026-12-03.7.0.parquet.inprogress"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("logs_2026-12-03.parquet"), b"x").unwrap();
+        assert_eq!(report_unfinished(dir.path()), 1);
     }
 
     #[tokio::test]
