@@ -225,17 +225,36 @@ fn b64(s: &str) -> Result<Vec<u8>, TokenError> {
 const CANONICAL_HEADER_HEAD: &[u8] = br#"{"alg":"dir","enc":"A256GCM","kid":""#;
 
 /// Validates the protected header and returns its `kid`.
+/// [`CANONICAL_HEADER_HEAD`] in base64url: its 36 bytes are whole 3-byte
+/// groups, so every canonical header's text starts with exactly this.
+const CANONICAL_HEADER_HEAD_B64: &str = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIiwia2lkIjoi";
+
+/// `kid"}` (the rest of a canonical header) → the kid, when it needs no JSON
+/// escaping.
+fn canonical_kid(rest: &[u8]) -> Option<String> {
+    let kid = rest.strip_suffix(b"\"}")?;
+    if !kid.is_empty() && kid.iter().all(u8::is_ascii_alphanumeric) {
+        return std::str::from_utf8(kid).ok().map(str::to_owned);
+    }
+    None
+}
+
 fn check_header(header_b64: &str) -> Option<String> {
-    let bytes = b64(header_b64).ok()?;
     // Fast path for the exact bytes our SDKs write (a kid that needs no JSON
     // escaping): the strict parse below accepts them too, with this result.
+    // Only the part after the fixed head is decoded (strictly: the head is
+    // whole base64 groups, so the halves decode independently).
+    if let Some(rest) = header_b64.strip_prefix(CANONICAL_HEADER_HEAD_B64) {
+        if let Some(kid) = b64(rest).ok().and_then(|r| canonical_kid(&r)) {
+            return Some(kid);
+        }
+    }
+    let bytes = b64(header_b64).ok()?;
     if let Some(kid) = bytes
         .strip_prefix(CANONICAL_HEADER_HEAD)
-        .and_then(|rest| rest.strip_suffix(b"\"}"))
+        .and_then(canonical_kid)
     {
-        if !kid.is_empty() && kid.iter().all(u8::is_ascii_alphanumeric) {
-            return std::str::from_utf8(kid).ok().map(str::to_owned);
-        }
+        return Some(kid);
     }
     let header = UniqueObject::parse(&bytes)?;
     let is =
@@ -266,6 +285,29 @@ mod tests {
 
     fn claims() -> Claims {
         Claims::new("openai", "sk-test-secret-api-key", 3600, NOW)
+    }
+
+    #[test]
+    fn canonical_head_in_base64_is_the_head_encoded() {
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(CANONICAL_HEADER_HEAD),
+            CANONICAL_HEADER_HEAD_B64
+        );
+        assert_eq!(CANONICAL_HEADER_HEAD.len() % 3, 0);
+        // The fast path and the strict parse agree, also on the edge cases.
+        let header = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let canonical = header(r#"{"alg":"dir","enc":"A256GCM","kid":"0123abcd"}"#);
+        assert_eq!(check_header(&canonical).as_deref(), Some("0123abcd"));
+        let dashed = header(r#"{"alg":"dir","enc":"A256GCM","kid":"a-b"}"#);
+        assert_eq!(check_header(&dashed).as_deref(), Some("a-b"));
+        let empty = header(r#"{"alg":"dir","enc":"A256GCM","kid":""}"#);
+        assert_eq!(check_header(&empty).as_deref(), Some(""));
+        // Non-canonical trailing bits after the fixed head: refused.
+        let mut bad = canonical.clone();
+        bad.push('B');
+        assert_eq!(check_header(&bad), None);
+        let zip = header(r#"{"alg":"dir","enc":"A256GCM","kid":"k","zip":"DEF"}"#);
+        assert_eq!(check_header(&zip), None);
     }
 
     #[test]

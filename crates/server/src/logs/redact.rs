@@ -187,23 +187,56 @@ pub const FRAGMENT_MIN: usize = 12;
 /// behind a base64 capture). Built once per record: the searchers are set
 /// up once for all its fields.
 pub struct Scrubber<'a> {
-    secrets: Vec<(&'a [u8], memchr::memmem::Finder<'a>)>,
+    secrets: Vec<Secret<'a>>,
+}
+
+struct Secret<'a> {
+    bytes: &'a [u8],
+    /// What a search looks for: the first [`FRAGMENT_MIN`] bytes.
+    prefix: &'a [u8],
+    /// For long texts (bodies), built on first use: most records have only
+    /// a short path and query, where setting up a searcher costs more than
+    /// the search.
+    finder: std::cell::OnceCell<memchr::memmem::Finder<'a>>,
+}
+
+/// Texts shorter than this are searched by first byte and comparison.
+const SHORT_TEXT: usize = 256;
+
+impl Secret<'_> {
+    fn find(&self, hay: &[u8]) -> Option<usize> {
+        if hay.len() >= SHORT_TEXT {
+            return self
+                .finder
+                .get_or_init(|| memchr::memmem::Finder::new(self.prefix))
+                .find(hay);
+        }
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(self.prefix[0], hay.get(from..)?) {
+            let at = from + i;
+            if hay[at..].starts_with(self.prefix) {
+                return Some(at);
+            }
+            from = at + 1;
+        }
+        None
+    }
 }
 
 impl<'a> Scrubber<'a> {
     pub fn new(secrets: &[&'a str]) -> Scrubber<'a> {
-        let secrets = secrets
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let s = s.as_bytes();
-                (
-                    s,
-                    memchr::memmem::Finder::new(&s[..s.len().min(FRAGMENT_MIN)]),
-                )
-            })
-            .collect();
-        Scrubber { secrets }
+        let mut out: Vec<Secret<'a>> = Vec::with_capacity(secrets.len());
+        for s in secrets.iter().map(|s| s.as_bytes()) {
+            if s.is_empty() || out.iter().any(|o| o.bytes == s) {
+                continue;
+            }
+            out.push(Secret {
+                bytes: s,
+                prefix: &s[..s.len().min(FRAGMENT_MIN)],
+                finder: std::cell::OnceCell::new(),
+            });
+        }
+        Scrubber { secrets: out }
     }
 
     /// Scrubs `text` in place (copies only when something is found: the
@@ -229,13 +262,14 @@ impl<'a> Scrubber<'a> {
     }
 
     fn found_in(&self, hay: &[u8]) -> bool {
-        self.secrets.iter().any(|(_, f)| f.find(hay).is_some())
+        self.secrets.iter().any(|s| s.find(hay).is_some())
     }
 
     fn scrub(&self, bytes: &mut Vec<u8>, text: bool) {
-        for (secret, finder) in &self.secrets {
+        for s in &self.secrets {
+            let secret = s.bytes;
             let mut from = 0;
-            while let Some(i) = finder.find(&bytes[from..]) {
+            while let Some(i) = s.find(&bytes[from..]) {
                 let start = from + i;
                 let mut run = bytes[start..]
                     .iter()
@@ -379,6 +413,24 @@ mod tests {
         let cut = &wide[..wide.char_indices().nth(15).unwrap().0];
         let out = scrub(&format!("x{cut}ü"), &[wide]);
         assert_eq!(out, "x[REDACTED]ü");
+    }
+
+    #[test]
+    fn long_and_short_texts_are_searched_alike() {
+        let key = "sk-mock-SUPERSECRET-4242";
+        for pad in [0, 10, SHORT_TEXT, 5000] {
+            let text = format!(
+                "{}{key}|{}sk-mock-SUPERSECR",
+                "e".repeat(pad),
+                "s".repeat(pad)
+            );
+            let want = format!(
+                "{}[REDACTED]|{}[REDACTED]",
+                "e".repeat(pad),
+                "s".repeat(pad)
+            );
+            assert_eq!(scrub(&text, &[key, key, ""]), want, "pad {pad}");
+        }
     }
 
     #[test]

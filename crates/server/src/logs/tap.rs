@@ -390,7 +390,7 @@ fn looks_like_json(b: &[u8]) -> bool {
 /// reading stops at `key`, so a truncated tail does not matter as long as
 /// `key` comes before it.
 fn top_level_string_lenient(bytes: &[u8], key: &str) -> Option<String> {
-    use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
 
     struct Find<'a> {
         key: &'a str,
@@ -407,7 +407,10 @@ fn top_level_string_lenient(bytes: &[u8], key: &str) -> Option<String> {
                     if let Ok(s) = map.next_value::<String>() {
                         *self.found = Some(s);
                     }
-                    return Err(A::Error::custom("found"));
+                    // Stop here: the rest is not read (serde_json then reports
+                    // the unread tail as an error, which is ignored; a custom
+                    // error would cost a formatted message per request).
+                    return Ok(());
                 }
                 map.next_value::<IgnoredAny>()?;
             }
