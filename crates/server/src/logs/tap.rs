@@ -423,13 +423,17 @@ fn top_level_string_lenient(bytes: &[u8], key: &str) -> Option<String> {
     impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
         type Value = bool;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            d.deserialize_identifier(self)
+            // As bytes: no UTF-8 check per key (see `usage::key_enum`).
+            d.deserialize_bytes(self)
         }
     }
     impl Visitor<'_> for KeyIs<'_> {
         type Value = bool;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an object key")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, key: &[u8]) -> Result<bool, E> {
+            Ok(key == self.0.as_bytes())
         }
         fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
             Ok(key == self.0)

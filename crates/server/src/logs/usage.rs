@@ -314,7 +314,7 @@ impl ResponseProbe {
 }
 
 /// Declares an enum of the JSON keys a visitor looks at, deserialized
-/// straight from the parser's string (no allocation; escaped keys work
+/// straight from the parser's bytes (no allocation; escaped keys work
 /// too), every other key being `Other`.
 macro_rules! key_enum {
     ($name:ident { $($variant:ident = $json:literal),* $(,)? }) => {
@@ -328,14 +328,20 @@ macro_rules! key_enum {
                     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                         f.write_str("an object key")
                     }
+                    fn visit_bytes<E: serde::de::Error>(self, key: &[u8]) -> Result<$name, E> {
+                        $(if key == $json.as_bytes() {
+                            return Ok($name::$variant);
+                        })*
+                        Ok($name::Other)
+                    }
                     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<$name, E> {
-                        Ok(match key {
-                            $($json => $name::$variant,)*
-                            _ => $name::Other,
-                        })
+                        self.visit_bytes(key.as_bytes())
                     }
                 }
-                d.deserialize_identifier(V)
+                // As bytes: serde_json then skips the UTF-8 check of every
+                // key (escapes are still undone), which was the largest part
+                // of reading a key.
+                d.deserialize_bytes(V)
             }
         }
     };
