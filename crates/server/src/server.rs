@@ -25,8 +25,9 @@
 //! from its start into its own buffer (no copied prefix, no second buffer).
 //!
 //! Shutdown order: stop accepting → let in-flight requests (streams
-//! included) finish for at most `server.shutdown_grace` → flush the log
-//! sinks → close the usage store (its last writes are committed before the
+//! included) finish for at most `server.shutdown_grace` (less a reserve for
+//! the log flush when logging is on) → flush the log sinks in what is left
+//! → close the usage store (its last writes are committed before the
 //! process exits).
 
 use std::future::Future;
@@ -214,10 +215,11 @@ pub async fn serve_with_workers(
     }
     if let Some(logger) = &state.logger {
         // Every finished request's record is queued by now; flush the sinks
-        // in what is left of the grace period (at least a second).
+        // in what is left of the grace period (the drain left them at least
+        // `flush_reserve`; a floor for a drain that overran).
         let left = grace
             .saturating_sub(drain_started.elapsed())
-            .max(Duration::from_secs(1));
+            .max(Duration::from_millis(200));
         let report = logger.pipeline.clone().shutdown(left).await;
         tracing::debug!(?report, "log sinks flushed");
     }
@@ -335,7 +337,7 @@ async fn worker(
 
     drop(listener);
     drain.stop();
-    if tokio::time::timeout(state.config.server.shutdown_grace, drain.finished())
+    if tokio::time::timeout(drain_budget(&state), drain.finished())
         .await
         .is_err()
     {
@@ -343,6 +345,23 @@ async fn worker(
             worker = index,
             "grace period over; closing the remaining connections"
         );
+    }
+}
+
+/// Of the grace period, what the log sinks keep for their final flush: a
+/// fifth, from 0.2 s to 5 s (drain and flush together fit in the grace).
+fn flush_reserve(grace: Duration) -> Duration {
+    (grace / 5)
+        .clamp(Duration::from_millis(200), Duration::from_secs(5))
+        .min(grace)
+}
+
+/// How long in-flight requests may run after a stop signal.
+fn drain_budget(state: &AppState) -> Duration {
+    let grace = state.config.server.shutdown_grace;
+    match &state.logger {
+        Some(_) => grace.saturating_sub(flush_reserve(grace)),
+        None => grace,
     }
 }
 

@@ -962,3 +962,76 @@ fn check_config_before_the_first_run_is_fine_but_a_named_key_file_must_exist() {
     let (ok, _, err) = relayapi(dir.path(), &["check-config", "--rai", "missing.rai"]);
     assert!(!ok && err.contains("missing.rai: not found"), "{err}");
 }
+
+/// SIGTERM while the webhook sink's write hangs (a receiver that accepts and
+/// never answers): the process still exits within the grace period, and the
+/// batch waits in the spool for the next start instead of being lost.
+#[tokio::test]
+async fn sigterm_with_a_hanging_sink_exits_in_time_and_spools_the_batch() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = |url: &str| {
+        serde_json::json!({
+            "server": {"port": 0, "shutdown_grace": 3},
+            "usage": {"store": "memory"},
+            "log": {"console": false, "batch_max_delay": 0.1,
+                    "web": {"enabled": true, "callback_url": url}},
+            "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
+        })
+        .to_string()
+    };
+    std::fs::write(dir.path().join("config.json"), config(&hang_url)).unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let base = retarget(&mint_url(dir.path(), &[]), &relay);
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let r = http
+            .post(format!("{base}chat/completions"))
+            .header("x-request-id", format!("hang-{i}"))
+            .json(&common::chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
+    // The batch is written (and hangs) before the signal.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let signalled = std::time::Instant::now();
+    let (status, logs) = exit_status(relay).await;
+    let took = signalled.elapsed();
+    assert!(status.success(), "{logs}");
+    assert!(
+        took < std::time::Duration::from_millis(3500),
+        "exited {took:?} after SIGTERM with a 3 s grace\n{logs}"
+    );
+    assert!(logs.contains("in_spool=20"), "{logs}");
+
+    // Next start, with a receiver that answers: the spool is replayed.
+    let (url, records) = common::receiver().await;
+    std::fs::write(dir.path().join("config.json"), config(&url)).unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    for _ in 0..200 {
+        if records.lock().unwrap().len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (status, logs) = exit_status(relay).await;
+    assert!(status.success(), "{logs}");
+    let ids: std::collections::BTreeSet<String> = records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+}

@@ -61,7 +61,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify, OwnedMutexGuard};
@@ -138,6 +138,9 @@ pub struct SinkStats {
     pub dropped: u64,
     /// Last error the sink reported (never contains secrets or bodies).
     pub last_error: Option<String>,
+    /// When that was (RFC 3339 UTC): an error older than the last delivery
+    /// is history, not the sink's state.
+    pub last_error_at: Option<String>,
 }
 
 /// What [`LogPipeline::shutdown`] left behind.
@@ -201,14 +204,15 @@ struct Counters {
     /// async mutex and cannot be read from `stats`).
     in_spool: AtomicU64,
     dropped: AtomicU64,
-    /// Records taken from the queue into the batch being written (retried
-    /// while the sink fails); counted in `queued`.
-    in_batch: AtomicU64,
+    /// Records the sink's task has taken from the queue and not yet
+    /// delivered, spooled or dropped (the batch being built, the one being
+    /// written or retried); counted in `queued`.
+    held: AtomicU64,
     /// Drops not yet reported in a log line.
     drops_unlogged: AtomicU64,
     drop_log: RateLimit,
     error_log: RateLimit,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<(String, SystemTime)>>,
 }
 
 impl Counters {
@@ -221,7 +225,7 @@ impl Counters {
             spooled: AtomicU64::new(0),
             in_spool: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            in_batch: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             drops_unlogged: AtomicU64::new(0),
             drop_log: RateLimit::new(),
             error_log: RateLimit::new(),
@@ -262,20 +266,24 @@ impl Counters {
 
     fn set_error(&self, e: &SinkError) {
         if let Ok(mut g) = self.last_error.lock() {
-            *g = Some(e.to_string());
+            *g = Some((e.to_string(), SystemTime::now()));
         }
     }
 
     fn snapshot(&self, queued: u64) -> SinkStats {
+        let last_error = self.last_error.lock().ok().and_then(|g| g.clone());
         SinkStats {
             name: self.name.clone(),
-            queued: queued + self.in_batch.load(Ordering::Relaxed),
+            queued: queued + self.held.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             spooled: self.spooled.load(Ordering::Relaxed),
             in_spool: self.in_spool.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().ok().and_then(|g| g.clone()),
+            last_error: last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: last_error
+                .as_ref()
+                .map(|(_, at)| crate::logs::request::rfc3339_utc(*at)),
         }
     }
 }
@@ -440,6 +448,13 @@ impl LogPipeline {
             }
         }
         for lane in &self.inner.lanes {
+            if timed_out {
+                // An aborted task took what it held (and its queue) with it:
+                // lost, so counted.
+                let queued = lane.capacity.saturating_sub(lane.queue.capacity()) as u64;
+                let lost = lane.counters.held.swap(0, Ordering::Relaxed) + queued;
+                lane.counters.add_dropped(lost);
+            }
             lane.counters.log_drops(true);
         }
         let sinks = self.stats();
@@ -613,6 +628,7 @@ impl Batcher {
                     }
                     // Every record taken goes into a batch (delivered, or
                     // left for `finish` if shutdown interrupts a delivery).
+                    self.counters.held.fetch_add(incoming.len() as u64, Ordering::Relaxed);
                     for rec in incoming.drain(..) {
                         bytes += estimated_size(&rec);
                         batch.push(rec);
@@ -648,12 +664,15 @@ impl Batcher {
         if batch.is_empty() {
             return;
         }
+        let n = batch.len() as u64;
         match self.deliver(batch).await {
             Delivery::Done => {
+                self.counters.held.fetch_sub(n, Ordering::Relaxed);
                 if self.healthy {
                     self.replay().await;
                 }
             }
+            // Still held: `finish` spools (or counts) them.
             Delivery::Abandoned(rest) => self.leftover.extend(rest),
         }
     }
@@ -662,14 +681,6 @@ impl Batcher {
     /// (during shutdown) until the stop deadline.
     async fn deliver(&mut self, batch: Vec<Arc<LogRecord>>) -> Delivery {
         let n = batch.len() as u64;
-        self.counters.in_batch.store(n, Ordering::Relaxed);
-        let outcome = self.deliver_batch(batch, n).await;
-        self.counters.in_batch.store(0, Ordering::Relaxed);
-        outcome
-    }
-
-    /// [`Self::deliver`]'s loop.
-    async fn deliver_batch(&mut self, batch: Vec<Arc<LogRecord>>, n: u64) -> Delivery {
         let mut attempt = 0u32;
         loop {
             let stop = self.deadlines().map(|d| d.stop);
@@ -683,7 +694,26 @@ impl Batcher {
                         Err(_) => return Delivery::Abandoned(batch),
                     }
                 }
-                None => self.sink.write_batch(&batch).await,
+                None => {
+                    // Begun before shutdown: it may go on until the stop
+                    // deadline once shutdown starts, not longer (a write
+                    // hanging on a stuck receiver would otherwise outlive
+                    // the hard deadline and take the batch with it).
+                    let outcome = {
+                        let write = self.sink.write_batch(&batch);
+                        tokio::pin!(write);
+                        tokio::select! {
+                            r = &mut write => Some(r),
+                            d = wait_shutdown(&mut self.shutdown_rx) => {
+                                tokio::time::timeout_at(d.stop, &mut write).await.ok()
+                            }
+                        }
+                    };
+                    match outcome {
+                        Some(r) => r,
+                        None => return Delivery::Abandoned(batch),
+                    }
+                }
             };
             match result {
                 Ok(()) => {
@@ -714,6 +744,8 @@ impl Batcher {
                             self.settings.retry_max,
                         );
                     attempt = attempt.saturating_add(1);
+                    // The main loop's drop report does not run meanwhile.
+                    self.counters.log_drops(false);
                     match stop {
                         Some(stop) if wake >= stop => return Delivery::Abandoned(batch),
                         Some(_) => tokio::time::sleep_until(wake).await,
@@ -828,6 +860,8 @@ impl Batcher {
         } else if self.healthy {
             self.replay().await;
         }
+        // Everything taken from the queue is delivered, spooled or counted.
+        self.counters.held.store(0, Ordering::Relaxed);
         match tokio::time::timeout_at(d.hard, self.sink.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -1019,6 +1053,74 @@ mod tests {
         let st = &p.stats()[0];
         assert_eq!((st.queued, st.delivered), (0, 3), "{st:?}");
         p.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn queued_counts_every_record_taken_but_not_delivered() {
+        // A full batch is being retried and more were taken behind it.
+        let sink = Arc::new(Memory {
+            batches: Mutex::new(Vec::new()),
+            fail: AtomicU64::new(u64::MAX),
+        });
+        let p = LogPipeline::start(
+            vec![sink.clone() as Arc<dyn Sink>],
+            BatchSettings {
+                max_records: 4,
+                retry_initial: Duration::from_millis(10),
+                retry_max: Duration::from_millis(20),
+                ..Default::default()
+            },
+        );
+        for _ in 0..10 {
+            p.push(Arc::new(LogRecord::default()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(p.stats()[0].queued, 10, "{:?}", p.stats());
+        p.shutdown(Duration::from_millis(300)).await;
+    }
+
+    /// Accepts a batch and never answers.
+    struct Hanging;
+    impl Sink for Hanging {
+        fn name(&self) -> &str {
+            "hanging"
+        }
+        fn write_batch<'a>(&'a self, _: &'a [Arc<LogRecord>]) -> SinkFuture<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_hanging_at_shutdown_is_cut_at_the_stop_deadline_and_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = LogPipeline::start(
+            vec![Arc::new(Hanging) as Arc<dyn Sink>],
+            BatchSettings {
+                max_records: 500,
+                max_delay: Duration::from_millis(10),
+                spool_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            },
+        );
+        for i in 0..50 {
+            p.push(Arc::new(LogRecord {
+                request_id: format!("r{i}"),
+                ..Default::default()
+            }));
+        }
+        // The batch is in flight (hanging) when shutdown starts.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(p.stats()[0].queued, 50);
+        let started = Instant::now();
+        let report = p.shutdown(Duration::from_secs(1)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1100),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!report.timed_out, "{report:?}");
+        let st = &report.sinks[0];
+        assert_eq!((st.in_spool, st.dropped, st.queued), (50, 0, 0), "{st:?}");
     }
 
     #[tokio::test]
