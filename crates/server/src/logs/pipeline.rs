@@ -977,6 +977,13 @@ mod tests {
         batches: Mutex<Vec<usize>>,
         fail: AtomicU64,
     }
+
+    fn memory(fail: u64) -> Arc<Memory> {
+        Arc::new(Memory {
+            batches: Mutex::new(Vec::new()),
+            fail: AtomicU64::new(fail),
+        })
+    }
     impl Sink for Memory {
         fn name(&self) -> &str {
             "memory"
@@ -995,10 +1002,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_by_count_and_delay_and_retries_same_batch() {
-        let sink = Arc::new(Memory {
-            batches: Mutex::new(Vec::new()),
-            fail: AtomicU64::new(2),
-        });
+        let sink = memory(2);
         let p = LogPipeline::start(
             vec![sink.clone() as Arc<dyn Sink>],
             BatchSettings {
@@ -1027,10 +1031,7 @@ mod tests {
     #[tokio::test]
     async fn queued_counts_every_record_taken_but_not_delivered() {
         // A full batch is being retried and more were taken behind it.
-        let sink = Arc::new(Memory {
-            batches: Mutex::new(Vec::new()),
-            fail: AtomicU64::new(u64::MAX),
-        });
+        let sink = memory(u64::MAX);
         let p = LogPipeline::start(
             vec![sink.clone() as Arc<dyn Sink>],
             BatchSettings {
@@ -1102,10 +1103,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_spool_overflow_drops_are_counted_and_push_after_shutdown_too() {
-        let sink = Arc::new(Memory {
-            batches: Mutex::new(Vec::new()),
-            fail: AtomicU64::new(u64::MAX),
-        });
+        let sink = memory(u64::MAX);
         let p = LogPipeline::start(
             vec![sink.clone() as Arc<dyn Sink>],
             BatchSettings {

@@ -338,6 +338,17 @@ mod tests {
         assert_eq!(rfc3339_utc(t), "2026-12-01T21:33:06.789Z");
     }
 
+    fn bodies_on() -> RecordSettings {
+        RecordSettings {
+            tap: Arc::new(TapConfig {
+                capture_bodies: true,
+                ..TapConfig::default()
+            }),
+            bodies: true,
+            redact_headers: vec![],
+        }
+    }
+
     #[test]
     fn secrets_are_scrubbed_from_every_text_field() {
         let mut log = RequestLog::begin("req_1", "POST", "127.0.0.1".into());
@@ -345,14 +356,7 @@ mod tests {
         log.secret("TOKEN123");
         log.secret("sk-live-key");
         log.record().query = "a=TOKEN123".into();
-        let settings = RecordSettings {
-            tap: Arc::new(TapConfig {
-                capture_bodies: true,
-                ..TapConfig::default()
-            }),
-            bodies: true,
-            redact_headers: vec![],
-        };
+        let settings = bodies_on();
         let mut h = HeaderMap::new();
         h.insert("content-type", "application/json".parse().unwrap());
         h.insert("x-note", "contains sk-live-key".parse().unwrap());
@@ -379,14 +383,7 @@ mod tests {
         let key = "sk-live-key-0123456789";
         let mut log = RequestLog::begin("req_1", "POST", "127.0.0.1".into());
         log.secret(key);
-        let settings = RecordSettings {
-            tap: Arc::new(TapConfig {
-                capture_bodies: true,
-                ..TapConfig::default()
-            }),
-            bodies: true,
-            redact_headers: vec![],
-        };
+        let settings = bodies_on();
         let mut h = HeaderMap::new();
         h.insert("content-type", "application/octet-stream".parse().unwrap());
         let tap = log.tap_request(&settings, &h);
