@@ -66,7 +66,7 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
     }
 
     let mut found: BTreeMap<&str, String> = BTreeMap::new();
-    let mut glued_path: Option<&str> = None;
+    let mut glued_path: Option<String> = None;
     let mut kept = String::new();
     let mut keep = |pair: &str| {
         if !kept.is_empty() {
@@ -81,14 +81,30 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
             keep(pair);
             continue;
         };
+        // openai npm 6.x percent-encodes the path it appends to a base URL
+        // that ends in a query (`…&rai_hash=H%2Fchat%2Fcompletions`).
+        let unescaped;
         let mut value = value;
+        if param != "key"
+            && glued_path.is_none()
+            && !value.contains('/')
+            && value
+                .as_bytes()
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'f')
+        {
+            unescaped = percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned();
+            value = &unescaped;
+        }
         if param != "key" && glued_path.is_none() {
             // The glued path starts at the first `/`, or earlier when the
             // SDK glued it on without one (`rai_hash=<64 hex>chat/completions`).
             let head = &value[..value.find('/').unwrap_or(value.len())];
             let (end, glued_start) = glued_cut(param, head);
             if glued_start < value.len() {
-                glued_path = Some(&value[glued_start..]);
+                glued_path = Some(value[glued_start..].to_string());
                 value = &value[..end];
             }
         }
@@ -101,7 +117,7 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
     let mut rest_out = rest_out.to_string();
     if let Some(glued) = glued_path {
         // `/chat/completions?x=1&y=2` glued after the last value.
-        let (path, more_query) = glued.split_once('?').unwrap_or((glued, ""));
+        let (path, more_query) = glued.split_once('?').unwrap_or((&glued, ""));
         if rest_out.is_empty() {
             rest_out = path.trim_start_matches('/').to_string();
         }
@@ -297,6 +313,14 @@ mod tests {
                 "x=1&api-version=2",
             ),
             ("", "rai_hash=H&token=T/embeddings", "embeddings", ""),
+            // openai npm 6.x: the appended path percent-encoded.
+            (
+                "",
+                "token=T&rai_hash=H%2Fchat%2Fcompletions",
+                "chat/completions",
+                "",
+            ),
+            ("", "token=T%2fmodels%3Fx%3D1", "models", "x=1"),
             ("models", "token=T&other=a/b", "models", "other=a/b"),
         ];
         for (rest, query, want_rest, want_query) in cases {

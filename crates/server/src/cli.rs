@@ -38,8 +38,8 @@ pub enum Command {
         /// Public URL scheme+host of the relay, as front ends will reach it.
         #[arg(long, default_value = "http://localhost")]
         host: String,
-        /// Public port of the relay.
-        #[arg(long, default_value_t = 8840)]
+        /// Public port of the relay (1-65535).
+        #[arg(long, default_value_t = 8840, value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
     },
     /// Mint a token (or a ready base URL) from the command line.

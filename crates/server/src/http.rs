@@ -421,7 +421,8 @@ async fn relay(
     let mut buffered: Option<Bytes> = None;
     if proxy::needs_model_policy(&claims) {
         let bytes = proxy::read_capped(body, cap).await.map_err(read_error)?;
-        let (new_rest, new_body) = proxy::apply_model_policy(&claims, &rest, &bytes)?;
+        let (new_rest, new_body) =
+            proxy::apply_model_policy(&claims, &parts.method, &rest, &bytes)?;
         rest = new_rest;
         buffered = Some(new_body.unwrap_or(bytes));
         body = full(Bytes::new());

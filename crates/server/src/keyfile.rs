@@ -62,22 +62,21 @@ pub struct LoadedKeys {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // The cause is in the message and not a `source()`: `{:#}` chains
+    // would print it twice.
+    #[error("{path}: cannot read: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
     #[error("{path}: no *.rai files in this directory; create one with `relayapi gen-config > {path}/default.rai`")]
     EmptyDir { path: String },
     #[error("{path}: not found; pass --rai with an existing .rai file or directory, or omit it to generate default.rai")]
     Missing { path: String },
-    #[error("{path}: cannot create: {source}")]
-    Create {
-        path: String,
-        source: std::io::Error,
-    },
+    /// A single `.rai` to read (the `token` command): nothing generates it.
+    #[error("{path}: not found; the relay writes default.rai on its first run (`relayapi`), `relayapi gen-config > {path}` creates one, or pass --rai with the relay's .rai file")]
+    NotFound { path: String },
+    #[error("{path}: cannot create: {cause}")]
+    Create { path: String, cause: std::io::Error },
     #[error("{path}: this is the well-known sample key published with the earlier RelayAPI; anyone can mint tokens for it. Generate your own with `relayapi gen-config`, or pass --allow-insecure-sample-key for a throwaway test setup")]
     SampleKey { path: String },
 }
@@ -128,9 +127,9 @@ pub fn load(
 /// The `*.rai` files of a directory, sorted.
 fn rai_files(dir: &Path) -> Result<Vec<PathBuf>, KeyFileError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| KeyFileError::Read {
+        .map_err(|cause| KeyFileError::Read {
             path: dir.display().to_string(),
-            source,
+            cause,
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "rai") && p.is_file())
@@ -305,9 +304,14 @@ impl KeyStore {
 
 /// Reads and validates one `.rai` file.
 pub fn read_rai(file: &Path) -> Result<RaiConfig, KeyFileError> {
-    let text = std::fs::read_to_string(file).map_err(|source| KeyFileError::Read {
-        path: file.display().to_string(),
-        source,
+    let text = std::fs::read_to_string(file).map_err(|cause| match cause.kind() {
+        std::io::ErrorKind::NotFound => KeyFileError::NotFound {
+            path: file.display().to_string(),
+        },
+        _ => KeyFileError::Read {
+            path: file.display().to_string(),
+            cause,
+        },
     })?;
     RaiConfig::parse(&text).map_err(|e| KeyFileError::Invalid {
         path: file.display().to_string(),
@@ -317,9 +321,9 @@ pub fn read_rai(file: &Path) -> Result<RaiConfig, KeyFileError> {
 
 /// Writes a new `.rai` readable by its owner only; never overwrites.
 pub fn write_new(path: &Path, rai: &RaiConfig) -> Result<(), KeyFileError> {
-    let err = |source| KeyFileError::Create {
+    let err = |cause| KeyFileError::Create {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -424,6 +428,26 @@ mod tests {
         let msg = load(&p, false, 0, false).unwrap_err().to_string();
         assert!(msg.contains("bad.rai") && msg.contains("aes_key"), "{msg}");
         assert!(!msg.contains(&secret));
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_file_says_what_to_do_and_states_the_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("default.rai");
+        let msg = format!("{:#}", anyhow::Error::from(read_rai(&missing).unwrap_err()));
+        assert!(
+            msg.contains("default.rai: not found") && msg.contains("gen-config"),
+            "{msg}"
+        );
+        // A directory where a file is expected: the OS error, printed once
+        // also in an anyhow chain (main prints `{:#}`).
+        let msg = format!(
+            "{:#}",
+            anyhow::Error::from(read_rai(dir.path()).unwrap_err())
+        );
+        assert!(msg.contains("cannot read: "), "{msg}");
+        let cause = msg.rsplit("cannot read: ").next().unwrap();
+        assert_eq!(msg.matches(cause).count(), 1, "{msg}");
     }
 
     #[test]

@@ -203,14 +203,28 @@ pub fn needs_model_policy(claims: &Claims) -> bool {
     claims.models.is_some() || claims.effective_model().is_some()
 }
 
-/// Checks `models` and applies a forced `model` to a JSON body (and to a
-/// Gemini-style `models/<name>:method` path). Returns the new path and body.
+/// Checks `models` and applies a forced `model`, wherever the provider
+/// reads the model: the JSON body's `model`, a Gemini-style
+/// `models/<name>:method` path segment, and an Azure `deployments/<name>/`
+/// path. Returns the new path and body.
+///
+/// Fail closed: with `models`, every model the request names must be in the
+/// list, and a request that generates (any method but GET, HEAD, DELETE)
+/// must name one — otherwise the provider would pick its own default. A
+/// non-string `model` or an empty body where one is needed is
+/// `invalid_body`. (`rest` is already normalised when it held escapes or dot
+/// segments, see `policy::check_scope`.)
 pub fn apply_model_policy(
     claims: &Claims,
+    method: &http::Method,
     rest: &str,
     body: &[u8],
 ) -> Result<(String, Option<Bytes>), ApiError> {
     let forced = claims.effective_model();
+    let reads_only = matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::DELETE
+    );
     let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
     if !body.is_empty() {
         match serde_json::from_slice::<serde_json::Value>(body) {
@@ -220,19 +234,22 @@ pub fn apply_model_policy(
         }
     }
     let path_model = path_model_span(rest);
-    let requested: Option<String> = json
-        .as_ref()
-        .and_then(|m| m.get("model"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
-        .or_else(|| path_model.map(|(s, e)| rest[s..e].to_string()));
+    let body_model = match json.as_ref().and_then(|m| m.get("model")) {
+        None => None,
+        Some(serde_json::Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(ApiError::InvalidBody),
+    };
+    if json.is_none() && path_model.is_none() && !reads_only {
+        // Nothing to check or to rewrite, yet the call may generate.
+        return Err(ApiError::InvalidBody);
+    }
 
     let mut new_rest = rest.to_string();
     let mut new_body = None;
     match forced {
         Some(model) => {
             if let Some(m) = json.as_mut() {
-                if m.contains_key("model") || path_model.is_none() {
+                if body_model.is_some() || path_model.is_none() {
                     m.insert("model".into(), serde_json::Value::String(model.to_string()));
                     new_body = Some(Bytes::from(
                         serde_json::to_vec(m).map_err(|_| ApiError::Internal)?,
@@ -244,8 +261,13 @@ pub fn apply_model_policy(
             }
         }
         None => {
-            if let (Some(allowed), Some(req)) = (&claims.models, &requested) {
-                if !allowed.iter().any(|a| a == req) {
+            if let Some(allowed) = &claims.models {
+                let named = [body_model.as_deref(), path_model.map(|(s, e)| &rest[s..e])];
+                let allowed_model = |m: &str| allowed.iter().any(|a| a == m);
+                if named.iter().flatten().any(|m| !allowed_model(m)) {
+                    return Err(ApiError::ModelNotAllowed);
+                }
+                if !reads_only && named.iter().all(Option::is_none) {
                     return Err(ApiError::ModelNotAllowed);
                 }
             }
@@ -254,16 +276,23 @@ pub fn apply_model_policy(
     Ok((new_rest, new_body))
 }
 
-/// The byte span of `<model>` in a path like `v1beta/models/<model>:generateContent`.
+/// The byte span of the model named by the path: `<model>` in
+/// `…/models/<model>:generateContent` (Gemini) or `models/<model>` (a model
+/// lookup), or the deployment in `deployments/<name>/…` (Azure runs the
+/// deployment, whatever the body says).
 fn path_model_span(rest: &str) -> Option<(usize, usize)> {
-    let start = rest.find("models/")? + "models/".len();
+    let start = if let Some(tail) = rest.strip_prefix("deployments/") {
+        rest.len() - tail.len()
+    } else {
+        let at = rest
+            .match_indices("models/")
+            .find(|(i, _)| *i == 0 || rest.as_bytes()[i - 1] == b'/')?
+            .0;
+        at + "models/".len()
+    };
     let tail = &rest[start..];
-    let end = tail.find([':', '/', '?']).unwrap_or(tail.len());
-    (end > 0
-        && tail[..end]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)))
-    .then_some((start, start + end))
+    let end = tail.find([':', '/']).unwrap_or(tail.len());
+    (end > 0).then_some((start, start + end))
 }
 
 /// Reads a body for the model policy, refusing more than `cap` bytes.
@@ -614,37 +643,93 @@ mod tests {
         assert_eq!(out.get("anthropic-version").unwrap(), "2023-06-01");
     }
 
+    fn post(c: &Claims, rest: &str, body: &[u8]) -> Result<(String, Option<Bytes>), ApiError> {
+        apply_model_policy(c, &http::Method::POST, rest, body)
+    }
+
     #[test]
     fn models_allow_list() {
         let c = claims(r#"{"models":["a","b"]}"#);
-        assert!(apply_model_policy(&c, "chat/completions", br#"{"model":"a"}"#).is_ok());
+        assert!(post(&c, "chat/completions", br#"{"model":"a"}"#).is_ok());
+        assert!(post(&c, "v1beta/models/b:generateContent", b"{}").is_ok());
+        assert!(post(&c, "deployments/a/chat/completions", br#"{"n":1}"#).is_ok());
+        // Listing and looking up models generate nothing.
+        assert!(apply_model_policy(&c, &http::Method::GET, "models", b"").is_ok());
+        let refused = [
+            (
+                "chat/completions",
+                &br#"{"model":"c"}"#[..],
+                ApiError::ModelNotAllowed,
+            ),
+            (
+                "v1beta/models/c:generateContent",
+                b"{}",
+                ApiError::ModelNotAllowed,
+            ),
+            // Gemini and Azure run the path's model, whatever the body says.
+            (
+                "v1beta/models/c:generateContent",
+                br#"{"model":"a"}"#,
+                ApiError::ModelNotAllowed,
+            ),
+            (
+                "deployments/c/chat/completions",
+                br#"{"model":"a"}"#,
+                ApiError::ModelNotAllowed,
+            ),
+            // A model that is no plain name is still a model.
+            (
+                "v1beta/models/a%3Ax:generateContent",
+                b"{}",
+                ApiError::ModelNotAllowed,
+            ),
+            // A generating call must name a model: the provider's default
+            // is not in the list.
+            (
+                "chat/completions",
+                br#"{"messages":[]}"#,
+                ApiError::ModelNotAllowed,
+            ),
+            (
+                "chat/completions",
+                br#"{"model":["c"]}"#,
+                ApiError::InvalidBody,
+            ),
+            ("chat/completions", b"", ApiError::InvalidBody),
+            ("chat/completions", b"[1]", ApiError::InvalidBody),
+        ];
+        for (rest, body, want) in refused {
+            assert_eq!(
+                post(&c, rest, body).unwrap_err(),
+                want,
+                "{rest} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
         assert_eq!(
-            apply_model_policy(&c, "chat/completions", br#"{"model":"c"}"#).unwrap_err(),
+            apply_model_policy(&c, &http::Method::GET, "models/c", b"").unwrap_err(),
             ApiError::ModelNotAllowed
-        );
-        assert_eq!(
-            apply_model_policy(&c, "v1beta/models/c:generateContent", b"{}").unwrap_err(),
-            ApiError::ModelNotAllowed
-        );
-        assert_eq!(
-            apply_model_policy(&c, "chat/completions", b"[1]").unwrap_err(),
-            ApiError::InvalidBody
         );
     }
 
     #[test]
     fn forced_model_rewrites_body_and_path() {
         let c = claims(r#"{"model":"forced"}"#);
-        let (_, body) =
-            apply_model_policy(&c, "chat/completions", br#"{"model":"x","n":1}"#).unwrap();
+        let (_, body) = post(&c, "chat/completions", br#"{"model":"x","n":1}"#).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
         assert_eq!(v["model"], "forced");
         assert_eq!(v["n"], 1);
-        let (path, _) =
-            apply_model_policy(&c, "v1beta/models/gemini-x:generateContent", b"{}").unwrap();
+        let (path, _) = post(&c, "v1beta/models/gemini-x:generateContent", b"{}").unwrap();
         assert_eq!(path, "v1beta/models/forced:generateContent");
+        let (path, _) = post(&c, "deployments/gpt-x/chat/completions", b"{}").unwrap();
+        assert_eq!(path, "deployments/forced/chat/completions");
+        // A body without a model gets the forced one.
+        let (_, body) = post(&c, "chat/completions", br#"{"n":1}"#).unwrap();
+        assert!(String::from_utf8(body.unwrap().to_vec())
+            .unwrap()
+            .contains(r#""model":"forced""#));
         let c = claims(r#"{"ext_info":"{\"rep_m\":\"legacy\"}"}"#);
-        let (_, body) = apply_model_policy(&c, "chat/completions", br#"{"model":"x"}"#).unwrap();
+        let (_, body) = post(&c, "chat/completions", br#"{"model":"x"}"#).unwrap();
         assert!(String::from_utf8(body.unwrap().to_vec())
             .unwrap()
             .contains("legacy"));

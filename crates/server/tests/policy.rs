@@ -881,3 +881,115 @@ async fn key_ref_must_name_a_credential_of_the_tokens_provider() {
     }
     assert_eq!(env.mock.journal().total(), 0);
 }
+
+#[tokio::test]
+async fn a_token_without_paths_still_cannot_climb_above_the_base_path() {
+    let env = Env::start().await;
+    let token = env.token("openai");
+    let addr = env.relay.addr;
+    let body = chat_json();
+    for attempt in [
+        "../../admin/secret",
+        "chat/../../../x",
+        "%2e%2e/%2e%2e/x",
+        "chat%2f..%2f..%2fx",
+        "chat/completions%00",
+    ] {
+        let (status, text) = raw(
+            addr,
+            "POST",
+            &format!("/relayapi/{token}/{attempt}"),
+            "",
+            &body,
+        )
+        .await;
+        assert_eq!(status, 403, "{attempt}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "path_not_allowed", "{attempt}");
+    }
+    assert_eq!(env.mock.journal().total(), 0);
+    // A dot segment that stays inside is forwarded resolved.
+    let (status, text) = raw(
+        addr,
+        "POST",
+        &format!("/relayapi/{token}/x/../chat/./completions"),
+        "",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let seen: Vec<String> = env
+        .mock
+        .journal()
+        .entries()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(seen, ["/v1/chat/completions"]);
+}
+
+#[tokio::test]
+async fn models_hold_for_the_model_in_gemini_and_azure_paths() {
+    let env = Env::start().await;
+    let addr = env.relay.addr;
+    let gemini = env.mint(&env.claims("gemini").with_models(["gemini-flash"]));
+    let contents = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
+    let flash_body = r#"{"model":"gemini-flash","contents":[{"parts":[{"text":"hi"}]}]}"#;
+    for (path, body) in [
+        ("v1beta/models/gemini-pro:generateContent", contents),
+        // Gemini runs the path's model, whatever the body names.
+        ("v1beta/models/gemini-pro:generateContent", flash_body),
+        // An escaped name is decoded before the check.
+        ("v1beta/models/gemini%2Dpro:generateContent", contents),
+    ] {
+        let (status, text) = raw(
+            addr,
+            "POST",
+            &format!("/relayapi/{gemini}/{path}"),
+            "",
+            body,
+        )
+        .await;
+        assert_eq!(status, 403, "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_allowed", "{path}");
+    }
+    let (status, text) = raw(
+        addr,
+        "POST",
+        &format!("/relayapi/{gemini}/v1beta/models/gemini-flash:generateContent"),
+        "",
+        contents,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+
+    let azure = env.mint(&env.claims("azure-openai").with_models(["gpt-4o"]));
+    let gpt4o = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, text) = raw(
+        addr,
+        "POST",
+        &format!("/relayapi/{azure}/deployments/gpt-5/chat/completions"),
+        "",
+        gpt4o,
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    // A generating call that names no model is refused: the provider's
+    // default is not in the list.
+    let openai = env.mint(&env.claims("openai").with_models(["gpt-4o-mini"]));
+    let (status, text) = raw(
+        addr,
+        "POST",
+        &format!("/relayapi/{openai}/chat/completions"),
+        "",
+        r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(
+        env.mock.journal().total(),
+        1,
+        "only the allowed Gemini call arrived"
+    );
+}

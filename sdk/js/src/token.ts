@@ -90,6 +90,23 @@ const POLICY_OPTIONS: Record<string, keyof CreateTokenOptions> = {
   max_body_bytes: 'maxBodyBytes',
 };
 
+/** Every option name `createToken` knows; anything else is refused. */
+const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
+  'apiKey',
+  'keyRef',
+  'provider',
+  'expireSeconds',
+  'maxCalls',
+  'model',
+  'models',
+  'sub',
+  'extInfo',
+  ...Object.values(POLICY_OPTIONS),
+]);
+
+/** `max_calls` → `maxCalls`: the likely meaning of a snake_case slip. */
+const camel = (name: string) => name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+
 /** Result of {@link TokenGenerator.decryptToken}. */
 export interface DecodedToken {
   /** The decoded claims (contains the provider API key). */
@@ -239,6 +256,14 @@ export class TokenGenerator {
       throw new InvalidArgumentError('options', 'createToken expects an options object such as { apiKey: "sk-..." }');
     }
     const o = options;
+    // A misspelt limit (`max_calls`, `expireDays`) must not mint a token
+    // without that limit.
+    for (const name of Object.keys(o)) {
+      if (!KNOWN_OPTIONS.has(name)) {
+        const hint = KNOWN_OPTIONS.has(camel(name)) ? `; did you mean ${camel(name)}?` : '';
+        throw new InvalidArgumentError(name, `unknown option ${JSON.stringify(name)}${hint} (options are camelCase: apiKey, maxCalls, expireSeconds, ...)`);
+      }
+    }
     const present = (v: unknown) => v !== undefined && v !== null;
     if (present(o.apiKey) && present(o.keyRef)) {
       throw new InvalidArgumentError(

@@ -207,3 +207,26 @@ test('TokenError codes and TokenGenerator key validation', async () => {
   assert.equal((await gen.decryptToken(t, { now: 40 })).claims.api_key, 'k');
   await assert.rejects(new TokenGenerator('ff'.repeat(32)).decryptToken(t, { now: 100 }), (e) => e.code === 'token_invalid');
 });
+
+test('an unknown or snake_case option is refused, never minted without its limit', async () => {
+  const gen = new TokenGenerator(KEY);
+  for (const [options, named, hint] of [
+    [{ apiKey: 'sk-x', max_calls: 1 }, 'max_calls', 'maxCalls'],
+    [{ apiKey: 'sk-x', expire_seconds: 60 }, 'expire_seconds', 'expireSeconds'],
+    [{ apiKey: 'sk-x', expireDays: 2 }, 'expireDays', null],
+  ]) {
+    await assert.rejects(gen.createToken(options), (e) => {
+      assert.ok(e instanceof InvalidArgumentError, String(e));
+      assert.equal(e.argument, named);
+      if (hint) assert.match(e.message, new RegExp(`did you mean ${hint}`));
+      assert.ok(!e.message.includes('sk-x'));
+      return true;
+    });
+  }
+  // Every documented option is accepted.
+  await gen.createToken({
+    apiKey: 'sk-x', provider: 'openai', expireSeconds: 60, maxCalls: 1, model: null, models: ['m'],
+    sub: 's', extInfo: 'e', origins: ['https://a.example'], ips: ['10.0.0.0/8'], paths: ['chat/completions'],
+    methods: ['POST'], rps: 1, burst: 2, concurrency: 1, maxTokens: 10, maxBodyBytes: 100,
+  });
+});

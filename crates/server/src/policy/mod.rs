@@ -86,7 +86,15 @@ pub fn check_scope(
         return Err(ApiError::MethodNotAllowed);
     }
     if claims.paths.is_none() {
-        return Ok(None);
+        // No prefixes to keep to, but a path must still not climb above the
+        // provider's base path or smuggle an escaped separator: one that
+        // could is normalised like a scoped one (most paths skip this).
+        if !path::may_need_normalising(rest) {
+            return Ok(None);
+        }
+        return path::normalise(rest)
+            .map(Some)
+            .map_err(|_| ApiError::PathNotAllowed);
     }
     let normalised = path::normalise(rest).map_err(|_| ApiError::PathNotAllowed)?;
     if !claims.allows_path(&normalised) {
@@ -111,8 +119,50 @@ mod tests {
         let c = claims();
         let o = HeaderValue::from_static("https://anywhere.example");
         assert_eq!(
-            check_scope(&c, &Method::DELETE, Some(&o), IP, "a/../b//c").unwrap(),
+            check_scope(&c, &Method::DELETE, Some(&o), IP, "a/b/c").unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn tokens_without_paths_still_cannot_leave_the_base_path() {
+        let c = claims();
+        for escaping in [
+            "../../admin",
+            "chat/../../x",
+            "%2e%2e/x",
+            "a/%2E%2e/../b",
+            "a%2fb",
+            "a%5Cb",
+            "a\\b",
+            "a%00b",
+            "a%zzb",
+        ] {
+            assert_eq!(
+                check_scope(&c, &Method::GET, None, IP, escaping),
+                Err(ApiError::PathNotAllowed),
+                "{escaping}"
+            );
+        }
+        // Resolvable dot segments and unreserved escapes are forwarded
+        // normalised, exactly as for a `paths` token.
+        assert_eq!(
+            check_scope(
+                &c,
+                &Method::POST,
+                None,
+                IP,
+                "v1beta/models/gemini%2Dpro:generateContent"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("v1beta/models/gemini-pro:generateContent")
+        );
+        assert_eq!(
+            check_scope(&c, &Method::POST, None, IP, "x/../chat/./completions")
+                .unwrap()
+                .as_deref(),
+            Some("chat/completions")
         );
     }
 

@@ -84,6 +84,15 @@ fn normalise_segment(seg: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether `raw` could change under [`normalise`] or be refused by it: it
+/// holds an escape, a backslash, or a `.`/`..` segment. A cheap scan, so
+/// that tokens without `paths` pay for normalising only on such paths.
+pub fn may_need_normalising(raw: &str) -> bool {
+    raw.bytes()
+        .any(|b| b == b'%' || b == b'\\' || b.is_ascii_control())
+        || raw.split('/').any(|seg| seg == "." || seg == "..")
+}
+
 /// The normalised form of `raw` (see the module docs), or why it has none.
 pub fn normalise(raw: &str) -> Result<String, PathError> {
     if raw.is_empty() {

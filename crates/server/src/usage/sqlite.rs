@@ -567,7 +567,15 @@ impl Writer {
                 Op::Reserve { max_calls, exp } => {
                     let (admission, new_used) = decide(used, max_calls);
                     if let Some(n) = new_used {
-                        self.cache.insert(job.jti.clone(), (n, exp.max(stored_exp)));
+                        // `load` put the entry in: update it in place (no
+                        // key copy per reservation).
+                        let entry = (n, exp.max(stored_exp));
+                        match self.cache.get_mut(&*job.jti) {
+                            Some(cached) => *cached = entry,
+                            None => {
+                                self.cache.insert(job.jti.clone(), entry);
+                            }
+                        }
                         changed.push(&job.jti);
                     }
                     Outcome::Admission(admission)
