@@ -128,6 +128,37 @@ pub struct SqliteStore {
     pending: Pending,
     /// Mirror of `revoked_tokens` (jti -> revoked at), updated after commit.
     revoked: RwLock<HashMap<String, i64>>,
+    /// `<path>.lock`, exclusively locked while the store is open: the cache
+    /// is exact only if no other process writes the file.
+    process_lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Takes `<path>.lock` (an `flock`, released when the process dies), or
+/// refuses: a second relay on the same file would admit tokens past
+/// `max_calls` and miss revocations. A side file, not the database itself:
+/// closing any other descriptor of the database would drop SQLite's own
+/// POSIX locks.
+fn lock_for_this_process(path: &Path) -> Result<std::fs::File, UsageError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| unavailable(&format!("creating {}", lock_path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(UsageError::Unavailable(format!(
+            "{} is in use by another relayapi process (it holds {}); one process per usage file: give this relay its own usage.path, or stop the other one first",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(unavailable(&format!("locking {}", lock_path.display()), e))
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -163,6 +194,7 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| unavailable(&format!("creating {}", parent.display()), e))?;
         }
+        let process_lock = lock_for_this_process(path)?;
         let conn = Connection::open(path)
             .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
         init(&conn).map_err(|e| unavailable(&format!("preparing {}", path.display()), e))?;
@@ -174,6 +206,7 @@ impl SqliteStore {
                 .map(|_| Mutex::new(Queue::default()))
                 .collect(),
             writer: Mutex::new(Some(Writer::new(conn))),
+            process_lock: Mutex::new(Some(process_lock)),
             idle: Notify::new(),
             deferred: Mutex::new(Vec::new()),
             pending: Pending::new(super::MAX_PENDING_USAGE),
@@ -313,6 +346,8 @@ impl SqliteStore {
                 tracing::warn!(error = %e, "closing usage database");
             }
         }
+        // Only now may another process take the file.
+        drop(lock(&self.process_lock).take());
         Ok(())
     }
 }
@@ -732,6 +767,21 @@ mod tests {
             .unwrap();
         assert_eq!((page, mode.as_str()), (1024, "wal"));
         store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let first = UsageStore::open_sqlite(&path).unwrap();
+        let err = UsageStore::open_sqlite(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("in use by another relayapi process") && err.contains("usage.path"),
+            "{err}"
+        );
+        first.close().await.unwrap();
+        let second = UsageStore::open_sqlite(&path).unwrap();
+        second.close().await.unwrap();
     }
 
     #[tokio::test]
