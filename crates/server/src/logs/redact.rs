@@ -29,6 +29,26 @@ pub const ALWAYS_REDACTED_HEADERS: &[&str] = &[
 pub const ALWAYS_REDACTED_JSON_FIELDS: &[&str] =
     &["api_key", "apiKey", "key", "token", "password", "secret"];
 
+/// Masks query values that look like a v2 token (a compact JWE, `eyJ…`)
+/// under any parameter name. The located token is scrubbed as a secret;
+/// this covers one sent under a name the relay does not read (`TOKEN=`,
+/// `%74oken=`), which is then not located and so not known as a secret.
+pub fn token_like_query_values(query: &mut String) {
+    if !query.contains("eyJ") {
+        return;
+    }
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if value.starts_with("eyJ") && value.len() >= 40 => {
+                format!("{name}={REDACTED}")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    *query = masked.join("&");
+}
+
 /// Headers as `(name, value)` pairs in map order, with credential values
 /// replaced by `[REDACTED]`. `extra` adds header names (case-insensitive).
 /// Non-UTF-8 values are kept lossily.
@@ -444,5 +464,16 @@ mod tests {
         );
         let mut clean = b"\x00\x01".to_vec();
         assert!(!Scrubber::new(&[key]).bytes(&mut clean));
+    }
+
+    #[test]
+    fn token_like_query_values_are_masked_under_any_name() {
+        let jwe = format!("eyJhbGciOiJkaXIi{}", "x".repeat(60));
+        let mut q = format!("a=1&TOKEN={jwe}&%74oken={jwe}&b=eyJshort");
+        token_like_query_values(&mut q);
+        assert_eq!(q, "a=1&TOKEN=[REDACTED]&%74oken=[REDACTED]&b=eyJshort");
+        let mut plain = "a=1&b=2".to_string();
+        token_like_query_values(&mut plain);
+        assert_eq!(plain, "a=1&b=2");
     }
 }

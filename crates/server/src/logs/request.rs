@@ -18,7 +18,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::record::{CapturedBody, LogRecord};
-use super::redact::{redact_headers, Scrubber};
+use super::redact::{self, redact_headers, Scrubber};
 use super::tap::{BodyTap, Direction, TapConfig, TapOutcome};
 
 /// A tap shared by a body wrapper and the finish hook.
@@ -139,6 +139,7 @@ impl RequestLog {
         let scrubber = Scrubber::new(&secrets);
         scrubber.text(&mut r.path);
         scrubber.text(&mut r.query);
+        redact::token_like_query_values(&mut r.query);
         for body in [&mut r.request_body, &mut r.response_body]
             .into_iter()
             .flatten()
