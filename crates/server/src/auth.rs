@@ -81,24 +81,18 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
             keep(pair);
             continue;
         };
-        // openai npm 6.x percent-encodes the path it appends to a base URL
-        // that ends in a query (`…&rai_hash=H%2Fchat%2Fcompletions`).
         let unescaped;
         let mut value = value;
-        if param != "key"
-            && glued_path.is_none()
-            && !value.contains('/')
-            && value
-                .as_bytes()
-                .windows(3)
-                .any(|w| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'f')
-        {
-            unescaped = percent_encoding::percent_decode_str(value)
-                .decode_utf8_lossy()
-                .into_owned();
-            value = &unescaped;
-        }
         if param != "key" && glued_path.is_none() {
+            // openai npm 6.x percent-encodes the path it appends to a base
+            // URL that ends in a query (`…&rai_hash=H%2Fchat%2Fcompletions`).
+            let escaped_slash = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'f';
+            if !value.contains('/') && value.as_bytes().windows(3).any(escaped_slash) {
+                unescaped = percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                value = &unescaped;
+            }
             // The glued path starts at the first `/`, or earlier when the
             // SDK glued it on without one (`rai_hash=<64 hex>chat/completions`).
             let head = &value[..value.find('/').unwrap_or(value.len())];

@@ -85,16 +85,12 @@ pub fn check_scope(
     if !claims.allows_method(method.as_str()) {
         return Err(ApiError::MethodNotAllowed);
     }
-    if claims.paths.is_none() {
-        // No prefixes to keep to, but a path must still not climb above the
-        // provider's base path or smuggle an escaped separator: one that
-        // could is normalised like a scoped one (most paths skip this).
-        if !path::may_need_normalising(rest) {
-            return Ok(None);
-        }
-        return path::normalise(rest)
-            .map(Some)
-            .map_err(|_| ApiError::PathNotAllowed);
+    // Without `paths` there are no prefixes to keep to, but a path must
+    // still not climb above the provider's base path or smuggle an escaped
+    // separator: one that could is normalised like a scoped one (most
+    // paths skip this).
+    if claims.paths.is_none() && !path::may_need_normalising(rest) {
+        return Ok(None);
     }
     let normalised = path::normalise(rest).map_err(|_| ApiError::PathNotAllowed)?;
     if !claims.allows_path(&normalised) {
