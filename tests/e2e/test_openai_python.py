@@ -112,6 +112,22 @@ def test_embeddings(client):
     assert resp.data[0].embedding != resp.data[1].embedding
 
 
+def test_embeddings_as_base64_decode_to_the_same_floats(client):
+    """`encoding_format="base64"` (the default of some openai SDK versions):
+    the vector's little-endian f32 bytes, as OpenAI sends them."""
+    import base64
+    import struct
+
+    floats = client.embeddings.create(model="text-embedding-3-small", input="one", dimensions=16)
+    b64 = client.embeddings.create(
+        model="text-embedding-3-small", input="one", dimensions=16, encoding_format="base64"
+    )
+    raw = base64.b64decode(b64.data[0].embedding)
+    decoded = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    assert len(decoded) == 16
+    assert decoded == [struct.unpack("<f", struct.pack("<f", x))[0] for x in floats.data[0].embedding]
+
+
 def test_models_list(client):
     ids = [m.id for m in client.models.list()]
     assert MODEL in ids, ids

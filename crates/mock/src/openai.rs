@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -314,23 +315,40 @@ struct EmbeddingsRequest {
     model: Option<String>,
     #[serde(default)]
     input: Value,
+    /// `"float"` (the default) or `"base64"`: the vector's little-endian
+    /// `f32` bytes, base64-encoded, which some SDK versions ask for by default.
+    #[serde(default)]
+    encoding_format: Option<String>,
+    /// Length of each vector (OpenAI's `dimensions`); default 8.
+    #[serde(default)]
+    dimensions: Option<u64>,
 }
 
-/// Dimensions of the mock embeddings.
+/// Default dimensions of the mock embeddings.
 const EMBEDDING_DIMS: usize = 8;
 
-/// A deterministic vector for `text` (FNV-1a seeded, values in [-1, 1]).
-fn embed(text: &[u8]) -> [f32; EMBEDDING_DIMS] {
+/// The largest `dimensions` the mock accepts (OpenAI's largest model has 3072).
+const MAX_EMBEDDING_DIMS: u64 = 3072;
+
+/// A deterministic vector of `dims` values for `text` (FNV-1a seeded, values
+/// in [-1, 1]).
+fn embed(text: &[u8], dims: usize) -> Vec<f32> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    let mut out = [0f32; EMBEDDING_DIMS];
-    for v in &mut out {
-        h = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        *v = ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-    }
-    out
+    (0..dims)
+        .map(|_| {
+            h = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The vector as OpenAI sends it for `encoding_format: "base64"`.
+fn embedding_base64(vector: &[f32]) -> String {
+    let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `POST /v1/embeddings`.
@@ -386,11 +404,39 @@ async fn embed_route(
             .collect(),
         _ => return bad_request("'input' is a required property", "missing_input"),
     };
+    let as_base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return bad_request(
+                &format!("'{other}' is not one of ['float', 'base64'] - 'encoding_format'"),
+                "invalid_value",
+            )
+        }
+    };
+    let dims = match req.dimensions {
+        None => EMBEDDING_DIMS,
+        Some(d @ 1..=MAX_EMBEDDING_DIMS) => d as usize,
+        Some(d) => {
+            return bad_request(
+                &format!("dimensions must be between 1 and {MAX_EMBEDDING_DIMS}, got {d}"),
+                "invalid_value",
+            )
+        }
+    };
     let prompt_len: usize = inputs.iter().map(Vec::len).sum();
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embed(text)}))
+        .map(|(i, text)| {
+            let vector = embed(text, dims);
+            let embedding = if as_base64 {
+                Value::String(embedding_base64(&vector))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     let tokens = reply::tokens_for_len(prompt_len);
     reply::json_response(
@@ -488,9 +534,24 @@ mod tests {
 
     #[test]
     fn embeddings_are_deterministic_and_bounded() {
-        let a = embed(b"hello");
-        assert_eq!(a, embed(b"hello"));
-        assert_ne!(a, embed(b"hellp"));
+        let a = embed(b"hello", EMBEDDING_DIMS);
+        assert_eq!(a, embed(b"hello", EMBEDDING_DIMS));
+        assert_ne!(a, embed(b"hellp", EMBEDDING_DIMS));
+        assert_eq!(a.len(), EMBEDDING_DIMS);
+        assert_eq!(embed(b"hello", 3).len(), 3);
         assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn base64_embeddings_are_the_little_endian_f32_bytes() {
+        let vector = embed(b"hello", EMBEDDING_DIMS);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(embedding_base64(&vector))
+            .expect("valid base64");
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(decoded, vector);
     }
 }

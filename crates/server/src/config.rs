@@ -445,26 +445,27 @@ impl Config {
             ),
         };
         let mut problems = Vec::new();
-        apply_env(&mut tree, env, &mut problems);
-        let config: Config = match serde_path_to_error::deserialize(tree) {
-            Ok(c) => c,
+        let from_env = apply_env(&mut tree, env, &mut problems);
+        let config: Option<Config> = match serde_path_to_error::deserialize(tree) {
+            Ok(c) => Some(c),
             Err(e) => {
                 let field = e.path().to_string();
                 problems.push(format!("{field}: {}", explain_serde(e.inner())));
-                return Err(ConfigError {
-                    file: label,
-                    problems,
-                });
+                None
             }
         };
-        config.validate(&mut problems);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
+        if let Some(config) = &config {
+            config.validate(&mut problems);
+        }
+        for problem in &mut problems {
+            blame_env_var(problem, &from_env);
+        }
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError {
                 file: label,
                 problems,
-            })
+            }),
         }
     }
 
@@ -764,18 +765,24 @@ fn explain_serde(e: &serde_json::Error) -> String {
 /// `RELAYAPI_USAGE_STORE=memory`. Names are matched against the known
 /// field tree (so underscores inside field names work); values are parsed
 /// as JSON when they parse, else taken as strings.
-fn apply_env(tree: &mut Value, env: &Env, problems: &mut Vec<String>) {
+///
+/// Returns the settings it set (dotted path, variable name), so that a
+/// problem with one of them names the variable instead of blaming the file.
+fn apply_env(tree: &mut Value, env: &Env, problems: &mut Vec<String>) -> Vec<(String, String)> {
     // The defaults, serialised, are the map of known fields.
     let known = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    let mut set = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("RELAYAPI_") else {
             continue;
         };
-        // Variables that the CLI reads itself.
+        // Variables that the CLI reads itself, and the mock's own
+        // (`RELAYAPI_MOCK_API_KEY`, …), often exported in the same shell.
         if matches!(
             rest,
             "CONFIG" | "RAI" | "LOG" | "LOG_FORMAT" | "ADMIN_URL" | "ADMIN_KEY"
-        ) {
+        ) || rest.starts_with("MOCK_")
+        {
             continue;
         }
         let rest = rest.to_ascii_lowercase();
@@ -784,12 +791,34 @@ fn apply_env(tree: &mut Value, env: &Env, problems: &mut Vec<String>) {
                 let value = serde_json::from_str::<Value>(raw)
                     .unwrap_or_else(|_| Value::String(raw.clone()));
                 set_path(tree, &path, value);
+                set.push((path.join("."), name.clone()));
             }
             None => problems.push(format!(
                 "environment variable {name}: no such setting; names look like RELAYAPI_SERVER_PORT or RELAYAPI_RATE_LIMIT_BURST"
             )),
         }
     }
+    set
+}
+
+/// Rewrites `field: …` as `field (from the environment variable NAME): …`
+/// when a `RELAYAPI_*` variable set that field or one inside it, so the
+/// operator fixes the variable rather than searching the file for it.
+fn blame_env_var(problem: &mut String, from_env: &[(String, String)]) {
+    let Some((field, rest)) = problem.split_once(": ") else {
+        return;
+    };
+    // `server.trusted_proxies[0]` is the setting `server.trusted_proxies`.
+    let setting = field.split('[').next().unwrap_or(field);
+    let Some((_, var)) = from_env.iter().find(|(path, _)| {
+        path == setting
+            || path
+                .strip_prefix(setting)
+                .is_some_and(|tail| tail.starts_with('.'))
+    }) else {
+        return;
+    };
+    *problem = format!("{field} (from the environment variable {var}): {rest}; fix or unset {var}");
 }
 
 fn resolve_env_path(known: &Value, rest: &str) -> Option<Vec<String>> {
@@ -938,6 +967,39 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "missing {needle} in {msg}");
         }
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable_not_just_the_file() {
+        let env = vec![
+            ("RELAYAPI_SERVER_PORT".to_string(), "not-a-port".to_string()),
+            ("RELAYAPI_MOCK_API_KEY".to_string(), "sk-mock".to_string()),
+        ];
+        let msg = load_str("c.json", "{}", &env).unwrap_err().to_string();
+        assert!(
+            msg.contains("server.port (from the environment variable RELAYAPI_SERVER_PORT)"),
+            "{msg}"
+        );
+        assert!(msg.contains("fix or unset RELAYAPI_SERVER_PORT"), "{msg}");
+        // The mock's variable is not the relay's business.
+        assert!(!msg.contains("RELAYAPI_MOCK_API_KEY"), "{msg}");
+        // A validation problem of a field set from the environment, too.
+        let env = vec![(
+            "RELAYAPI_RATE_LIMIT_IP_LIMIT_BURST".to_string(),
+            "0".to_string(),
+        )];
+        let msg = load_str("c.json", "{}", &env).unwrap_err().to_string();
+        assert!(
+            msg.contains("rate_limit.ip_limit (from the environment variable RELAYAPI_RATE_LIMIT_IP_LIMIT_BURST)"),
+            "{msg}"
+        );
+        // A problem of the file alone names no variable.
+        let env = vec![("RELAYAPI_SERVER_PORT".to_string(), "9000".to_string())];
+        let msg = load_str("c.json", r#"{"server": {"base_path": "x"}}"#, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("server.base_path: must start"), "{msg}");
+        assert!(!msg.contains("environment variable"), "{msg}");
     }
 
     #[test]

@@ -927,13 +927,24 @@ fn error_response_with(e: ApiError, body: Bytes) -> Response<RelayBody> {
     if let Some(ra) = e.retry_after() {
         h.insert(header::RETRY_AFTER, ra);
     }
+    // The header every admitted call carried, at its end value.
+    if matches!(e, ApiError::TokenExhausted) {
+        h.insert(CALLS_REMAINING, HeaderValue::from_static("0"));
+    }
     resp
 }
 
 fn health(state: &AppState) -> Response<RelayBody> {
     let s = &state.stats;
+    // Still 200 when degraded: stateless tokens are served, and a liveness
+    // probe restarting the relay would not mend a full disk.
+    let status = if state.usage.is_failing() {
+        "degraded"
+    } else {
+        "ok"
+    };
     let body = serde_json::json!({
-        "status": "ok",
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
         "keys": state.keys.current().v2.len(),
@@ -947,7 +958,7 @@ fn health(state: &AppState) -> Response<RelayBody> {
             "client_aborted": s.client_aborted.load(Ordering::Relaxed),
         },
         "logs": state.logger.as_ref().map(|l| l.pipeline.stats()),
-        "usage": {"stats_dropped": state.usage.usage_dropped()},
+        "usage": state.usage.health_report(),
     });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = StatusCode::OK;

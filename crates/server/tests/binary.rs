@@ -259,6 +259,42 @@ async fn kill_9_never_readmits_a_used_call() {
 }
 
 #[tokio::test]
+async fn health_says_degraded_while_the_usage_store_cannot_write() {
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &mock.url(), "sqlite");
+    let http = reqwest::Client::new();
+    let relay = Relay::start(dir.path(), &[]);
+    let limited = format!(
+        "{}models",
+        retarget(&mint_url(dir.path(), &["--max-calls", "9"]), &relay)
+    );
+    let stateless = format!("{}models", retarget(&mint_url(dir.path(), &[]), &relay));
+    assert_eq!(http.get(&limited).send().await.unwrap().status(), 200);
+    assert_eq!(health(&http, &relay).await["status"], "ok");
+
+    // Something else (a backup, an admin's sqlite3 shell) holds the write
+    // lock longer than the store waits for it.
+    let other = rusqlite::Connection::open(dir.path().join("usage.db")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let resp = http.get(&limited).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "service_unavailable");
+    assert_eq!(http.get(&stateless).send().await.unwrap().status(), 200);
+    let h = health(&http, &relay).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["usage"]["status"], "failing", "{h}");
+    assert!(h["usage"]["last_error"].as_str().is_some(), "{h}");
+
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(http.get(&limited).send().await.unwrap().status(), 200);
+    let h = health(&http, &relay).await;
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["usage"]["write_errors"], 1, "{h}");
+}
+
+#[tokio::test]
 async fn sigterm_lets_an_open_stream_finish() {
     let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();

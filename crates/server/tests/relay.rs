@@ -420,6 +420,20 @@ async fn calls_remaining_header_counts_down() {
             .to_string();
         assert!(exposed.contains("x-relayapi-calls-remaining"));
     }
+    // The refusal says 0 too, readable by a browser front end.
+    let resp = env
+        .http
+        .get(&url)
+        .header("origin", "https://app.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "0");
+    assert!(resp.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("x-relayapi-calls-remaining"));
 }
 
 #[tokio::test]
@@ -611,6 +625,8 @@ async fn health_reports_counters_without_secrets() {
         .await
         .unwrap();
     assert_eq!(v["status"], "ok");
+    assert_eq!(v["usage"]["status"], "ok", "{v}");
+    assert_eq!(v["usage"]["write_errors"], 0, "{v}");
     assert!(v["requests"]["total"].as_u64().unwrap() >= 1);
     assert!(!v.to_string().contains(env.rai.crypto.aes_key.expose()));
 }

@@ -137,6 +137,25 @@ test('non-streaming chat through a path token', async () => {
   assert.equal(resp.model, MODEL);
 });
 
+test('embeddings: the SDK default (base64 on the wire) decodes to the float vectors', async () => {
+  const client = pathClient(mint());
+  const input = ['one', 'two'];
+  // No encoding_format: openai 5+ asks for base64 and decodes it itself.
+  const byDefault = await client.embeddings.create({ model: 'text-embedding-3-small', input, dimensions: 12 });
+  const asFloats = await client.embeddings.create({
+    model: 'text-embedding-3-small',
+    input,
+    dimensions: 12,
+    encoding_format: 'float',
+  });
+  assert.equal(byDefault.data.length, 2);
+  for (const [i, d] of byDefault.data.entries()) {
+    assert.equal(d.embedding.length, 12);
+    assert.deepEqual(d.embedding, asFloats.data[i].embedding.map(Math.fround));
+  }
+  assert.notDeepEqual(byDefault.data[0].embedding, byDefault.data[1].embedding);
+});
+
 test('--url prints a ready base URL', async () => {
   const baseURL = mint('--url');
   assert.ok(baseURL.startsWith(relayBase()) && baseURL.endsWith('/'), baseURL);

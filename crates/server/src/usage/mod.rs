@@ -31,6 +31,8 @@ pub mod pending;
 pub mod sqlite;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -157,6 +159,37 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Whether the durable store's writes are failing, for `/health`: set by a
+/// failed batch, cleared by the next one that commits. Messages hold no
+/// token ids (see [`UsageError`]).
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failing: AtomicBool,
+    failures: AtomicU64,
+    last_error_at: AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    pub(crate) fn failed(&self, error: &UsageError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.last_error_at.store(unix_now(), Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// One relaxed load on the hot path while healthy.
+    pub(crate) fn succeeded(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+}
+
 /// A usage store backend.
 #[derive(Debug)]
 pub enum UsageStore {
@@ -281,6 +314,36 @@ impl UsageStore {
             Self::Memory(_) => 0,
             Self::Sqlite(s) => s.pending_dropped(),
         }
+    }
+
+    /// True while the latest write to the durable store failed (calls that
+    /// need the store are refused with 503 until one succeeds).
+    pub fn is_failing(&self) -> bool {
+        match self {
+            Self::Memory(_) => false,
+            Self::Sqlite(s) => s.health().is_failing(),
+        }
+    }
+
+    /// The store's part of `/health`.
+    pub fn health_report(&self) -> serde_json::Value {
+        let (store, health) = match self {
+            Self::Memory(_) => ("memory", None),
+            Self::Sqlite(s) => ("sqlite", Some(s.health())),
+        };
+        let mut report = serde_json::json!({
+            "store": store,
+            "status": if self.is_failing() { "failing" } else { "ok" },
+            "write_errors": health.map_or(0, |h| h.failures.load(Ordering::Relaxed)),
+            "stats_dropped": self.usage_dropped(),
+        });
+        if let Some(h) = health {
+            if let Some(e) = h.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                report["last_error"] = e.as_str().into();
+                report["last_error_at"] = h.last_error_at.load(Ordering::Relaxed).into();
+            }
+        }
+        report
     }
 
     /// Everything the store knows about `jti`.

@@ -128,6 +128,8 @@ pub struct SqliteStore {
     pending: Pending,
     /// Mirror of `revoked_tokens` (jti -> revoked at), updated after commit.
     revoked: RwLock<HashMap<String, i64>>,
+    /// Whether the latest batch failed, for `/health`.
+    health: super::StoreHealth,
     /// `<path>.lock`, exclusively locked while the store is open: the cache
     /// is exact only if no other process writes the file.
     process_lock: Mutex<Option<std::fs::File>>,
@@ -211,7 +213,12 @@ impl SqliteStore {
             deferred: Mutex::new(Vec::new()),
             pending: Pending::new(super::MAX_PENDING_USAGE),
             revoked: RwLock::new(revoked),
+            health: super::StoreHealth::default(),
         })
+    }
+
+    pub(super) fn health(&self) -> &super::StoreHealth {
+        &self.health
     }
 
     /// The calling thread's queue.
@@ -281,6 +288,11 @@ impl SqliteStore {
                 let settles = batch.len();
                 batch.append(&mut jobs);
                 let mut results = writer.apply_batch(&batch);
+                // A batch commits or fails as a whole.
+                match results.first() {
+                    Some(Err(e)) => self.health.failed(e),
+                    _ => self.health.succeeded(),
+                }
                 // A failed batch loses its settles: those reservations stay
                 // charged (an overcount, never an undercount).
                 results.drain(..settles);
@@ -905,6 +917,40 @@ mod tests {
             store.reserve_call("c", 5, FAR_FUTURE).await,
             Err(UsageError::Unavailable(_))
         ));
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn health_shows_a_failing_write_until_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = UsageStore::open_sqlite(&path).unwrap();
+        store.reserve_call("h", 5, FAR_FUTURE).await.unwrap();
+        assert!(!store.is_failing());
+        assert_eq!(store.health_report()["status"], "ok");
+        assert!(store.health_report().get("last_error").is_none());
+
+        // Another process holds the write lock past the busy timeout.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        assert!(matches!(
+            store.reserve_call("h", 5, FAR_FUTURE).await,
+            Err(UsageError::Unavailable(_))
+        ));
+        assert!(store.is_failing());
+        let report = store.health_report();
+        assert_eq!(report["status"], "failing", "{report}");
+        assert_eq!(report["write_errors"], 1, "{report}");
+        assert!(report["last_error"].as_str().unwrap().contains("locked"), "{report}");
+        assert!(!report.to_string().contains("\"h\""), "no token id: {report}");
+
+        other.execute_batch("COMMIT").unwrap();
+        store.reserve_call("h", 5, FAR_FUTURE).await.unwrap();
+        let report = store.health_report();
+        assert_eq!(report["status"], "ok", "{report}");
+        // The error stays visible as history, with its count.
+        assert_eq!(report["write_errors"], 1, "{report}");
+        assert!(report["last_error_at"].as_i64().unwrap() > 0, "{report}");
         store.close().await.unwrap();
     }
 
