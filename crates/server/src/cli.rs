@@ -300,19 +300,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             format!("server.port: cannot listen on {addr}; pick a free port or stop what uses it")
         })?;
     let local = listener.local_addr()?;
-    {
-        // The first stdout line is the contract scripts rely on.
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on http://{local}")?;
-        out.flush()?;
-    }
-    tracing::info!(addr = %local, base_path = %config.server.base_path, "relay ready");
-    if config.legacy_tokens {
-        tracing::warn!(
-            "legacy_tokens is on: tokens of the earlier RelayAPI (AES-CBC, query-string URLs) are accepted. \
-             They cannot be made tamper-proof; move backends to v2 tokens and turn this off (docs/migration.md)"
-        );
-    }
+    // Bound before "listening" is printed: a relay that says it is up has
+    // every listener it was configured with.
     let admin_key = crate::admin::AdminKey::from_settings(&config.admin);
     let admin_listener = match &admin_key {
         Some(_) => {
@@ -320,11 +309,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::bind(&listen).await.with_context(|| {
                 format!("admin.listen: cannot listen on {listen}; pick a free port or stop what uses it")
             })?;
-            tracing::info!(addr = %l.local_addr()?, "admin API ready");
             Some(l)
         }
         None => None,
     };
+    {
+        // The first stdout line is the contract scripts rely on.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{local}")?;
+        out.flush()?;
+    }
+    tracing::info!(addr = %local, base_path = %config.server.base_path, "relay ready");
+    if let Some(l) = &admin_listener {
+        tracing::info!(addr = %l.local_addr()?, "admin API ready");
+    }
+    if config.legacy_tokens {
+        tracing::warn!(
+            "legacy_tokens is on: tokens of the earlier RelayAPI (AES-CBC, query-string URLs) are accepted. \
+             They cannot be made tamper-proof; move backends to v2 tokens and turn this off (docs/migration.md)"
+        );
+    }
     let state = Arc::new(AppState::new(config, keys.keys, usage));
     crate::http::spawn_background(&state);
     let admin = match (admin_listener, admin_key) {

@@ -711,11 +711,20 @@ fn parse_net(s: &str) -> Option<ipnet::IpNet> {
 }
 
 fn parse_tree(label: &str, path: &Path, text: &str) -> Result<Value, ConfigError> {
-    let is_toml = path
+    let extension = path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
-    let parsed = if is_toml {
-        toml::from_str::<Value>(text).map_err(|e| format!("not valid TOML: {}", e.message()))
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let parsed = if matches!(extension.as_deref(), Some("yaml" | "yml")) {
+        Err("YAML is not read; write the same settings as JSON (config.json) or TOML (config.toml)".to_string())
+    } else if extension.as_deref() == Some("toml") {
+        toml::from_str::<Value>(text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |span| {
+                let (line, column) = line_and_column(text, span.start);
+                format!(" at line {line} column {column}")
+            });
+            format!("not valid TOML{at}: {}", e.message())
+        })
     } else {
         serde_json::from_str::<Value>(text).map_err(|e| {
             format!(
@@ -736,6 +745,14 @@ fn parse_tree(label: &str, path: &Path, text: &str) -> Result<Value, ConfigError
             problems: vec![p],
         }),
     }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn explain_serde(e: &serde_json::Error) -> String {
@@ -1000,6 +1017,21 @@ mod tests {
             .to_string();
         assert!(msg.contains("server.base_path: must start"), "{msg}");
         assert!(!msg.contains("environment variable"), "{msg}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_say_where_and_yaml_says_what_to_use_instead() {
+        let msg = load_str("c.toml", "[server]\nport = 1\nhost = \n", &Env::new())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not valid TOML at line 3 column"), "{msg}");
+        let msg = load_str("c.yaml", "server:\n  port: 1\n", &Env::new())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("YAML is not read"), "{msg}");
+        assert!(msg.contains("config.toml"), "{msg}");
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_and_column("ab", 0), (1, 1));
     }
 
     #[test]

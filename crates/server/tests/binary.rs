@@ -294,6 +294,22 @@ async fn health_says_degraded_while_the_usage_store_cannot_write() {
     assert_eq!(h["usage"]["write_errors"], 1, "{h}");
 }
 
+#[test]
+fn a_taken_admin_port_stops_the_relay_before_it_says_listening() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "server": {"port": 0},
+        "usage": {"store": "memory"},
+        "admin": {"listen": taken.local_addr().unwrap().to_string(), "api_key": "k-0123456789abcdef0123"},
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let (ok, out, err) = relayapi(dir.path(), &["serve"]);
+    assert!(!ok, "the relay ran without its admin listener: {out}");
+    assert!(!out.contains("listening"), "{out}");
+    assert!(err.contains("admin.listen: cannot listen on"), "{err}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_open_stream_finish() {
     let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
