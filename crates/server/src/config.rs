@@ -716,7 +716,10 @@ fn parse_tree(label: &str, path: &Path, text: &str) -> Result<Value, ConfigError
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     let parsed = if matches!(extension.as_deref(), Some("yaml" | "yml")) {
-        Err("YAML is not read; write the same settings as JSON (config.json) or TOML (config.toml)".to_string())
+        Err(
+            "YAML is not read; write the same settings as JSON (config.json) or TOML (config.toml)"
+                .to_string(),
+        )
     } else if extension.as_deref() == Some("toml") {
         toml::from_str::<Value>(text).map_err(|e| {
             let at = e.span().map_or(String::new(), |span| {

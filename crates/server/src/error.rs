@@ -41,6 +41,8 @@ pub enum ApiError {
     /// for another provider).
     CredentialUnknown,
     PayloadTooLarge,
+    /// The request line and headers are over `server.max_header_bytes`.
+    HeadersTooLarge,
     InvalidBody,
     NotFound,
     UpstreamUnreachable,
@@ -70,6 +72,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -98,6 +101,7 @@ impl ApiError {
             ApiError::ProviderUnknown => "provider_unknown",
             ApiError::CredentialUnknown => "credential_unknown",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::InvalidBody => "invalid_body",
             ApiError::NotFound => "not_found",
             ApiError::UpstreamUnreachable => "upstream_unreachable",
@@ -127,6 +131,7 @@ impl ApiError {
             ApiError::ProviderUnknown
             | ApiError::CredentialUnknown
             | ApiError::PayloadTooLarge
+            | ApiError::HeadersTooLarge
             | ApiError::InvalidBody
             | ApiError::NotFound => "invalid_request_error",
             ApiError::UpstreamUnreachable | ApiError::UpstreamTimeout => "upstream_error",
@@ -153,6 +158,7 @@ impl ApiError {
             ApiError::ProviderUnknown => "The token names a provider this relay does not serve.",
             ApiError::CredentialUnknown => "The token names a provider credential (key_ref) this relay does not hold for its provider.",
             ApiError::PayloadTooLarge => "The request body is larger than this relay accepts.",
+            ApiError::HeadersTooLarge => "The request's headers are larger than this relay accepts.",
             ApiError::InvalidBody => "The request body is not the JSON object this token requires.",
             ApiError::NotFound => "No such route. Relayed requests start with the relay's base path.",
             ApiError::UpstreamUnreachable => "The provider could not be reached.",

@@ -53,7 +53,7 @@ use crate::proxy::{self, full, Finish, FinishReason, IdleTimeout, RelayBody};
 use crate::usage::{Admission, BudgetAdmission, UsageDelta, UsageStore};
 
 // Named once: a header name given as a string is parsed on every use.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const CALLS_REMAINING: HeaderName = HeaderName::from_static("x-relayapi-calls-remaining");
 const TOKENS_REMAINING: HeaderName = HeaderName::from_static("x-relayapi-tokens-remaining");
 
@@ -144,7 +144,7 @@ impl AppState {
         }
     }
 
-    fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
+    pub(crate) fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
         // A caller's own id is kept when it is short and plain, so traces join up.
         if let Some(v) = headers.get(&X_REQUEST_ID) {
             let ok = v.len() <= 128
@@ -280,6 +280,9 @@ async fn relay(
     // Only string work: where the token is, and the path and query without it
     // (what the log may show even for a request refused next).
     let located = auth::locate(rest, req.uri().query(), req.headers());
+    // hyper's own limit is its read buffer, which lets heads of up to about
+    // twice the setting through; this makes `max_header_bytes` exact.
+    let head_too_large = head_len(&req) > state.config.server.max_header_bytes;
     if let Some(log) = log.as_mut() {
         let r = log.record();
         r.path.clear();
@@ -290,6 +293,10 @@ async fn relay(
         if let Some(t) = &located.token {
             log.secret(t);
         }
+    }
+
+    if head_too_large {
+        return Err(ApiError::HeadersTooLarge);
     }
 
     // 4. traffic limits, before any crypto (one clock read for the request's
@@ -805,6 +812,16 @@ async fn reserve_budget(
             Err(ApiError::ServiceUnavailable)
         }
     }
+}
+
+/// The size of the request head as HTTP/1.1 sends it: request line, each
+/// `name: value` line and the blank line.
+fn head_len(req: &Request<Incoming>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    req.headers().iter().fold(line + 2, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
 }
 
 /// True when the request body is JSON, or says nothing about its type; only

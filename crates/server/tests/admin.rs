@@ -31,6 +31,13 @@ async fn admin(env: &Env, method: reqwest::Method, path: &str, key: Option<&str>
     }
     let r = r.send().await.unwrap();
     let status = r.status().as_u16();
+    assert!(
+        r.headers()
+            .get("x-request-id")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("req_")),
+        "admin answers carry a request id: {:?}",
+        r.headers()
+    );
     (status, r.json().await.unwrap())
 }
 

@@ -865,3 +865,23 @@ async fn refusal_before_the_body_is_read_closes_the_connection_cleanly() {
         assert_eq!(r.status(), 401);
     }
 }
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_is_refused_with_a_json_431() {
+    let env = Env::start_with(|c| c.server.max_header_bytes = 2048, UsageStore::memory()).await;
+    let url = format!("{}{}/models", env.base(), env.mint(&env.claims("openai")));
+    let send = |padding: usize| {
+        env.http
+            .get(&url)
+            .header("x-padding", "p".repeat(padding))
+            .send()
+    };
+    // Well under: relayed.
+    assert_eq!(send(100).await.unwrap().status(), 200);
+    // Over the setting, though small enough for hyper's read buffer.
+    let resp = send(2100).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let (s, c) = error_code(resp).await;
+    assert_eq!((s, c.as_str()), (431, "headers_too_large"));
+}

@@ -91,7 +91,14 @@ pub async fn serve(
         let service = service_fn(move |req| {
             let state = state.clone();
             let key = key.clone();
-            async move { Ok::<_, Infallible>(handle(&state, &key, req).await) }
+            async move {
+                // Like every relay answer, so an operator's report can be traced.
+                let request_id = state.request_id(req.headers());
+                let mut resp = handle(&state, &key, req).await;
+                resp.headers_mut()
+                    .insert(crate::http::X_REQUEST_ID, request_id);
+                Ok::<_, Infallible>(resp)
+            }
         });
         tokio::spawn(async move {
             let conn = auto::Builder::new(TokioExecutor::new());

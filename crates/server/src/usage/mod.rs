@@ -338,7 +338,12 @@ impl UsageStore {
             "stats_dropped": self.usage_dropped(),
         });
         if let Some(h) = health {
-            if let Some(e) = h.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if let Some(e) = h
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
                 report["last_error"] = e.as_str().into();
                 report["last_error_at"] = h.last_error_at.load(Ordering::Relaxed).into();
             }

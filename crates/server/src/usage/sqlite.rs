@@ -941,8 +941,14 @@ mod tests {
         let report = store.health_report();
         assert_eq!(report["status"], "failing", "{report}");
         assert_eq!(report["write_errors"], 1, "{report}");
-        assert!(report["last_error"].as_str().unwrap().contains("locked"), "{report}");
-        assert!(!report.to_string().contains("\"h\""), "no token id: {report}");
+        assert!(
+            report["last_error"].as_str().unwrap().contains("locked"),
+            "{report}"
+        );
+        assert!(
+            !report.to_string().contains("\"h\""),
+            "no token id: {report}"
+        );
 
         other.execute_batch("COMMIT").unwrap();
         store.reserve_call("h", 5, FAR_FUTURE).await.unwrap();
