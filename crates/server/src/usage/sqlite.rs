@@ -270,23 +270,30 @@ impl SqliteStore {
     async fn lead(&self, queue: usize, mine: Job) -> Result<Outcome, UsageError> {
         let leadership = Leadership(self, queue);
         tokio::task::yield_now().await;
-        let mut jobs = vec![mine];
-        let mut replies = Vec::new();
-        {
+        // Sized once: a batch is built on every reservation.
+        let (mut jobs, replies) = {
             let mut q = lock(&self.queues[queue]);
             let n = q.waiting.len().min(MAX_BATCH - 1);
+            let mut jobs = Vec::with_capacity(n + 1);
+            let mut replies = Vec::with_capacity(n);
+            jobs.push(mine);
             for w in q.waiting.drain(..n) {
                 jobs.push(w.job);
                 replies.push(w.reply);
             }
-        }
+            (jobs, replies)
+        };
         let results = match lock(&self.writer).as_mut() {
             Some(writer) => {
                 // Parked settles first: each follows its own reservation,
                 // committed before its call was forwarded.
                 let mut batch = std::mem::take(&mut *lock(&self.deferred));
                 let settles = batch.len();
-                batch.append(&mut jobs);
+                if settles == 0 {
+                    batch = jobs;
+                } else {
+                    batch.append(&mut jobs);
+                }
                 let mut results = writer.apply_batch(&batch);
                 // A batch commits or fails as a whole.
                 match results.first() {
