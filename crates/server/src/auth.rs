@@ -83,7 +83,10 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
         };
         let unescaped;
         let mut value = value;
-        if param != "key" && glued_path.is_none() {
+        // Only a URL whose path is the bare base path can have the path
+        // glued into its query: otherwise a tail after the token is part of
+        // the (then invalid) token, not something to drop.
+        if param != "key" && glued_path.is_none() && rest_out.is_empty() {
             // openai npm 6.x percent-encodes the path it appends to a base
             // URL that ends in a query (`…&rai_hash=H%2Fchat%2Fcompletions`).
             let escaped_slash = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'f';
@@ -384,6 +387,17 @@ mod tests {
             if query.contains("rai_hash") {
                 assert_eq!(l.rai_hash.as_deref(), Some(hash), "{query}");
             }
+        }
+        // With a path of its own the URL has nothing glued into its query:
+        // a tail after the token is part of it (a tampered token stays
+        // whole, and fails to decode), not dropped.
+        for (query, whole) in [
+            (format!("token={jwe}xyz"), format!("{jwe}xyz")),
+            (format!("token={legacy}models"), format!("{legacy}models")),
+        ] {
+            let l = locate("models", Some(&query), &h);
+            assert_eq!(l.token.as_deref(), Some(whole.as_str()), "{query}");
+            assert_eq!(l.rest, "models", "{query}");
         }
         // Every legacy length (IV + 1..=40 blocks) splits off a short segment.
         for blocks in 2..=41usize {
