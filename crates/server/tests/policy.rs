@@ -42,6 +42,15 @@ async fn raw(
     (status, body)
 }
 
+/// POSTs `body` to `target` as written and asserts the relay refused it
+/// with `status` and `code`.
+async fn assert_refused(addr: SocketAddr, target: &str, body: &str, status: u16, code: &str) {
+    let (got, text) = raw(addr, "POST", target, "", body).await;
+    assert_eq!(got, status, "{target}: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], code, "{target}");
+}
+
 /// A request body of `n` chunks of `size` bytes, sent without Content-Length.
 fn chunked(n: usize, size: usize) -> reqwest::Body {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -241,17 +250,8 @@ async fn path_escapes_are_refused_and_never_reach_the_mock() {
         "chat/completionsx",
         "Chat/Completions",
     ] {
-        let (status, text) = raw(
-            addr,
-            "POST",
-            &format!("/relayapi/{token}/{attempt}"),
-            "",
-            &body,
-        )
-        .await;
-        assert_eq!(status, 403, "{attempt}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["error"]["code"], "path_not_allowed", "{attempt}");
+        let target = format!("/relayapi/{token}/{attempt}");
+        assert_refused(addr, &target, &body, 403, "path_not_allowed").await;
     }
     // A raw backslash is refused too (by hyper or by us; either way, not forwarded).
     for attempt in ["chat\\..\\models", "chat\\completions"] {
@@ -895,17 +895,8 @@ async fn a_token_without_paths_still_cannot_climb_above_the_base_path() {
         "chat%2f..%2f..%2fx",
         "chat/completions%00",
     ] {
-        let (status, text) = raw(
-            addr,
-            "POST",
-            &format!("/relayapi/{token}/{attempt}"),
-            "",
-            &body,
-        )
-        .await;
-        assert_eq!(status, 403, "{attempt}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["error"]["code"], "path_not_allowed", "{attempt}");
+        let target = format!("/relayapi/{token}/{attempt}");
+        assert_refused(addr, &target, &body, 403, "path_not_allowed").await;
     }
     assert_eq!(env.mock.journal().total(), 0);
     // A dot segment that stays inside is forwarded resolved.
@@ -942,17 +933,8 @@ async fn models_hold_for_the_model_in_gemini_and_azure_paths() {
         // An escaped name is decoded before the check.
         ("v1beta/models/gemini%2Dpro:generateContent", contents),
     ] {
-        let (status, text) = raw(
-            addr,
-            "POST",
-            &format!("/relayapi/{gemini}/{path}"),
-            "",
-            body,
-        )
-        .await;
-        assert_eq!(status, 403, "{path}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["error"]["code"], "model_not_allowed", "{path}");
+        let target = format!("/relayapi/{gemini}/{path}");
+        assert_refused(addr, &target, body, 403, "model_not_allowed").await;
     }
     let (status, text) = raw(
         addr,
