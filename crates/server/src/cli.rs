@@ -570,6 +570,9 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
                 },
                 if log.bodies { "; bodies captured" } else { "" }
             );
+            if c.usage.store == "sqlite" {
+                check_usage_path(&source, &c.usage.path, &mut failed);
+            }
             let registry = Registry::new(&c.providers);
             for id in registry.ids() {
                 if registry.get(id).is_some_and(|p| !p.configured) {
@@ -596,6 +599,59 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
         bail!("configuration has problems (listed above)");
     }
     Ok(())
+}
+
+/// `check-config`'s usage store part: can `serve` open (or create) the
+/// file? Nothing is created or locked: a running relay is not disturbed.
+fn check_usage_path(source: &str, path: &Path, failed: &mut bool) {
+    let problem = if path.is_dir() {
+        Some("is a directory; name a file, e.g. \"data/usage.db\"".to_string())
+    } else if path.exists() {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .err()
+            .map(|e| format!("cannot be opened for writing ({e}); fix its permissions or choose another usage.path"))
+    } else {
+        // The nearest existing ancestor must be a directory we could create in.
+        let ancestor = path
+            .ancestors()
+            .skip(1)
+            .find(|a| a.as_os_str().is_empty() || a.exists())
+            .map(|a| {
+                if a.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    a
+                }
+            });
+        match ancestor {
+            Some(dir) if !dir.is_dir() => Some(format!(
+                "cannot be created: {} is not a directory; choose another usage.path",
+                dir.display()
+            )),
+            Some(dir) => match std::fs::metadata(dir) {
+                Ok(m) if m.permissions().readonly() => Some(format!(
+                    "cannot be created: {} is read-only; choose another usage.path",
+                    dir.display()
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "cannot be created ({e}); choose another usage.path"
+                )),
+            },
+            None => None,
+        }
+    };
+    match problem {
+        Some(p) => {
+            *failed = true;
+            eprintln!("{source}: usage.path: {} {p}", path.display());
+        }
+        None if path.exists() => println!("ok: usage store {}", path.display()),
+        None => println!("ok: usage store {} (created on first run)", path.display()),
+    }
 }
 
 /// `check-config`'s key file part.

@@ -1013,6 +1013,27 @@ fn check_config_before_the_first_run_is_fine_but_a_named_key_file_must_exist() {
     );
     let (ok, _, err) = relayapi(dir.path(), &["check-config", "--rai", "missing.rai"]);
     assert!(!ok && err.contains("missing.rai: not found"), "{err}");
+    assert!(
+        out.contains("usage store relayapi-usage.db (created on first run)"),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("relayapi-usage.db").exists(),
+        "check-config creates no usage file"
+    );
+    // A usage.path that `serve` could not open is a problem now, not at start.
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"usage": {"path": "not-a-dir/usage.db"}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = relayapi(dir.path(), &["check-config"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("config.json: usage.path: not-a-dir/usage.db cannot be created: not-a-dir is not a directory"),
+        "{err}"
+    );
 }
 
 /// SIGTERM while the webhook sink's write hangs (a receiver that accepts and
