@@ -70,7 +70,8 @@ def test_parquet_files_read_back_with_pyarrow(relay, tmp_path):
     workdir = tmp_path
     pq_dir = workdir / "parquet"
     config = {
-        "server": {"port": 0},
+        # The test names its requests (x-request-id): only a trusted proxy may.
+        "server": {"port": 0, "trusted_proxies": ["127.0.0.1"]},
         "usage": {"store": "memory"},
         "providers": {"openai": {"base_url": f"{relay.mock_url}/v1"}},
         "log": {

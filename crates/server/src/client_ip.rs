@@ -51,6 +51,12 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet
     leftmost_trusted.unwrap_or(peer_ip)
 }
 
+/// True when the TCP peer itself is one of the trusted proxies (whose
+/// `X-Forwarded-For` and `x-request-id` are believed).
+pub fn peer_is_trusted(peer: SocketAddr, trusted_proxies: &[IpNet]) -> bool {
+    !trusted_proxies.is_empty() && is_trusted(canonical(peer.ip()), trusted_proxies)
+}
+
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }

@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use crate::auth;
-use crate::client_ip::client_ip;
+use crate::client_ip::{self, client_ip};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::credentials::{Credential, Credentials};
@@ -116,9 +116,17 @@ impl AppState {
             per_second: ip.requests_per_second,
             burst: ip.burst.max(1),
         });
-        let mut prefix = [0u8; 4];
-        // Uniqueness across restarts is nice to have, not a safety property.
-        let _ = getrandom::getrandom(&mut prefix);
+        // Request ids key the log records (the database sink's inserts are
+        // idempotent on them), so ids of two runs must not collide: 64
+        // random bits per process, or the clock and pid if there is no
+        // randomness to be had.
+        let mut prefix = [0u8; 8];
+        if getrandom::getrandom(&mut prefix).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            prefix = (nanos ^ (u64::from(std::process::id()) << 40)).to_be_bytes();
+        }
         let registry = Registry::new(&config.providers);
         AppState {
             limiter: TrafficLimiter::new(global, per_ip, rl.max_tracked_ips),
@@ -144,17 +152,19 @@ impl AppState {
         }
     }
 
-    pub(crate) fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
-        // A caller's own id is kept when it is short and plain, so traces join up.
-        if let Some(v) = headers.get(&X_REQUEST_ID) {
-            let ok = v.len() <= 128
-                && v.as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-            if ok && !v.is_empty() {
-                return v.clone();
-            }
+    /// The request's id: the caller's own `x-request-id` when `trust_caller`
+    /// (the peer is a trusted proxy, or the admin API's authenticated
+    /// caller) and it is short and plain, so traces join up; else a fresh
+    /// one. A client's own id is never adopted: ids key the log records, and
+    /// a client choosing them could make its records replace others'.
+    pub(crate) fn request_id(&self, headers: &HeaderMap, trust_caller: bool) -> HeaderValue {
+        match caller_request_id(headers) {
+            Some(v) if trust_caller => v.clone(),
+            _ => self.fresh_request_id(),
         }
+    }
+
+    fn fresh_request_id(&self) -> HeaderValue {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         // `req_<prefix><n as at least 10 hex digits>`, without `format!`
         // (this runs on every request).
@@ -173,6 +183,18 @@ impl AppState {
     }
 }
 
+/// The caller's `x-request-id`, if it is short and plain enough to log and
+/// echo.
+fn caller_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(&X_REQUEST_ID).filter(|v| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    })
+}
+
 /// The whole request path. Never fails: errors become responses.
 pub async fn handle(
     state: Arc<AppState>,
@@ -181,7 +203,8 @@ pub async fn handle(
 ) -> Result<Response<RelayBody>, Infallible> {
     // 1. accept
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let request_id = state.request_id(req.headers());
+    let trusted_peer = client_ip::peer_is_trusted(peer, &state.trusted_proxies);
+    let request_id = state.request_id(req.headers(), trusted_peer);
     let origin = req.headers().get(header::ORIGIN).cloned();
 
     // 2. CORS preflight: no token, no limits below.
@@ -206,6 +229,11 @@ pub async fn handle(
                 crate::logs::request::ip_text(ip),
             );
             log.request_headers(&logger.records, req.headers());
+            if !trusted_peer {
+                log.record().client_request_id = caller_request_id(req.headers())
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+            }
             log
         });
         let mut refusal_headers = HeaderMap::new();
@@ -995,7 +1023,7 @@ mod tests {
     async fn generated_request_ids_are_prefix_and_hex_counter() {
         let state = AppState::new(Config::default(), Keys::default(), UsageStore::memory());
         let id = |s: &AppState| {
-            s.request_id(&HeaderMap::new())
+            s.request_id(&HeaderMap::new(), true)
                 .to_str()
                 .unwrap()
                 .to_string()
@@ -1007,12 +1035,22 @@ mod tests {
         assert_eq!(id(&state), format!("{prefix}abcdef01234"));
         state.id_counter.store(u64::MAX, Ordering::Relaxed);
         assert_eq!(id(&state), format!("{prefix}ffffffffffffffff"));
-        // A caller's plain id is kept; anything else is replaced.
+        // A trusted caller's plain id is kept; anything else is replaced.
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("trace-42.a:b_c"));
-        assert_eq!(state.request_id(&h), "trace-42.a:b_c");
+        assert_eq!(state.request_id(&h, true), "trace-42.a:b_c");
+        assert!(state
+            .request_id(&h, false)
+            .to_str()
+            .unwrap()
+            .starts_with(&prefix));
         h.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert!(state.request_id(&h).to_str().unwrap().starts_with(&prefix));
+        assert!(state
+            .request_id(&h, true)
+            .to_str()
+            .unwrap()
+            .starts_with(&prefix));
+        assert_eq!(state.id_prefix.len(), 16, "64 bits of prefix");
     }
 
     #[test]

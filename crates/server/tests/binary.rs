@@ -74,7 +74,7 @@ impl Drop for Relay {
 
 fn write_config(dir: &Path, mock_url: &str, usage: &str) {
     let config = serde_json::json!({
-        "server": {"port": 0, "shutdown_grace": 10},
+        "server": {"port": 0, "shutdown_grace": 10, "trusted_proxies": ["127.0.0.1"]},
         "usage": {"store": usage, "path": dir.join("usage.db")},
         "providers": {"openai": {"base_url": format!("{mock_url}/v1")}}
     });
@@ -546,7 +546,7 @@ async fn by_default_a_down_sink_spools_instead_of_dropping() {
     down.store(true, SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let config = serde_json::json!({
-        "server": {"port": 0},
+        "server": {"port": 0, "trusted_proxies": ["127.0.0.1"]},
         "usage": {"store": "memory"},
         "log": {"console": false, "queue_capacity": 5, "batch_max_records": 5,
                 "batch_max_delay": 0.02,
@@ -626,7 +626,7 @@ async fn sigterm_under_load_every_admitted_request_is_logged() {
     };
     let sinks = AllSinks::start(dir.path(), db_kind).await.unwrap();
     let config = serde_json::json!({
-        "server": {"port": 0, "shutdown_grace": 10},
+        "server": {"port": 0, "shutdown_grace": 10, "trusted_proxies": ["127.0.0.1"]},
         "usage": {"store": "memory"},
         "log": sinks.log_config(false),
         "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
@@ -903,7 +903,7 @@ async fn no_secret_reaches_any_sink_or_log_line() {
             continue;
         };
         let config = serde_json::json!({
-            "server": {"port": 0, "shutdown_grace": 10},
+            "server": {"port": 0, "shutdown_grace": 10, "trusted_proxies": ["127.0.0.1"]},
             "usage": {"store": "memory"},
             "log": sinks.log_config(true),
             "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
@@ -1053,7 +1053,7 @@ async fn sigterm_with_a_hanging_sink_exits_in_time_and_spools_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let config = |url: &str| {
         serde_json::json!({
-            "server": {"port": 0, "shutdown_grace": 3},
+            "server": {"port": 0, "shutdown_grace": 3, "trusted_proxies": ["127.0.0.1"]},
             "usage": {"store": "memory"},
             "log": {"console": false, "batch_max_delay": 0.1,
                     "web": {"enabled": true, "callback_url": url}},

@@ -40,6 +40,7 @@ async fn db_env(kind: &str, url: &str) -> Env {
     let (kind, url) = (kind.to_string(), url.to_string());
     Env::start_with(
         move |c| {
+            trust_loopback(c);
             c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
             c.log.database.enabled = true;
             c.log.database.kind = kind;
@@ -360,6 +361,7 @@ async fn postgres_outage_loses_no_record_and_duplicates_none() {
     let url = pg.url();
     let env = Env::start_with(
         move |c| {
+            trust_loopback(c);
             c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
             c.log.database.enabled = true;
             c.log.database.kind = "postgres".into();
@@ -443,4 +445,84 @@ async fn postgres_outage_loses_no_record_and_duplicates_none() {
         "the outage overflowed into the spool: {st:?}"
     );
     env.relay.stop().await;
+}
+
+/// A client that is not a trusted proxy cannot choose the id its record is
+/// stored under: otherwise it could send the ids other requests will get
+/// (or repeat one) and the idempotent insert would drop their records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_chosen_request_id_cannot_replace_another_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logs.db");
+    let url = path.to_str().unwrap().to_string();
+    let (kind, dsn) = ("sqlite".to_string(), url.clone());
+    let env = Env::start_with(
+        move |c| {
+            c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
+            c.log.database.enabled = true;
+            c.log.database.kind = kind;
+            c.log.database.connection_string = SecretString::new(dsn);
+            c.log.batch_max_delay = Duration::from_millis(20);
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url_models = format!("{}{}/models", env.base(), env.token("openai"));
+    // The id the next generated one would be, and one repeated id.
+    let probe = env.http.get(&url_models).send().await.unwrap();
+    let seen = probe.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let guessed = format!("{}{:010x}", &seen[..seen.len() - 10], 1);
+    let mut got = vec![seen];
+    for id in [guessed.as_str(), "dup-id-A", "dup-id-A", "dup-id-A"] {
+        let r = env
+            .http
+            .get(&url_models)
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answered = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        if id == "dup-id-A" {
+            assert_ne!(answered, id, "an untrusted caller's id is not adopted");
+        }
+        got.push(answered);
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{url}?mode=rwc"))
+        .await
+        .unwrap();
+    wait_count(
+        "one row per request",
+        || async {
+            sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0)
+        },
+        5,
+    )
+    .await;
+    let mut ids: Vec<String> = sqlx::query_scalar("SELECT request_id FROM relayapi_logs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    ids.sort();
+    got.sort();
+    assert_eq!(
+        ids, got,
+        "every record under the id its client was answered with"
+    );
+    got.dedup();
+    assert_eq!(got.len(), 5, "five requests, five ids: {got:?}");
+    // The caller's own id is kept beside it, for tracing.
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM relayapi_logs WHERE json_extract(record, '$.client_request_id') = 'dup-id-A'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 3);
 }

@@ -16,6 +16,7 @@ async fn logged_env(bodies: bool) -> (Env, Arc<Mutex<Vec<Value>>>) {
     let (url, records) = receiver().await;
     let env = Env::start_with(
         move |c| {
+            trust_loopback(c);
             c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
             c.log.web.enabled = true;
             c.log.web.callback_url = url;
@@ -223,6 +224,7 @@ async fn webhook_outage_loses_no_record() {
     down.store(true, std::sync::atomic::Ordering::SeqCst);
     let env = Env::start_with(
         move |c| {
+            trust_loopback(c);
             c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
             c.log.web.enabled = true;
             c.log.web.callback_url = url;

@@ -93,7 +93,7 @@ pub async fn serve(
             let key = key.clone();
             async move {
                 // Like every relay answer, so an operator's report can be traced.
-                let request_id = state.request_id(req.headers());
+                let request_id = state.request_id(req.headers(), true);
                 let mut resp = handle(&state, &key, req).await;
                 resp.headers_mut()
                     .insert(crate::http::X_REQUEST_ID, request_id);

@@ -58,6 +58,10 @@ impl CapturedBody {
 pub struct LogRecord {
     /// The `x-request-id` the client got.
     pub request_id: String,
+    /// The `x-request-id` the client sent, when it was not adopted (the
+    /// client is not a trusted proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     /// RFC 3339 UTC, when the request arrived.
     pub started_at: String,
     pub duration_ms: u64,

@@ -182,6 +182,12 @@ pub async fn switchable_receiver() -> (String, Records, Flag) {
     (format!("http://{addr}/logs"), records, down)
 }
 
+/// The tests name their requests with `x-request-id` to find the records;
+/// the relay adopts a caller's id only from a trusted proxy.
+pub fn trust_loopback(c: &mut Config) {
+    c.server.trusted_proxies = vec!["127.0.0.1".into()];
+}
+
 /// GETs `url` once per request id, 32 at a time; every status and body is
 /// read. Returns the statuses.
 pub async fn get_each(

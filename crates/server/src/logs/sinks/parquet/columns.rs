@@ -53,6 +53,7 @@ pub struct Column {
 /// them into a dictionary that overflows anyway only costs CPU.
 pub const NO_DICTIONARY: &[&str] = &[
     "request_id",
+    "client_request_id",
     "started_at",
     "duration_ms",
     "ttfb_ms",
@@ -71,6 +72,7 @@ pub const NO_DICTIONARY: &[&str] = &[
 /// theirs.
 pub const NO_STATISTICS: &[&str] = &[
     "request_id",
+    "client_request_id",
     "client_ip",
     "path",
     "query",
@@ -113,6 +115,7 @@ macro_rules! col {
 /// Every column, in file order.
 pub const COLUMNS: &[Column] = &[
     col!("request_id", Str, false, |r| s(&r.request_id)),
+    col!("client_request_id", Str, true, |r| so(&r.client_request_id)),
     col!("started_at", TimestampMs, false, |r| Value::I64(Some(
         timestamp_ms(&r.started_at).unwrap_or(0)
     ))),
