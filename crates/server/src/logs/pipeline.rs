@@ -650,7 +650,10 @@ impl Batcher {
                 _ = self.notify.notified(), if batch.is_empty() && self.healthy => {
                     self.replay().await;
                 }
-                _ = tick.tick() => self.counters.log_drops(false),
+                _ = tick.tick() => {
+                    self.count_lost();
+                    self.counters.log_drops(false);
+                }
             }
         };
         self.finish(batch, deadlines).await;
@@ -668,6 +671,7 @@ impl Batcher {
         match self.deliver(batch).await {
             Delivery::Done => {
                 self.counters.held.fetch_sub(n, Ordering::Relaxed);
+                self.count_lost();
                 if self.healthy {
                     self.replay().await;
                 }
@@ -872,6 +876,23 @@ impl Batcher {
                 tracing::warn!(sink = %self.sink.name(), "log sink flush hit the shutdown deadline")
             }
         }
+        self.count_lost();
+    }
+
+    /// Moves records the sink lost after accepting them from `delivered`
+    /// to `dropped`.
+    fn count_lost(&self) {
+        let Some((n, why)) = self.sink.take_lost() else {
+            return;
+        };
+        let _ = self
+            .counters
+            .delivered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
+            });
+        self.counters.set_error(&SinkError::Permanent(why));
+        self.counters.add_dropped(n);
     }
 }
 
@@ -1026,6 +1047,46 @@ mod tests {
         let report = p.shutdown(Duration::from_secs(1)).await;
         assert_eq!(report.undelivered, 0);
         assert!(!report.timed_out);
+    }
+
+    /// Accepts every batch, then reports the last one lost.
+    struct Forgetful(AtomicU64);
+
+    impl Sink for Forgetful {
+        fn name(&self) -> &str {
+            "forgetful"
+        }
+        fn write_batch<'a>(&'a self, batch: &'a [Arc<LogRecord>]) -> SinkFuture<'a> {
+            self.0.store(batch.len() as u64, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn take_lost(&self) -> Option<(u64, String)> {
+            let n = self.0.swap(0, Ordering::SeqCst);
+            (n > 0).then(|| (n, format!("{n} records lost: disk gone")))
+        }
+    }
+
+    #[tokio::test]
+    async fn records_a_sink_loses_after_accepting_them_count_as_dropped() {
+        let p = LogPipeline::start(
+            vec![Arc::new(Forgetful(AtomicU64::new(0))) as Arc<dyn Sink>],
+            BatchSettings {
+                max_records: 3,
+                max_delay: Duration::from_millis(10),
+                ..Default::default()
+            },
+        );
+        for _ in 0..3 {
+            p.push(Arc::new(LogRecord::default()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = &p.stats()[0];
+        assert_eq!((st.delivered, st.dropped), (0, 3), "{st:?}");
+        assert!(
+            st.last_error.as_deref().unwrap().contains("disk gone"),
+            "{st:?}"
+        );
+        p.shutdown(Duration::from_millis(300)).await;
     }
 
     #[tokio::test]

@@ -48,6 +48,14 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Records reported written by an earlier [`write_batch`](Self::write_batch)
+    /// that the sink lost since (e.g. a Parquet file it could not finish),
+    /// with the reason; the pipeline counts them as dropped. Taken: the
+    /// next call returns only newer losses.
+    fn take_lost(&self) -> Option<(u64, String)> {
+        None
+    }
+
     /// Whether overflow waits in the spool (when one is configured). A
     /// sink that cannot be "down" — the console — has no use for one.
     fn spools(&self) -> bool {

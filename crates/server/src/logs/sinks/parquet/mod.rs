@@ -78,6 +78,29 @@ struct Open {
     pending: Vec<Arc<LogRecord>>,
     pending_bytes: usize,
     rows: u64,
+    /// Records in this file from batches already reported written (and
+    /// counted as delivered): what is lost if the file cannot be finished.
+    accepted: u64,
+}
+
+/// Records reported written that were lost afterwards, for the pipeline to
+/// count as dropped ([`Sink::take_lost`]).
+#[derive(Default)]
+struct Lost {
+    records: AtomicU64,
+    why: Mutex<Option<String>>,
+}
+
+impl Lost {
+    fn add(&self, n: u64, why: &SinkError) {
+        if n == 0 {
+            return;
+        }
+        self.records.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut g) = self.why.lock() {
+            *g = Some(format!("{n} records lost: {why}"));
+        }
+    }
 }
 
 struct Files {
@@ -85,13 +108,13 @@ struct Files {
     schema: Arc<Type>,
     props: WriterPropertiesPtr,
     open: Option<Open>,
-    /// The directory exists (created on first use).
-    dir_ready: bool,
+    lost: Arc<Lost>,
 }
 
 /// Writes records to daily Parquet files.
 pub struct ParquetSink {
     files: Arc<Mutex<Files>>,
+    lost: Arc<Lost>,
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -143,18 +166,11 @@ pub fn part_name(day: &str, n: u32) -> String {
 }
 
 impl Files {
-    fn ensure_dir(&mut self) -> Result<(), SinkError> {
-        if self.dir_ready {
-            return Ok(());
-        }
+    fn start_file(&mut self, day: &str) -> Result<&mut Open, SinkError> {
+        // Every new file, not once: the directory may have been removed
+        // (log rotation, an operator) while the relay ran.
         let dir = &self.options.dir;
         std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
-        self.dir_ready = true;
-        Ok(())
-    }
-
-    fn start_file(&mut self, day: &str) -> Result<&mut Open, SinkError> {
-        self.ensure_dir()?;
         let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let tmp = self.options.dir.join(format!(
             ".logs_{day}.{}.{seq}{IN_PROGRESS}",
@@ -175,6 +191,7 @@ impl Files {
             pending: Vec::new(),
             pending_bytes: 0,
             rows: 0,
+            accepted: 0,
         }))
     }
 
@@ -208,11 +225,13 @@ impl Files {
             tracing::debug!(file = %path.display(), rows = open.rows, "Parquet log file finished");
             Ok(())
         });
-        if result.is_err() {
+        if let Err(e) = &result {
             tracing::error!(
                 file = %open.tmp.display(),
+                records = open.accepted,
                 "a Parquet log file could not be finished; its records are lost"
             );
+            self.lost.add(open.accepted, e);
         }
         result
     }
@@ -231,15 +250,22 @@ impl Files {
             by_day.entry(day_of(&r)).or_default().push(r);
         }
         let result = self.write_days(by_day);
-        if result.is_err() {
+        match (&result, self.open.as_mut()) {
+            (Ok(()), Some(open)) => open.accepted = open.rows + open.pending.len() as u64,
             // The writer may be mid-row-group: abandon the file (as a crash
-            // would) so the retry starts clean.
-            if let Some(open) = self.open.take() {
-                tracing::error!(
-                    file = %open.tmp.display(),
-                    "abandoning a Parquet log file after a write error; its records are lost"
-                );
+            // would) so the retry starts clean. This batch is retried; the
+            // earlier ones in the file are lost.
+            (Err(e), Some(_)) => {
+                if let Some(open) = self.open.take() {
+                    tracing::error!(
+                        file = %open.tmp.display(),
+                        records = open.accepted,
+                        "abandoning a Parquet log file after a write error; its records are lost"
+                    );
+                    self.lost.add(open.accepted, e);
+                }
             }
+            _ => {}
         }
         result
     }
@@ -324,16 +350,18 @@ impl ParquetSink {
         }
         let props = Arc::new(props.build());
         report_unfinished(&options.dir);
+        let lost = Arc::new(Lost::default());
         let files = Arc::new(Mutex::new(Files {
             options,
             schema,
             props,
             open: None,
-            dir_ready: false,
+            lost: lost.clone(),
         }));
         let ticker = tokio::spawn(age_check(Arc::downgrade(&files)));
         Ok(ParquetSink {
             files,
+            lost,
             ticker: Mutex::new(Some(ticker)),
         })
     }
@@ -398,6 +426,12 @@ impl Sink for ParquetSink {
             }
             self.blocking(|f| f.finish()).await
         })
+    }
+
+    fn take_lost(&self) -> Option<(u64, String)> {
+        let n = self.lost.records.swap(0, Ordering::Relaxed);
+        let why = self.lost.why.lock().ok().and_then(|mut g| g.take());
+        (n > 0).then(|| (n, why.unwrap_or_default()))
     }
 }
 
@@ -540,5 +574,33 @@ mod tests {
         assert_eq!(names(&dir.path().join("age")), ["logs_2026-03-01.parquet"]);
         sink.flush().await.unwrap();
         sink2.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_removed_directory_loses_the_open_file_counted_and_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("logs");
+        let sink = ParquetSink::new(ParquetOptions {
+            dir: out.clone(),
+            max_file_bytes: 1 << 30,
+            max_file_age: Duration::from_secs(3600),
+        })
+        .unwrap();
+        let day = "2026-03-01T00:00:00.000Z";
+        sink.write_batch(&[rec("a", day), rec("b", day)])
+            .await
+            .unwrap();
+        assert_eq!(sink.take_lost(), None);
+        std::fs::remove_dir_all(&out).unwrap();
+        // The open file cannot be finished: its two records are reported.
+        assert!(sink.flush().await.is_err());
+        let (n, why) = sink.take_lost().expect("loss reported");
+        assert_eq!(n, 2);
+        assert!(why.contains("2 records lost"), "{why}");
+        assert_eq!(sink.take_lost(), None, "reported once");
+        // The next record recreates the directory.
+        sink.write_batch(&[rec("c", day)]).await.unwrap();
+        sink.blocking(|f| f.finish()).await.unwrap();
+        assert_eq!(rows(&out.join("logs_2026-03-01.parquet")), ["c"]);
     }
 }
