@@ -446,12 +446,25 @@ impl Config {
         };
         let mut problems = Vec::new();
         let from_env = apply_env(&mut tree, env, &mut problems);
-        let config: Option<Config> = match serde_path_to_error::deserialize(tree) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                let field = e.path().to_string();
-                problems.push(format!("{field}: {}", explain_serde(e.inner())));
-                None
+        let mut retried: Vec<String> = Vec::new();
+        let config: Option<Config> = loop {
+            match serde_path_to_error::deserialize(tree.clone()) {
+                Ok(c) => break Some(c),
+                Err(e) => {
+                    let field = e.path().to_string();
+                    // `RELAYAPI_LOG_WEB_SECRET=12345` parsed as a number, but
+                    // the setting wants a string: take the text as written.
+                    if !retried.contains(&field) {
+                        if let Some(raw) = env_value_as_string(&field, &from_env, env) {
+                            let path: Vec<String> = field.split('.').map(str::to_owned).collect();
+                            set_path(&mut tree, &path, Value::String(raw));
+                            retried.push(field);
+                            continue;
+                        }
+                    }
+                    problems.push(format!("{field}: {}", explain_serde(&field, e.inner())));
+                    break None;
+                }
             }
         };
         if let Some(config) = &config {
@@ -545,17 +558,20 @@ impl Config {
         let log = &self.log;
         if log.web.enabled && crate::providers::url_origin(&log.web.callback_url).is_none() {
             problems.push(format!(
-                "log.web.callback_url: {:?} is not an http(s) URL; set the receiver's URL or disable log.web",
-                log.web.callback_url
+                "log.web.callback_url: not an http(s) URL with a host (the value is not shown: it may hold credentials); set the receiver's URL or disable log.web"
             ));
         }
         if log.web.enabled {
             check_ca_file("log.web.ca_file", log.web.ca_file.as_deref(), problems);
         }
-        if log.max_body_bytes == 0 || log.queue_capacity == 0 || log.batch_max_records == 0 {
-            problems.push(
-                "log: max_body_bytes, queue_capacity and batch_max_records must be ≥ 1".into(),
-            );
+        for (name, value) in [
+            ("max_body_bytes", log.max_body_bytes),
+            ("queue_capacity", log.queue_capacity),
+            ("batch_max_records", log.batch_max_records),
+        ] {
+            if value == 0 {
+                problems.push(format!("log.{name}: must be at least 1"));
+            }
         }
         if log.database.enabled {
             let db = &log.database;
@@ -758,11 +774,33 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn explain_serde(e: &serde_json::Error) -> String {
+/// Settings whose values are secrets (or may hold credentials, like a URL's
+/// userinfo): an error about them never shows the value.
+fn is_secret_setting(field: &str) -> bool {
+    field.starts_with("credentials.")
+        || ["secret", "connection_string", "api_key", "callback_url"]
+            .iter()
+            .any(|name| field == *name || field.ends_with(&format!(".{name}")))
+}
+
+/// The raw text of the `RELAYAPI_*` variable that set `field`, if it was
+/// parsed as JSON into something other than a string (a retry takes it as
+/// a string; a second failure at the same field is then a real error).
+fn env_value_as_string(field: &str, from_env: &[(String, String)], env: &Env) -> Option<String> {
+    let (_, var) = from_env.iter().find(|(path, _)| path == field)?;
+    let raw = env.iter().find(|(name, _)| name == var).map(|(_, v)| v)?;
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::String(_)) | Err(_) => None,
+        Ok(_) => Some(raw.clone()),
+    }
+}
+
+fn explain_serde(field: &str, e: &serde_json::Error) -> String {
     let msg = e.to_string();
     if msg.starts_with("unknown field") {
         return format!("{msg} (remove it or fix the spelling)");
     }
+    let secret = is_secret_setting(field);
     // serde names Rust types; say what to write instead.
     for (rust, plain) in [
         ("expected usize", "write a whole number, 0 or more"),
@@ -774,10 +812,18 @@ fn explain_serde(e: &serde_json::Error) -> String {
         ("expected a string", "write a string in double quotes"),
     ] {
         if msg.contains(rust) {
-            return format!("{msg} ({plain})");
+            return if secret {
+                format!("not a valid value (not shown: it is a secret); {plain}")
+            } else {
+                format!("{msg} ({plain})")
+            };
         }
     }
-    msg
+    if secret {
+        "not a valid value (not shown: it is a secret); see docs/configuration.md".into()
+    } else {
+        msg
+    }
 }
 
 /// Applies `RELAYAPI_SECTION_FIELD=value` overrides, e.g.
@@ -1035,6 +1081,52 @@ mod tests {
         assert!(msg.contains("config.toml"), "{msg}");
         assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
         assert_eq!(line_and_column("ab", 0), (1, 1));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_config_errors_and_numeric_secrets_work_from_the_environment() {
+        // An all-digit secret from the environment is the string as written.
+        let env = vec![(
+            "RELAYAPI_LOG_WEB_SECRET".to_string(),
+            "98765432109876".to_string(),
+        )];
+        let c = load_str("c.json", "{}", &env).unwrap();
+        assert_eq!(c.log.web.secret.unwrap().expose(), "98765432109876");
+        // A wrong type in a secret field is reported without its value.
+        let msg = load_str(
+            "c.json",
+            r#"{"admin": {"api_key": 31415926535}}"#,
+            &Env::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("admin.api_key: not a valid value (not shown"),
+            "{msg}"
+        );
+        assert!(!msg.contains("31415926535"), "{msg}");
+        // A bad webhook URL is not echoed (its userinfo or query may be a credential).
+        let msg = load_str(
+            "c.json",
+            r#"{"log": {"web": {"enabled": true, "callback_url": "ftp://hookuser:Sekr1tPW@logs.example/in?token=Sekr1tTok"}}}"#,
+            &Env::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("log.web.callback_url: not an http(s) URL"),
+            "{msg}"
+        );
+        assert!(!msg.contains("Sekr1t"), "{msg}");
+        // Each zero log size names its own field.
+        let msg = load_str("c.json", r#"{"log": {"queue_capacity": 0}}"#, &Env::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("log.queue_capacity: must be at least 1"),
+            "{msg}"
+        );
+        assert!(!msg.contains("batch_max_records"), "{msg}");
     }
 
     #[test]
