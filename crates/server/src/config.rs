@@ -557,9 +557,9 @@ impl Config {
         crate::providers::validate_overrides(&self.providers, problems);
         let log = &self.log;
         if log.web.enabled && crate::providers::url_origin(&log.web.callback_url).is_none() {
-            problems.push(format!(
-                "log.web.callback_url: not an http(s) URL with a host (the value is not shown: it may hold credentials); set the receiver's URL or disable log.web"
-            ));
+            problems.push(
+                "log.web.callback_url: not an http(s) URL with a host (the value is not shown: it may hold credentials); set the receiver's URL or disable log.web".into(),
+            );
         }
         if log.web.enabled {
             check_ca_file("log.web.ca_file", log.web.ca_file.as_deref(), problems);
