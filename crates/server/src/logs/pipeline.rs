@@ -141,6 +141,8 @@ pub struct SinkStats {
     /// When that was (RFC 3339 UTC): an error older than the last delivery
     /// is history, not the sink's state.
     pub last_error_at: Option<String>,
+    /// When the sink last accepted a batch (RFC 3339 UTC).
+    pub last_delivered_at: Option<String>,
 }
 
 /// What [`LogPipeline::shutdown`] left behind.
@@ -213,6 +215,8 @@ struct Counters {
     drop_log: RateLimit,
     error_log: RateLimit,
     last_error: Mutex<Option<(String, SystemTime)>>,
+    /// Unix milliseconds of the last accepted batch; 0 = never.
+    last_delivered_ms: AtomicU64,
 }
 
 impl Counters {
@@ -230,7 +234,16 @@ impl Counters {
             drop_log: RateLimit::new(),
             error_log: RateLimit::new(),
             last_error: Mutex::new(None),
+            last_delivered_ms: AtomicU64::new(0),
         }
+    }
+
+    fn delivered_now(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+        let ms = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_delivered_ms.store(ms, Ordering::Relaxed);
     }
 
     fn add_dropped(&self, n: u64) {
@@ -284,6 +297,12 @@ impl Counters {
             last_error_at: last_error
                 .as_ref()
                 .map(|(_, at)| crate::logs::request::rfc3339_utc(*at)),
+            last_delivered_at: match self.last_delivered_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(crate::logs::request::rfc3339_utc(
+                    std::time::UNIX_EPOCH + Duration::from_millis(ms),
+                )),
+            },
         }
     }
 }
@@ -721,7 +740,7 @@ impl Batcher {
             };
             match result {
                 Ok(()) => {
-                    self.counters.delivered.fetch_add(n, Ordering::Relaxed);
+                    self.counters.delivered_now(n);
                     self.healthy = true;
                     return Delivery::Done;
                 }
@@ -1044,6 +1063,12 @@ mod tests {
         assert_eq!(*sink.batches.lock().unwrap(), vec![4, 2]);
         let st = &p.stats()[0];
         assert_eq!((st.delivered, st.retries, st.dropped), (6, 2, 0));
+        // The retried error is history: a delivery came after it.
+        assert!(
+            st.last_delivered_at.as_deref() >= st.last_error_at.as_deref(),
+            "{st:?}"
+        );
+        assert!(st.last_delivered_at.is_some());
         let report = p.shutdown(Duration::from_secs(1)).await;
         assert_eq!(report.undelivered, 0);
         assert!(!report.timed_out);
