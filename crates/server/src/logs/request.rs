@@ -139,6 +139,13 @@ impl RequestLog {
         let scrubber = Scrubber::new(&secrets);
         scrubber.text(&mut r.path);
         scrubber.text(&mut r.query);
+        // A client may send anything as its "model", the token included.
+        for model in [&mut r.model_requested, &mut r.model_sent]
+            .into_iter()
+            .flatten()
+        {
+            scrubber.text(model);
+        }
         redact::token_like_query_values(&mut r.query);
         for body in [&mut r.request_body, &mut r.response_body]
             .into_iter()
@@ -376,6 +383,19 @@ mod tests {
         );
         assert_eq!(rec.model_requested.as_deref(), Some("m"));
         assert!(rec.bytes_in > 0);
+
+        // The token sent as the model (it lands in an indexed column).
+        let mut log = RequestLog::begin("req_2", "POST", "127.0.0.1".into());
+        log.secret("TOKEN123");
+        let tap = log.tap_request(&settings, &h);
+        tap.lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .observe(br#"{"model":"TOKEN123"}"#);
+        let rec = log.finish(200, None, 10, false);
+        assert!(!serde_json::to_string(&rec).unwrap().contains("TOKEN123"));
+        assert_eq!(rec.model_requested.as_deref(), Some("[REDACTED]"));
     }
 
     #[test]
