@@ -300,7 +300,8 @@ async fn relay(
         None if path == base.trim_end_matches('/') => "",
         None => {
             if let Some(log) = log.as_mut() {
-                log.record().path = redact::token_free_path(path);
+                // (`finish` masks any segment shaped like a token.)
+                log.record().path = path.to_string();
             }
             return Err(ApiError::NotFound);
         }

@@ -893,7 +893,8 @@ async fn exit_status(relay: Relay) -> (std::process::ExitStatus, String) {
 /// The canary test across every sink, once per database type: streaming
 /// and non-streaming calls with bodies on, the token in the path, in
 /// `Authorization` and in a JSON body field, the provider key in a body
-/// field — then no sink's stored output and no log line holds a secret.
+/// field, and escaped or unread copies of the token the relay does not
+/// locate — then no sink's stored output and no log line holds a secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_sink_or_log_line() {
     let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
@@ -975,9 +976,29 @@ async fn no_secret_reaches_any_sink_or_log_line() {
         assert_eq!(r.status(), 200);
         r.text().await.unwrap();
         ids.push(id);
+        // The token where the relay does not look for it (so it is not a
+        // known secret): escaped in a second path segment and in a query
+        // value, and in a header the relay does not read.
+        let dots_escaped = token.replace('.', "%2E");
+        let e_escaped = format!("%65{}", &token[1..]);
+        let id = format!("canary-{db_kind}-unlocated");
+        let r = http
+            .get(format!(
+                "{}/relayapi/{e_escaped}/v1/models?foo={dots_escaped}",
+                relay.url
+            ))
+            .header("x-request-id", &id)
+            .header("x-note", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        ids.push(id);
         let (status, logs) = exit_status(relay).await;
         assert!(status.success(), "{db_kind}: {status:?}\n{logs}");
-        let canaries = canaries(&token, &aes_key, &sinks.passwords());
+        let mut canaries = canaries(&token, &aes_key, &sinks.passwords());
+        canaries.push(("the token, escaped".into(), dots_escaped));
+        canaries.push(("the token, escaped".into(), e_escaped));
         assert_no_canary("the process logs", &logs, &canaries);
         for stored in sinks.stored(&logs).await {
             for id in &ids {

@@ -29,24 +29,84 @@ pub const ALWAYS_REDACTED_HEADERS: &[&str] = &[
 pub const ALWAYS_REDACTED_JSON_FIELDS: &[&str] =
     &["api_key", "apiKey", "key", "token", "password", "secret"];
 
-/// Masks query values that look like a v2 token (a compact JWE, `eyJ…`)
-/// under any parameter name. The located token is scrubbed as a secret;
-/// this covers one sent under a name the relay does not read (`TOKEN=`,
-/// `%74oken=`), which is then not located and so not known as a secret.
+/// Shortest run that starts like a v2 token's header (`eyJ`) and is masked
+/// as one: a cut or damaged token is still a secret.
+const JWE_RUN_MIN: usize = 40;
+/// Shortest run of token characters masked whatever it starts with: a
+/// legacy token (base64url of IV and ciphertext, 130+ characters) or any
+/// other opaque credential. Provider paths and ids are far shorter; a long
+/// hex digest would be masked too, which costs a log reader little.
+const OPAQUE_RUN_MIN: usize = 100;
+
+/// Characters of a v2 token (base64url and its dots) and of base64 padding.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=')
+}
+
+/// Whether `raw` — a query value, path segment or header value, as sent —
+/// holds something shaped like a token: a run of token characters that
+/// starts with `eyJ` and is [`JWE_RUN_MIN`] long, or any run
+/// [`OPAQUE_RUN_MIN`] long. Percent escapes are decoded first (`%65yJ…`,
+/// `%2E` for the dots). The located token is scrubbed as a known secret;
+/// this covers tokens the relay did not locate — sent under a name it does
+/// not read, in a second path segment, escaped, or a legacy token while
+/// legacy tokens are off — which are then not known as secrets.
+pub fn looks_like_token(raw: &str) -> bool {
+    // Cheap exit for the common short value; escapes only lengthen text.
+    if raw.len() < JWE_RUN_MIN {
+        return false;
+    }
+    let decoded;
+    let text = if raw.contains('%') {
+        decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        decoded.as_bytes()
+    } else {
+        raw.as_bytes()
+    };
+    text.split(|b| !is_token_char(*b)).any(|run| {
+        run.len() >= OPAQUE_RUN_MIN || (run.len() >= JWE_RUN_MIN && run.starts_with(b"eyJ"))
+    })
+}
+
+/// Masks every query value (or bare name) that [`looks_like_token`], under
+/// any parameter name; the name is kept.
 pub fn token_like_query_values(query: &mut String) {
-    if !query.contains("eyJ") {
+    if query.len() < JWE_RUN_MIN {
         return;
     }
-    let masked: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, value)) if value.starts_with("eyJ") && value.len() >= 40 => {
-                format!("{name}={REDACTED}")
-            }
-            _ => pair.to_string(),
-        })
+    let pairs = || {
+        query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or(("", pair)))
+    };
+    if !pairs().any(|(_, value)| looks_like_token(value)) {
+        return;
+    }
+    let masked: Vec<String> = pairs()
+        .map(
+            |(name, value)| match (looks_like_token(value), name.is_empty()) {
+                (true, true) => REDACTED.to_string(),
+                (true, false) => format!("{name}={REDACTED}"),
+                (false, true) => value.to_string(),
+                (false, false) => format!("{name}={value}"),
+            },
+        )
         .collect();
     *query = masked.join("&");
+}
+
+/// Replaces every path segment that [`looks_like_token`]: for the log of a
+/// request refused before its token was located, and for a second token in
+/// a path.
+pub fn token_like_path_segments(path: &mut String) {
+    if path.len() < JWE_RUN_MIN || !path.split('/').any(looks_like_token) {
+        return;
+    }
+    let masked: Vec<&str> = path
+        .split('/')
+        .map(|seg| if looks_like_token(seg) { REDACTED } else { seg })
+        .collect();
+    *path = masked.join("/");
 }
 
 /// Headers as `(name, value)` pairs in map order, with credential values
@@ -321,22 +381,6 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
     text
 }
 
-/// A path for the log with every segment that could be a token (starts
-/// like a JWE header) replaced — for requests refused before the token was
-/// even located.
-pub fn token_free_path(path: &str) -> String {
-    path.split('/')
-        .map(|seg| {
-            if seg.starts_with("eyJ") {
-                REDACTED
-            } else {
-                seg
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -468,12 +512,47 @@ mod tests {
 
     #[test]
     fn token_like_query_values_are_masked_under_any_name() {
-        let jwe = format!("eyJhbGciOiJkaXIi{}", "x".repeat(60));
+        let jwe = format!("eyJhbGciOiJkaXIi{}.{}", "x".repeat(60), "y".repeat(30));
         let mut q = format!("a=1&TOKEN={jwe}&%74oken={jwe}&b=eyJshort");
         token_like_query_values(&mut q);
         assert_eq!(q, "a=1&TOKEN=[REDACTED]&%74oken=[REDACTED]&b=eyJshort");
         let mut plain = "a=1&b=2".to_string();
         token_like_query_values(&mut plain);
         assert_eq!(plain, "a=1&b=2");
+    }
+
+    #[test]
+    fn escaped_bare_and_legacy_tokens_are_masked() {
+        let jwe = format!("eyJhbGciOiJkaXIi{}.{}", "x".repeat(60), "y".repeat(30));
+        let dots_escaped = jwe.replace('.', "%2E");
+        let e_escaped = format!("%65{}", &jwe[1..]);
+        let legacy = "Ab-_9".repeat(30);
+        let mut q =
+            format!("f={dots_escaped}&g={e_escaped}&h=Bearer%20{jwe}&{jwe}&l={legacy}&keep=abc");
+        token_like_query_values(&mut q);
+        assert_eq!(
+            q,
+            "f=[REDACTED]&g=[REDACTED]&h=[REDACTED]&[REDACTED]&l=[REDACTED]&keep=abc"
+        );
+
+        let mut path = format!("/relayapi/v1/{e_escaped}/x/{legacy}/models/gpt-4o:stream");
+        token_like_path_segments(&mut path);
+        assert_eq!(
+            path,
+            "/relayapi/v1/[REDACTED]/x/[REDACTED]/models/gpt-4o:stream"
+        );
+
+        // What must stay: ids, hashes, long prose.
+        for kept in [
+            "file-abc123",
+            &"0123456789abcdef".repeat(4), // a 64-hex rai_hash
+            "gemini-1.5-pro-latest:generateContent",
+            &"word ".repeat(40),
+            "eyJ-but-short",
+        ] {
+            assert!(!looks_like_token(kept), "{kept}");
+        }
+        assert!(looks_like_token(&jwe[..JWE_RUN_MIN]));
+        assert!(!looks_like_token(&jwe[..JWE_RUN_MIN - 1]));
     }
 }

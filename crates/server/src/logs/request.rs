@@ -147,6 +147,7 @@ impl RequestLog {
             scrubber.text(model);
         }
         redact::token_like_query_values(&mut r.query);
+        redact::token_like_path_segments(&mut r.path);
         for body in [&mut r.request_body, &mut r.response_body]
             .into_iter()
             .flatten()
@@ -159,6 +160,9 @@ impl RequestLog {
         {
             for (_, v) in headers.iter_mut() {
                 scrubber.text(v);
+                if redact::looks_like_token(v) {
+                    *v = redact::REDACTED.to_string();
+                }
             }
         }
         self.record
