@@ -23,7 +23,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,6 +76,10 @@ pub struct Stats {
     pub client_aborted: AtomicU64,
 }
 
+/// The record's `error_code` for a stream the relay cut when its shutdown
+/// grace period ended (the client got a cut body, not an error answer).
+pub const SHUTDOWN_CUT: &str = "shutdown";
+
 /// Everything the request path needs, shared by all connections.
 pub struct AppState {
     pub config: Config,
@@ -99,6 +103,9 @@ pub struct AppState {
     /// and every token while the admin API is on): no capture.
     usage_tap: RecordSettings,
     pub started: Instant,
+    /// Set when a worker's shutdown drain ran out of time: the streams
+    /// still open are cut by the relay, not left by their clients.
+    pub grace_over: AtomicBool,
     /// Request ids are `<random process prefix>-<counter>`: unique, no syscall per request.
     id_prefix: String,
     id_counter: AtomicU64,
@@ -144,6 +151,7 @@ impl AppState {
             cors: Cors::new(&config.cors),
             stats: Stats::default(),
             started: Instant::now(),
+            grace_over: AtomicBool::new(false),
             id_prefix: hex::encode(prefix),
             id_counter: AtomicU64::new(0),
             keys: KeyStore::new(keys),
@@ -362,7 +370,6 @@ async fn relay(
             .token
             .as_deref()
             .and_then(relayapi_token::header_kid);
-        r.model_sent = claims.effective_model().map(str::to_string);
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
     // `_relayapi/` is the relay's own namespace: never forwarded.
@@ -384,6 +391,11 @@ async fn relay(
     }
     if let Some(normalised) = scoped? {
         rest = normalised;
+    }
+    if let Some(log) = log.as_mut() {
+        // Gemini and Azure name the model in the path (a JSON body's
+        // `model`, read by the tap, is the fallback).
+        log.record().model_requested = proxy::path_model(&rest).map(str::to_string);
     }
     let provider = match state.registry.get(&claims.provider) {
         Some(p) if p.configured => p.clone(),
@@ -522,6 +534,9 @@ async fn relay(
     let mut uri = provider
         .upstream_uri(&rest, &query)
         .ok_or(ApiError::NotFound)?;
+    if let Some(log) = log.as_mut() {
+        log.forwarding(claims.effective_model());
+    }
     let mut attempt_key = credential.first();
     let mut retried = false;
     let upstream = loop {
@@ -668,8 +683,16 @@ async fn relay(
             },
         );
         if let (Some(log), Some(logger)) = (record_log, &finish_state.logger) {
+            let mut log = log;
             let (bytes, aborted) = match reason {
                 FinishReason::Complete { bytes } | FinishReason::UpstreamError { bytes } => {
+                    (bytes, false)
+                }
+                // The relay itself cut the stream: its shutdown grace ran out.
+                FinishReason::ClientGone { bytes }
+                    if finish_state.grace_over.load(Ordering::Relaxed) =>
+                {
+                    log.record().error_code = Some(SHUTDOWN_CUT.to_string());
                     (bytes, false)
                 }
                 FinishReason::ClientGone { bytes } => (bytes, true),

@@ -276,6 +276,11 @@ pub fn apply_model_policy(
     Ok((new_rest, new_body))
 }
 
+/// The model the path names (see [`path_model_span`]), for the log.
+pub fn path_model(rest: &str) -> Option<&str> {
+    path_model_span(rest).map(|(s, e)| &rest[s..e])
+}
+
 /// The byte span of the model named by the path: `<model>` in
 /// `…/models/<model>:generateContent` (Gemini) or `models/<model>` (a model
 /// lookup), or the deployment in `deployments/<name>/…` (Azure runs the

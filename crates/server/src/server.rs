@@ -341,6 +341,9 @@ async fn worker(
         .await
         .is_err()
     {
+        state
+            .grace_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             worker = index,
             "grace period over; closing the remaining connections"

@@ -1057,6 +1057,52 @@ fn check_config_before_the_first_run_is_fine_but_a_named_key_file_must_exist() {
     );
 }
 
+/// A stream still open when the shutdown grace runs out is cut by the
+/// relay: its record says so (`error_code: "shutdown"`), and does not blame
+/// the client (`client_aborted: false`).
+#[tokio::test]
+async fn a_stream_cut_at_the_end_of_the_grace_is_not_a_client_abort() {
+    use futures_util::StreamExt as _;
+    let mock = MockServer::start(MockConfig::new(MOCK_KEY)).await.unwrap();
+    let (url, records) = common::receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "server": {"port": 0, "shutdown_grace": 2, "trusted_proxies": ["127.0.0.1"]},
+        "usage": {"store": "memory"},
+        "log": {"console": false, "batch_max_delay": 0.05,
+                "web": {"enabled": true, "callback_url": url}},
+        "providers": {"openai": {"base_url": format!("{}/v1", mock.url())}}
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let base = retarget(&mint_url(dir.path(), &[]), &relay);
+    let r = reqwest::Client::new()
+        .post(format!("{base}chat/completions"))
+        .header("x-request-id", "cut-by-shutdown")
+        .header("x-mock-chunks", "200")
+        .header("x-mock-chunk-delay-ms", "50")
+        .json(&common::chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let (status, logs) = exit_status(relay).await;
+    assert!(status.success(), "{logs}");
+    reader.await.unwrap();
+    let got = records.lock().unwrap().clone();
+    let rec = got
+        .iter()
+        .find(|r| r["request_id"] == "cut-by-shutdown")
+        .unwrap_or_else(|| panic!("no record: {got:?}\n{logs}"));
+    assert_eq!(rec["client_aborted"], false, "{rec}");
+    assert_eq!(rec["error_code"], "shutdown", "{rec}");
+    assert_eq!(rec["status"], 200);
+    assert!(rec["bytes_out"].as_u64().unwrap() > 0);
+}
+
 /// SIGTERM while the webhook sink's write hangs (a receiver that accepts and
 /// never answers): the process still exits within the grace period, and the
 /// batch waits in the spool for the next start instead of being lost.

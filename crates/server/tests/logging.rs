@@ -122,6 +122,7 @@ async fn one_record_per_request_with_usage_and_no_secret() {
     assert_eq!(json["jti"], claims.jti);
     assert_eq!(json["kid"], env.key.kid());
     assert_eq!(json["model_requested"], "gpt-4o-mini");
+    assert_eq!(json["model_sent"], "gpt-4o-mini", "sent as requested");
     assert_eq!(json["path"], "/relayapi/chat/completions");
     assert!(json["usage"]["total_tokens"].as_u64().unwrap() > 0);
     assert!(json["bytes_in"].as_u64().unwrap() > 0 && json["bytes_out"].as_u64().unwrap() > 0);
@@ -148,6 +149,7 @@ async fn one_record_per_request_with_usage_and_no_secret() {
     assert_eq!(refused["status"], 401);
     assert_eq!(refused["error_code"], "token_invalid");
     assert!(refused["upstream_status"].is_null());
+    assert!(refused["model_sent"].is_null(), "nothing went upstream");
     // What the client got from the relay itself, as for a provider's answer.
     assert_eq!(refused["bytes_out"], refused_body.len() as u64);
     assert_eq!(refused["response_body"]["text"], refused_body);
@@ -214,6 +216,38 @@ async fn anthropic_stream_usage_and_path_token_removed() {
         r["response_body"].is_null() && r["request_headers"].is_null(),
         "bodies are off by default"
     );
+}
+
+/// Gemini names the model in the path; a token's pinned model rewrites it.
+#[tokio::test]
+async fn gemini_model_comes_from_the_path() {
+    let (env, records) = logged_env(false).await;
+    let plain = env.token("gemini");
+    let mut claims = env.claims("gemini");
+    claims.model = Some("gemini-pinned".into());
+    let pinned = env.mint(&claims);
+    for (id, token) in [("gem-plain", &plain), ("gem-pinned", &pinned)] {
+        let resp = env
+            .http
+            .post(format!(
+                "{}{token}/v1beta/models/gemini-2.0-flash:generateContent",
+                env.base()
+            ))
+            .header("x-request-id", id)
+            .json(&serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+    let all = wait_records(&records, 2).await;
+    let plain = by_id(&all, "gem-plain");
+    assert_eq!(plain["model_requested"], "gemini-2.0-flash", "{plain}");
+    assert_eq!(plain["model_sent"], "gemini-2.0-flash");
+    assert!(plain["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let pinned = by_id(&all, "gem-pinned");
+    assert_eq!(pinned["model_requested"], "gemini-2.0-flash");
+    assert_eq!(pinned["model_sent"], "gemini-pinned");
 }
 
 #[tokio::test]

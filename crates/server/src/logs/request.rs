@@ -41,6 +41,8 @@ pub struct RequestLog {
     /// Strings that must never appear in the record (token, provider key).
     secrets: Vec<String>,
     request_tap: Option<SharedTap>,
+    /// The request went upstream: `model_sent` is then known.
+    forwarded: bool,
 }
 
 impl RequestLog {
@@ -57,6 +59,7 @@ impl RequestLog {
             start: Instant::now(),
             secrets: Vec::new(),
             request_tap: None,
+            forwarded: false,
         }
     }
 
@@ -70,6 +73,13 @@ impl RequestLog {
         if !s.is_empty() {
             self.secrets.push(s.to_string());
         }
+    }
+
+    /// The request is about to go upstream; `forced` is the model the
+    /// token rewrote it to, if any (otherwise the requested one is sent).
+    pub fn forwarding(&mut self, forced: Option<&str>) {
+        self.forwarded = true;
+        self.record.model_sent = forced.map(str::to_string);
     }
 
     pub fn mark_ttfb(&mut self) {
@@ -128,7 +138,11 @@ impl RequestLog {
             if r.model_requested.is_none() {
                 r.model_requested = outcome.model;
             }
-            r.request_body = outcome.body;
+            // No byte seen: no body, or refused before it was read.
+            r.request_body = outcome.body.filter(|_| r.bytes_in > 0);
+        }
+        if self.forwarded && r.model_sent.is_none() {
+            r.model_sent.clone_from(&r.model_requested);
         }
         if let Some(outcome) = response {
             r.usage = outcome.usage;
@@ -400,6 +414,34 @@ mod tests {
         let rec = log.finish(200, None, 10, false);
         assert!(!serde_json::to_string(&rec).unwrap().contains("TOKEN123"));
         assert_eq!(rec.model_requested.as_deref(), Some("[REDACTED]"));
+        assert_eq!(rec.model_sent, None, "never forwarded");
+    }
+
+    #[test]
+    fn a_body_never_read_is_absent_and_model_sent_follows_forwarding() {
+        let settings = bodies_on();
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        // Tapped, then refused before a byte was read (e.g. token_exhausted).
+        let mut log = RequestLog::begin("req_1", "POST", "127.0.0.1".into());
+        log.tap_request(&settings, &h);
+        let rec = log.finish(429, None, 10, false);
+        assert!(rec.request_body.is_none(), "{:?}", rec.request_body);
+
+        for (forced, sent) in [(None, "m"), (Some("pinned"), "pinned")] {
+            let mut log = RequestLog::begin("req_2", "POST", "127.0.0.1".into());
+            let tap = log.tap_request(&settings, &h);
+            log.forwarding(forced);
+            tap.lock()
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .observe(br#"{"model":"m"}"#);
+            let rec = log.finish(200, None, 10, false);
+            assert!(rec.request_body.is_some());
+            assert_eq!(rec.model_requested.as_deref(), Some("m"));
+            assert_eq!(rec.model_sent.as_deref(), Some(sent));
+        }
     }
 
     #[test]
