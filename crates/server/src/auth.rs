@@ -234,15 +234,20 @@ pub fn authenticate(
     );
     claims.max_calls = Some(l.max_calls);
     claims.ext_info = (!l.ext_info.is_empty()).then_some(l.ext_info);
-    Ok((std::sync::Arc::new(claims), TokenFormat::Legacy))
+    Ok((
+        std::sync::Arc::new(claims),
+        TokenFormat::Legacy { key_id: l.key_id },
+    ))
 }
 
 /// Which format a token was in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenFormat {
+    /// Its key id is in its header (read only when a record needs it).
     V2,
-    /// The earlier server's AES-CBC tokens (`legacy_tokens = true`).
-    Legacy,
+    /// The earlier server's AES-CBC tokens (`legacy_tokens = true`), with
+    /// the id of the legacy key that opened it.
+    Legacy { key_id: String },
 }
 
 /// Unix seconds now.

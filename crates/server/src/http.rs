@@ -352,7 +352,8 @@ async fn relay(
         return Err(ApiError::TokenRevoked);
     }
     let mut rest = located.rest;
-    if format == auth::TokenFormat::Legacy {
+    let legacy_token = matches!(format, auth::TokenFormat::Legacy { .. });
+    if legacy_token {
         rest = strip_repeated_base(&rest, base).to_string();
     }
     let query = located.query;
@@ -365,11 +366,14 @@ async fn relay(
         r.sub.clone_from(&claims.sub);
         r.ext_info.clone_from(&claims.ext_info);
         r.provider = Some(claims.provider.clone());
-        // The token decoded above: only its header needs reading again.
-        r.kid = located
-            .token
-            .as_deref()
-            .and_then(relayapi_token::header_kid);
+        r.kid = match &format {
+            auth::TokenFormat::Legacy { key_id } => Some(key_id.clone()),
+            // The token decoded above: only its header needs reading again.
+            auth::TokenFormat::V2 => located
+                .token
+                .as_deref()
+                .and_then(relayapi_token::header_kid),
+        };
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
     // `_relayapi/` is the relay's own namespace: never forwarded.
@@ -401,7 +405,7 @@ async fn relay(
         Some(p) if p.configured => p.clone(),
         Some(_) => return Err(ApiError::ProviderUnknown),
         // Only legacy tokens may name a URL, and only an allowed one.
-        None if format == auth::TokenFormat::Legacy => state
+        None if legacy_token => state
             .registry
             .legacy_url_provider(&claims.provider, &state.config.legacy.allowed_provider_urls)
             .ok_or(ApiError::ProviderUnknown)?,

@@ -42,9 +42,10 @@ fn legacy_json(max_calls: i64, ext_info: &str) -> String {
     .to_string()
 }
 
-async fn legacy_env() -> Env {
+async fn legacy_env(tweak: impl FnOnce(&mut relayapi::config::Config)) -> Env {
     Env::start_with(
         |c| {
+            tweak(c);
             c.legacy_tokens = true;
             // Let legacy tokens name the mock's URL directly, as the old server allowed.
             let openai = c.providers["openai"].base_url.clone().unwrap();
@@ -64,7 +65,11 @@ struct Legacy {
 }
 
 async fn setup() -> Legacy {
-    let env = legacy_env().await;
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(tweak: impl FnOnce(&mut relayapi::config::Config)) -> Legacy {
+    let env = legacy_env(tweak).await;
     let key_hex = env.rai.crypto.aes_key.expose().to_string();
     let rai_hash = env.rai.legacy_hash();
     // The relay was started with only the v2 key of this .rai: give it the legacy key too.
@@ -112,6 +117,42 @@ async fn every_legacy_url_shape_reaches_the_provider() {
             "token forwarded: {url}"
         );
     }
+}
+
+/// A legacy call's record names the legacy key's id as `kid`, and the
+/// relay's counter id (not the generator's malleable `id`) as `jti`.
+#[tokio::test]
+async fn legacy_records_carry_the_key_id_and_the_counter_id() {
+    let (url, records) = receiver().await;
+    let l = setup_with(|c| {
+        c.log.console = relayapi::logs::sinks::console::ConsoleSetting::Enabled(false);
+        c.log.web.enabled = true;
+        c.log.web.callback_url = url;
+        c.log.batch_max_delay = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let t = mint(&l.key_hex, &legacy_json(100, ""), [3; 16]);
+    let resp = l
+        .env
+        .http
+        .get(format!("{}models?token={t}", l.env.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    for _ in 0..300 {
+        if !records.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let rec = records.lock().unwrap()[0].clone();
+    let key = relayapi_token::LegacyKey::from_rai(&l.env.rai);
+    assert_eq!(rec["kid"], key.key_id(), "{rec}");
+    let jti = rec["jti"].as_str().unwrap();
+    assert!(jti.starts_with('L') && jti.len() == 43, "{rec}");
+    assert!(!rec.to_string().contains(&t[..40]), "{rec}");
 }
 
 #[tokio::test]

@@ -121,6 +121,8 @@ pub struct LegacyClaims {
     pub ext_info: String,
     /// The call-counter key: stable under IV tampering, distinct per token.
     pub counter_id: String,
+    /// [`LegacyKey::key_id`] of the key that opened the token.
+    pub key_id: String,
 }
 
 /// Decodes a legacy token at `now`. With `rai_hash`, only that key is
@@ -195,7 +197,7 @@ fn open_with(key: &LegacyKey, bytes: &[u8]) -> Option<LegacyClaims> {
     }
     let fields = parsed?;
     let counter_id = counter_id(key, &ciphertext[16..]);
-    fields.into_claims(counter_id)
+    fields.into_claims(counter_id, key.key_id.clone())
 }
 
 /// Returns (valid, pad length) examining every byte of the last block.
@@ -238,7 +240,7 @@ struct Fields {
 }
 
 impl Fields {
-    fn into_claims(self, counter_id: String) -> Option<LegacyClaims> {
+    fn into_claims(self, counter_id: String, key_id: String) -> Option<LegacyClaims> {
         let max_calls = u64::try_from(self.max_calls?).ok().filter(|&n| n > 0)?;
         let api_key = self.api_key.filter(|k| !k.is_empty())?;
         let provider = self.provider.filter(|p| !p.is_empty())?;
@@ -254,6 +256,7 @@ impl Fields {
             provider,
             ext_info: self.ext_info.unwrap_or_default(),
             counter_id,
+            key_id,
         })
     }
 }
