@@ -314,7 +314,8 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        std::str::from_utf8(part).ok()?.parse().ok()
+        // At most 4 digits: no overflow.
+        Some(part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
     };
     if b.len() < 20
         || b[4] != b'-'

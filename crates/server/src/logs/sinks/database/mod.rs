@@ -214,6 +214,11 @@ struct Row {
 /// Text for a short column: no NUL (PostgreSQL refuses it), at most
 /// [`COLUMN_CHARS`] characters.
 fn short(s: &str) -> String {
+    // The usual case, without a walk per character: byte length bounds
+    // the character count.
+    if s.len() <= COLUMN_CHARS && !s.as_bytes().contains(&0) {
+        return s.to_owned();
+    }
     s.chars()
         .take(COLUMN_CHARS)
         .map(|c| if c == '\0' { '\u{fffd}' } else { c })
