@@ -686,8 +686,7 @@ async fn relay(
                 exp: finish_claims.exp,
             },
         );
-        if let (Some(log), Some(logger)) = (record_log, &finish_state.logger) {
-            let mut log = log;
+        if let (Some(mut log), Some(logger)) = (record_log, &finish_state.logger) {
             let (bytes, aborted) = match reason {
                 FinishReason::Complete { bytes } | FinishReason::UpstreamError { bytes } => {
                     (bytes, false)

@@ -141,13 +141,9 @@ async fn legacy_records_carry_the_key_id_and_the_counter_id() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap();
-    for _ in 0..300 {
-        if !records.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let rec = records.lock().unwrap()[0].clone();
+    let all = wait_records(&records, 1).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    let rec = &all[0];
     let key = relayapi_token::LegacyKey::from_rai(&l.env.rai);
     assert_eq!(rec["kid"], key.key_id(), "{rec}");
     let jti = rec["jti"].as_str().unwrap();

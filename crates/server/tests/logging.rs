@@ -29,19 +29,6 @@ async fn logged_env(bodies: bool) -> (Env, Arc<Mutex<Vec<Value>>>) {
     (env, records)
 }
 
-/// Waits until `n` records arrived, returns them.
-async fn wait_records(records: &Arc<Mutex<Vec<Value>>>, n: usize) -> Vec<Value> {
-    for _ in 0..300 {
-        if records.lock().unwrap().len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // A little longer: more than `n` would be a duplicate.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    records.lock().unwrap().clone()
-}
-
 fn by_id<'a>(records: &'a [Value], id: &str) -> &'a Value {
     let hits: Vec<&Value> = records.iter().filter(|r| r["request_id"] == id).collect();
     assert_eq!(hits.len(), 1, "exactly one record for {id}: {records:?}");

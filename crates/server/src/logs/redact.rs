@@ -74,23 +74,18 @@ pub fn token_like_query_values(query: &mut String) {
     if query.len() < JWE_RUN_MIN {
         return;
     }
-    let pairs = || {
-        query
-            .split('&')
-            .map(|pair| pair.split_once('=').unwrap_or(("", pair)))
-    };
-    if !pairs().any(|(_, value)| looks_like_token(value)) {
+    let masks =
+        |pair: &str| -> bool { looks_like_token(pair.split_once('=').map_or(pair, |(_, v)| v)) };
+    if !query.split('&').any(masks) {
         return;
     }
-    let masked: Vec<String> = pairs()
-        .map(
-            |(name, value)| match (looks_like_token(value), name.is_empty()) {
-                (true, true) => REDACTED.to_string(),
-                (true, false) => format!("{name}={REDACTED}"),
-                (false, true) => value.to_string(),
-                (false, false) => format!("{name}={value}"),
-            },
-        )
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            _ if !masks(pair) => pair.to_string(),
+            Some((name, _)) => format!("{name}={REDACTED}"),
+            None => REDACTED.to_string(),
+        })
         .collect();
     *query = masked.join("&");
 }

@@ -137,6 +137,19 @@ pub type Flag = std::sync::Arc<std::sync::atomic::AtomicBool>;
 /// Log records a receiver got.
 pub type Records = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
+/// Waits (up to 3 s) until `n` records arrived, returns them; waits a
+/// little longer first, so that more than `n` (a duplicate) shows.
+pub async fn wait_records(records: &Records, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..300 {
+        if records.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    records.lock().unwrap().clone()
+}
+
 /// A webhook receiver on 127.0.0.1:0 that keeps every record it gets.
 pub async fn receiver() -> (String, Records) {
     let (url, records, _) = switchable_receiver().await;
