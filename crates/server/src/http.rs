@@ -474,7 +474,7 @@ async fn relay(
     if proxy::needs_model_policy(&claims) {
         let bytes = proxy::read_capped(body, cap).await.map_err(read_error)?;
         let (new_rest, new_body) =
-            proxy::apply_model_policy(&claims, &parts.method, &rest, &bytes)?;
+            proxy::apply_model_policy(&claims, &parts.method, &rest, &query, &bytes)?;
         rest = new_rest;
         buffered = Some(new_body.unwrap_or(bytes));
         body = full(Bytes::new());

@@ -206,7 +206,10 @@ pub fn needs_model_policy(claims: &Claims) -> bool {
 /// Checks `models` and applies a forced `model`, wherever the provider
 /// reads the model: the JSON body's `model`, a Gemini-style
 /// `models/<name>:method` path segment, and an Azure `deployments/<name>/`
-/// path. Returns the new path and body.
+/// path. Returns the new path and body. A `model` query parameter (OpenAI's
+/// realtime endpoints read one) is checked like the others and, as the
+/// relay does not rewrite queries, refused under a forced model it differs
+/// from.
 ///
 /// Fail closed: with `models`, every model the request names must be in the
 /// list, and a request that generates (any method but GET, HEAD, DELETE)
@@ -218,9 +221,16 @@ pub fn apply_model_policy(
     claims: &Claims,
     method: &http::Method,
     rest: &str,
+    query: &str,
     body: &[u8],
 ) -> Result<(String, Option<Bytes>), ApiError> {
     let forced = claims.effective_model();
+    let query_models = query_models(query);
+    if let Some(model) = forced {
+        if query_models.iter().any(|m| m != model) {
+            return Err(ApiError::ModelNotAllowed);
+        }
+    }
     let reads_only = matches!(
         *method,
         http::Method::GET | http::Method::HEAD | http::Method::DELETE
@@ -264,16 +274,38 @@ pub fn apply_model_policy(
             if let Some(allowed) = &claims.models {
                 let named = [body_model.as_deref(), path_model.map(|(s, e)| &rest[s..e])];
                 let allowed_model = |m: &str| allowed.iter().any(|a| a == m);
-                if named.iter().flatten().any(|m| !allowed_model(m)) {
+                let mut all_named = named
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .chain(query_models.iter().map(String::as_str));
+                if all_named.any(|m| !allowed_model(m)) {
                     return Err(ApiError::ModelNotAllowed);
                 }
-                if !reads_only && named.iter().all(Option::is_none) {
+                if !reads_only && named.iter().all(Option::is_none) && query_models.is_empty() {
                     return Err(ApiError::ModelNotAllowed);
                 }
             }
         }
     }
     Ok((new_rest, new_body))
+}
+
+/// The values of `model` query parameters, percent-decoded (lossily: a
+/// value that is not UTF-8 then matches no allowed model).
+fn query_models(query: &str) -> Vec<String> {
+    let decode = |raw: &str| {
+        percent_encoding::percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(name) == "model").then(|| decode(value))
+        })
+        .collect()
 }
 
 /// The model the path names (see [`path_model_span`]), for the log.
@@ -649,7 +681,7 @@ mod tests {
     }
 
     fn post(c: &Claims, rest: &str, body: &[u8]) -> Result<(String, Option<Bytes>), ApiError> {
-        apply_model_policy(c, &http::Method::POST, rest, body)
+        apply_model_policy(c, &http::Method::POST, rest, "", body)
     }
 
     #[test]
@@ -659,7 +691,7 @@ mod tests {
         assert!(post(&c, "v1beta/models/b:generateContent", b"{}").is_ok());
         assert!(post(&c, "deployments/a/chat/completions", br#"{"n":1}"#).is_ok());
         // Listing and looking up models generate nothing.
-        assert!(apply_model_policy(&c, &http::Method::GET, "models", b"").is_ok());
+        assert!(apply_model_policy(&c, &http::Method::GET, "models", "", b"").is_ok());
         let refused = [
             (
                 "chat/completions",
@@ -712,7 +744,7 @@ mod tests {
             );
         }
         assert_eq!(
-            apply_model_policy(&c, &http::Method::GET, "models/c", b"").unwrap_err(),
+            apply_model_policy(&c, &http::Method::GET, "models/c", "", b"").unwrap_err(),
             ApiError::ModelNotAllowed
         );
     }
@@ -738,5 +770,35 @@ mod tests {
         assert!(String::from_utf8(body.unwrap().to_vec())
             .unwrap()
             .contains("legacy"));
+    }
+
+    #[test]
+    fn a_model_query_parameter_is_checked_too() {
+        let get = |c: &Claims, query: &str| {
+            apply_model_policy(c, &http::Method::GET, "realtime", query, b"")
+        };
+        let listed = claims(r#"{"models":["a"]}"#);
+        assert!(get(&listed, "model=a").is_ok());
+        assert!(get(&listed, "x=1&model=%61").is_ok());
+        for query in ["model=b", "model=a&model=b", "model=%FF", "mode%6C=b"] {
+            assert_eq!(
+                get(&listed, query).unwrap_err(),
+                ApiError::ModelNotAllowed,
+                "{query}"
+            );
+        }
+        // Naming a model in the query is naming one for a generating call.
+        let call =
+            |q: &str| apply_model_policy(&listed, &http::Method::POST, "realtime/calls", q, b"{}");
+        assert!(call("model=a").is_ok());
+        assert_eq!(call("").unwrap_err(), ApiError::ModelNotAllowed);
+        // Queries are not rewritten: a different model is refused.
+        let forced = claims(r#"{"model":"f"}"#);
+        assert!(get(&forced, "model=f").is_ok());
+        assert!(get(&forced, "other=1").is_ok());
+        assert_eq!(
+            get(&forced, "model=g").unwrap_err(),
+            ApiError::ModelNotAllowed
+        );
     }
 }

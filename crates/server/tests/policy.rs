@@ -969,6 +969,11 @@ async fn models_hold_for_the_model_in_gemini_and_azure_paths() {
     )
     .await;
     assert_eq!(status, 403, "{text}");
+    // A `model` query parameter (OpenAI's realtime endpoints read one)
+    // names a model too: one off the list is refused, whatever the body says.
+    let target = format!("/relayapi/{openai}/realtime/calls?model=gpt-4o");
+    let mini = gpt4o.replace("gpt-4o", "gpt-4o-mini");
+    assert_refused(addr, &target, &mini, 403, "model_not_allowed").await;
     assert_eq!(
         env.mock.journal().total(),
         1,
