@@ -182,6 +182,47 @@ async fn write_across_a_dropped_table(
     sink.flush().await.unwrap();
 }
 
+/// Relays started together against a fresh database: their migrations take
+/// turns, so every first write lands (unserialised, the loser of the race
+/// met a duplicate key in the catalog or in the version table).
+async fn first_starts_take_turns(kind: &str, url: &str) {
+    let sinks: Vec<DatabaseSink> = (0..4)
+        .map(|_| DatabaseSink::new(kind, &SecretString::new(url.into())).unwrap())
+        .collect();
+    let batches: Vec<_> = (0..4).map(|i| batch(&format!("race{i}"), 5)).collect();
+    let writes = sinks.iter().zip(&batches).map(|(s, b)| s.write_batch(b));
+    for (i, result) in futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if let Err(e) = result {
+            panic!("relay {i}'s first write failed: {e}");
+        }
+    }
+    for sink in &sinks {
+        sink.flush().await.unwrap();
+    }
+}
+
+/// What [`first_starts_take_turns`] must leave: every row, each migration once.
+macro_rules! check_race {
+    ($pool:expr) => {{
+        let pool = &$pool;
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM relayapi_logs")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 20, "four relays' first batches");
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM relayapi_log_migrations ORDER BY version")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2], "each migration recorded once");
+    }};
+}
+
 async fn wait_count<F: std::future::Future<Output = i64>>(
     what: &str,
     mut count: impl FnMut() -> F,
@@ -310,6 +351,12 @@ async fn postgres_rows_migration_and_idempotent_retry() {
             assert_eq!(compression, "l", "record column compressed with lz4");
         }
     });
+    sqlx::query("CREATE DATABASE race")
+        .execute(&pool)
+        .await
+        .unwrap();
+    first_starts_take_turns("postgres", &pg.url_for("race")).await;
+    check_race!(sqlx::PgPool::connect(&pg.url_for("race")).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,6 +388,8 @@ async fn mariadb_rows_migration_and_idempotent_retry() {
         indexes: "SELECT COUNT(DISTINCT index_name) FROM information_schema.statistics \
                   WHERE table_name = 'relayapi_logs' AND index_name LIKE 'relayapi_logs_%'",
         before_stop: {});
+    first_starts_take_turns("mysql", &my.url_for("race")).await;
+    check_race!(sqlx::MySqlPool::connect(&my.url_for("race")).await.unwrap());
 }
 
 /// 1,000 requests while PostgreSQL is down (at the relay's start, then

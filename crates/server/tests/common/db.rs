@@ -336,8 +336,13 @@ impl Postgres {
     /// `postgres://relay:<password>@127.0.0.1:<port>/postgres`, with
     /// `?sslmode=require` when the server has TLS.
     pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// [`Postgres::url`] of another database (`relay` may create one).
+    pub fn url_for(&self, database: &str) -> String {
         format!(
-            "postgres://relay:{}@127.0.0.1:{}/postgres{}",
+            "postgres://relay:{}@127.0.0.1:{}/{database}{}",
             self.password,
             self.port,
             if self.tls { "?sslmode=require" } else { "" }
@@ -455,8 +460,10 @@ impl MariaDb {
             let mut conn = sqlx::MySqlConnection::connect_with(&opts).await.unwrap();
             for stmt in [
                 "CREATE DATABASE logs".to_string(),
+                "CREATE DATABASE race".to_string(),
                 format!("CREATE USER 'relay'@'%' IDENTIFIED BY '{password}'"),
                 "GRANT ALL ON logs.* TO 'relay'@'%'".to_string(),
+                "GRANT ALL ON race.* TO 'relay'@'%'".to_string(),
             ] {
                 sqlx::raw_sql(&stmt).execute(&mut conn).await.unwrap();
             }
@@ -466,8 +473,13 @@ impl MariaDb {
 
     /// `mysql://relay:<password>@127.0.0.1:<port>/logs`.
     pub fn url(&self) -> String {
+        self.url_for("logs")
+    }
+
+    /// [`MariaDb::url`] of the other database the harness made, `race`.
+    pub fn url_for(&self, database: &str) -> String {
         format!(
-            "mysql://relay:{}@127.0.0.1:{}/logs",
+            "mysql://relay:{}@127.0.0.1:{}/{database}",
             self.password, self.port
         )
     }

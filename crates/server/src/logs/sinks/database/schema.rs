@@ -18,7 +18,9 @@
 //! recorded. PostgreSQL and SQLite run each migration in a transaction;
 //! MySQL commits DDL implicitly, so its statements are written to be safe
 //! to run twice. A later release appends migrations here; it never edits
-//! one that shipped.
+//! one that shipped. Relays that start together against one database take
+//! turns ([`Dialect::migration_lock`]), so the loser of a race does not see
+//! the winner's half-made table as an error.
 
 /// Table the records go to.
 pub const TABLE: &str = "relayapi_logs";
@@ -107,6 +109,28 @@ impl Dialect {
                 "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version BIGINT NOT NULL PRIMARY KEY, \
                  name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             ),
+        }
+    }
+
+    /// Statements that take and release a database-wide lock around the
+    /// migrations (a session advisory lock, MySQL's named lock), so relays
+    /// starting together migrate one at a time. SQLite has none: its
+    /// writers are serialised by the file lock, and a lost race is a
+    /// primary-key error on the version row, retried.
+    pub fn migration_lock(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            // 0x52454c4159 is "RELAY": any constant, the same in every relay.
+            Dialect::Postgres => Some((
+                "SELECT pg_advisory_lock(352585187673)",
+                "SELECT pg_advisory_unlock(352585187673)",
+            )),
+            // Waits up to 60 s; on a timeout the migration runs unlocked
+            // (and at worst fails once and is retried).
+            Dialect::MySql => Some((
+                "SELECT GET_LOCK('relayapi_log_migrations', 60)",
+                "SELECT RELEASE_LOCK('relayapi_log_migrations')",
+            )),
+            Dialect::Sqlite => None,
         }
     }
 
