@@ -442,79 +442,71 @@ where
     (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
 {
     let mut conn = pool.acquire().await?;
-    let Some((lock, unlock)) = d.migration_lock() else {
-        return migrate_on(&mut conn, d, replay).await;
-    };
-    sqlx::query::<DB>(lock).execute(&mut *conn).await?;
-    let result = migrate_on(&mut conn, d, replay).await;
-    if sqlx::query::<DB>(unlock).execute(&mut *conn).await.is_err() {
-        // A session lock ends with its session: never pool this one again.
-        conn.close_on_drop();
+    let lock = d.migration_lock();
+    if let Some((take, _)) = lock {
+        sqlx::query::<DB>(take).execute(&mut *conn).await?;
+    }
+    let result: Result<usize, sqlx::Error> = async {
+        sqlx::query::<DB>(&d.migrations_table())
+            .execute(&mut *conn)
+            .await?;
+        let current: i64 = sqlx::query_scalar::<DB, i64>(&format!(
+            "SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version DESC LIMIT 1"
+        ))
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or(0);
+        if replay {
+            for m in MIGRATIONS.iter().filter(|m| m.version <= current) {
+                for stmt in d.migration(m.version) {
+                    sqlx::query::<DB>(&stmt).execute(&mut *conn).await?;
+                }
+            }
+        }
+        let mut applied = 0;
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            let mut sql =
+                format!("INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (");
+            let mut record = Stmt::<DB>::new(&mut sql);
+            record.bind(m.version)?;
+            record.push(", ");
+            record.bind(m.name.to_string())?;
+            record.push(", ");
+            record.bind(crate::logs::request::rfc3339_utc(
+                std::time::SystemTime::now(),
+            ))?;
+            record.push(")");
+            let args = record.args;
+            let record = sqlx::query_with::<DB, _>(&sql, args);
+            if d.transactional_ddl() {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                for stmt in d.migration(m.version) {
+                    sqlx::query::<DB>(&stmt).execute(&mut *tx).await?;
+                }
+                record.execute(&mut *tx).await?;
+                tx.commit().await?;
+            } else {
+                for stmt in d.migration(m.version) {
+                    sqlx::query::<DB>(&stmt).execute(&mut *conn).await?;
+                }
+                record.execute(&mut *conn).await?;
+            }
+            applied += 1;
+        }
+        Ok(applied)
+    }
+    .await;
+    if let Some((_, release)) = lock {
+        if sqlx::query::<DB>(release)
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            // A session lock ends with its session: never pool this one again.
+            conn.close_on_drop();
+        }
     }
     result
-}
-
-/// [`migrate`] on one connection (holding the migration lock, if any).
-async fn migrate_on<DB>(
-    conn: &mut sqlx::pool::PoolConnection<DB>,
-    d: Dialect,
-    replay: bool,
-) -> Result<usize, sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> String: Encode<'a, DB> + Type<DB>,
-    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
-{
-    sqlx::query::<DB>(&d.migrations_table())
-        .execute(&mut **conn)
-        .await?;
-    let current: i64 = sqlx::query_scalar::<DB, i64>(&format!(
-        "SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version DESC LIMIT 1"
-    ))
-    .fetch_optional(&mut **conn)
-    .await?
-    .unwrap_or(0);
-    if replay {
-        for m in MIGRATIONS.iter().filter(|m| m.version <= current) {
-            for stmt in d.migration(m.version) {
-                sqlx::query::<DB>(&stmt).execute(&mut **conn).await?;
-            }
-        }
-    }
-    let mut applied = 0;
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        let mut sql =
-            format!("INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (");
-        let mut record = Stmt::<DB>::new(&mut sql);
-        record.bind(m.version)?;
-        record.push(", ");
-        record.bind(m.name.to_string())?;
-        record.push(", ");
-        record.bind(crate::logs::request::rfc3339_utc(
-            std::time::SystemTime::now(),
-        ))?;
-        record.push(")");
-        let args = record.args;
-        let record = sqlx::query_with::<DB, _>(&sql, args);
-        if d.transactional_ddl() {
-            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-            for stmt in d.migration(m.version) {
-                sqlx::query::<DB>(&stmt).execute(&mut *tx).await?;
-            }
-            record.execute(&mut *tx).await?;
-            tx.commit().await?;
-        } else {
-            for stmt in d.migration(m.version) {
-                sqlx::query::<DB>(&stmt).execute(&mut **conn).await?;
-            }
-            record.execute(&mut **conn).await?;
-        }
-        applied += 1;
-    }
-    Ok(applied)
 }
 
 /// Inserts `rows` in one transaction of multi-row statements.
