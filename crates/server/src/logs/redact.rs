@@ -342,23 +342,18 @@ impl<'a> Scrubber<'a> {
 
     fn scrub(&self, bytes: &mut Vec<u8>, text: bool) {
         for s in &self.secrets {
-            let secret = s.bytes;
             let mut from = 0;
             while let Some(i) = s.find(&bytes[from..]) {
                 let start = from + i;
-                let mut run = bytes[start..]
+                // The longest copy of any secret starting here: secrets may
+                // share a beginning (a token and its escaped form).
+                let run = self
+                    .secrets
                     .iter()
-                    .zip(secret.iter())
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                if text {
-                    // A cut inside a multi-byte character keeps the character
-                    // whole (the run then ends before it).
-                    while run > 0 && bytes.get(start + run).is_some_and(|b| b & 0xC0 == 0x80) {
-                        run -= 1;
-                    }
-                }
-                if run < secret.len().min(FRAGMENT_MIN) {
+                    .map(|o| copy_len(&bytes[start..], o.bytes, text))
+                    .max()
+                    .unwrap_or(0);
+                if run == 0 {
                     from = start + 1;
                     continue;
                 }
@@ -366,6 +361,29 @@ impl<'a> Scrubber<'a> {
                 from = start + REDACTED.len();
             }
         }
+    }
+}
+
+/// How many bytes at the start of `hay` are a copy of `secret` long enough
+/// to mask (the whole secret, or a cut copy of [`FRAGMENT_MIN`] bytes or
+/// more); 0 when none.
+fn copy_len(hay: &[u8], secret: &[u8], text: bool) -> usize {
+    let mut run = hay
+        .iter()
+        .zip(secret.iter())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if text {
+        // A cut inside a multi-byte character keeps the character whole
+        // (the run then ends before it).
+        while run > 0 && hay.get(run).is_some_and(|b| b & 0xC0 == 0x80) {
+            run -= 1;
+        }
+    }
+    if run < secret.len().min(FRAGMENT_MIN) {
+        0
+    } else {
+        run
     }
 }
 
@@ -442,6 +460,20 @@ mod tests {
         let out = redact_json_lenient(cut, &[]);
         assert!(!out.contains("sk-abc"), "{out}");
         assert!(out.ends_with(r#""api_key":"[REDACTED]""#));
+    }
+
+    #[test]
+    fn a_token_and_its_dot_escaped_copies_are_masked_whole() {
+        let t = "eyJhbGciOiJkaXIi.c7XNuaAAAAAAAAAA.bo89Lax8tK04fTaFx4WBSw";
+        let (upper, lower) = (t.replace('.', "%2E"), t.replace('.', "%2e"));
+        let text = format!("a {t} b {upper} c {lower} d");
+        // Whatever the order: secrets sharing a beginning, the longest wins.
+        for secrets in [[t, &upper, &lower], [&upper, &lower, t]] {
+            assert_eq!(
+                scrub(&text, &secrets),
+                "a [REDACTED] b [REDACTED] c [REDACTED] d"
+            );
+        }
     }
 
     #[test]

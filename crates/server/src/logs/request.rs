@@ -68,11 +68,19 @@ impl RequestLog {
         &mut self.record
     }
 
-    /// Registers a secret to scrub from every text field.
+    /// Registers a secret to scrub from every text field, and its copies
+    /// with the dots percent-escaped (`%2E`, `%2e`): a client or provider
+    /// echoing a token escaped that way would otherwise leave all but its
+    /// first segment readable.
     pub fn secret(&mut self, s: &str) {
-        if !s.is_empty() {
-            self.secrets.push(s.to_string());
+        if s.is_empty() {
+            return;
         }
+        if s.contains('.') {
+            self.secrets.push(s.replace('.', "%2E"));
+            self.secrets.push(s.replace('.', "%2e"));
+        }
+        self.secrets.push(s.to_string());
     }
 
     /// The request is about to go upstream; `forced` is the model the
@@ -153,12 +161,19 @@ impl RequestLog {
         let scrubber = Scrubber::new(&secrets);
         scrubber.text(&mut r.path);
         scrubber.text(&mut r.query);
-        // A client may send anything as its "model", the token included.
+        // A client may send anything as its "model" or its request id, the
+        // token or the provider key included.
         for model in [&mut r.model_requested, &mut r.model_sent]
             .into_iter()
             .flatten()
         {
             scrubber.text(model);
+        }
+        if let Some(id) = r.client_request_id.as_mut() {
+            scrubber.text(id);
+            if redact::looks_like_token(id) {
+                *id = redact::REDACTED.to_string();
+            }
         }
         redact::token_like_query_values(&mut r.query);
         redact::token_like_path_segments(&mut r.path);
@@ -415,6 +430,22 @@ mod tests {
         assert!(!serde_json::to_string(&rec).unwrap().contains("TOKEN123"));
         assert_eq!(rec.model_requested.as_deref(), Some("[REDACTED]"));
         assert_eq!(rec.model_sent, None, "never forwarded");
+    }
+
+    #[test]
+    fn a_client_request_id_is_no_way_out_for_a_secret() {
+        let token = format!("eyJ{}", "A".repeat(60));
+        for (id, want) in [
+            ("sk-live-key", "[REDACTED]"),
+            (&token[..50], "[REDACTED]"),
+            ("order-42", "order-42"),
+        ] {
+            let mut log = RequestLog::begin("req_3", "POST", "127.0.0.1".into());
+            log.secret("sk-live-key");
+            log.record().client_request_id = Some(id.to_string());
+            let rec = log.finish(200, None, 10, false);
+            assert_eq!(rec.client_request_id.as_deref(), Some(want), "{id}");
+        }
     }
 
     #[test]
