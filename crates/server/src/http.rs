@@ -444,18 +444,22 @@ async fn relay(
         .and_then(|v| v.parse::<u64>().ok());
     // Set by the limit when it cut the body (only tokens with a limit).
     let mut too_big: Option<Arc<std::sync::atomic::AtomicBool>> = None;
-    let mut body: RelayBody = IdleTimeout::new(body, idle).boxed();
     if let Some(max) = claims.max_body_bytes {
         if declared_len.is_some_and(|n| n > max) {
             return Err(ApiError::PayloadTooLarge);
         }
-        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        body = LimitedBody::new(body, max, flag.clone()).boxed();
-        too_big = Some(flag);
     }
+    let mut body: RelayBody = IdleTimeout::new(body, idle).boxed();
+    // The tap sits before the limit: the record counts (and captures) what
+    // was received, also the chunk that broke the limit.
     if let (Some(log), Some(logger)) = (log.as_mut(), &state.logger) {
         let tap = log.tap_request(&logger.records, &headers);
         body = Tapped::new(body, tap).boxed();
+    }
+    if let Some(max) = claims.max_body_bytes {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        body = LimitedBody::new(body, max, flag.clone()).boxed();
+        too_big = Some(flag);
     }
     let cap = state.config.server.max_parsed_body_bytes;
     let read_error = |e: ApiError| {

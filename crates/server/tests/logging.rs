@@ -238,6 +238,31 @@ async fn gemini_model_comes_from_the_path() {
 }
 
 #[tokio::test]
+async fn a_body_cut_by_max_body_bytes_is_counted_as_received() {
+    let (env, records) = logged_env(false).await;
+    let token = env.mint(&env.claims("openai").with_max_body_bytes(10));
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![b'a'; 6]), Ok(vec![b'b'; 200])];
+    let resp = env
+        .http
+        .post(format!("{}{token}/upload", env.base()))
+        .header("x-request-id", "cut-body")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let all = wait_records(&records, 1).await;
+    let cut = by_id(&all, "cut-body");
+    assert_eq!(cut["error_code"], "payload_too_large", "{cut}");
+    assert!(
+        cut["bytes_in"].as_u64().unwrap() > 10,
+        "the cutting chunk counts: {cut}"
+    );
+}
+
+#[tokio::test]
 async fn webhook_outage_loses_no_record() {
     let (url, records, down) = switchable_receiver().await;
     let spool = tempfile::tempdir().unwrap();
