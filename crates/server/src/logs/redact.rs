@@ -269,6 +269,9 @@ struct Secret<'a> {
     bytes: &'a [u8],
     /// What a search looks for: the first [`FRAGMENT_MIN`] bytes.
     prefix: &'a [u8],
+    /// False when an earlier secret has the same prefix (a token's escaped
+    /// forms): its searches would find the same places, already handled.
+    searched: bool,
     /// For long texts (bodies), built on first use: most records have only
     /// a short path and query, where setting up a searcher costs more than
     /// the search.
@@ -305,9 +308,11 @@ impl<'a> Scrubber<'a> {
             if s.is_empty() || out.iter().any(|o| o.bytes == s) {
                 continue;
             }
+            let prefix = &s[..s.len().min(FRAGMENT_MIN)];
             out.push(Secret {
                 bytes: s,
-                prefix: &s[..s.len().min(FRAGMENT_MIN)],
+                prefix,
+                searched: !out.iter().any(|o| o.prefix == prefix),
                 finder: std::cell::OnceCell::new(),
             });
         }
@@ -337,11 +342,13 @@ impl<'a> Scrubber<'a> {
     }
 
     fn found_in(&self, hay: &[u8]) -> bool {
-        self.secrets.iter().any(|s| s.find(hay).is_some())
+        self.secrets
+            .iter()
+            .any(|s| s.searched && s.find(hay).is_some())
     }
 
     fn scrub(&self, bytes: &mut Vec<u8>, text: bool) {
-        for s in &self.secrets {
+        for s in self.secrets.iter().filter(|s| s.searched) {
             let mut from = 0;
             while let Some(i) = s.find(&bytes[from..]) {
                 let start = from + i;
