@@ -431,7 +431,9 @@ impl<'s, 'q, DB: Database> Stmt<'s, 'q, DB> {
 
 /// Migrates `pool` to [`schema::SCHEMA_VERSION`]; returns how many
 /// migrations ran. `replay`: the log table vanished, so the steps already
-/// recorded run again first (not recorded twice).
+/// recorded run again first (not recorded twice). The version is read and
+/// the steps run under [`Dialect::migration_lock`], released before the
+/// connection goes back to the pool.
 async fn migrate<DB>(pool: &Pool<DB>, d: Dialect, replay: bool) -> Result<usize, sqlx::Error>
 where
     DB: Database,

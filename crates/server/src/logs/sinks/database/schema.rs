@@ -121,8 +121,8 @@ impl Dialect {
         match self {
             // 0x52454c4159 is "RELAY": any constant, the same in every relay.
             Dialect::Postgres => Some((
-                "SELECT pg_advisory_lock(352585187673)",
-                "SELECT pg_advisory_unlock(352585187673)",
+                "SELECT pg_advisory_lock(353349943641)",
+                "SELECT pg_advisory_unlock(353349943641)",
             )),
             // Waits up to 60 s; on a timeout the migration runs unlocked
             // (and at worst fails once and is retried).
