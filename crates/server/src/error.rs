@@ -34,7 +34,10 @@ pub enum ApiError {
     /// `concurrency`: the token already has that many requests in flight.
     ConcurrencyExceeded,
     /// `max_tokens`: the call's reservation does not fit in what is left.
-    BudgetExhausted,
+    BudgetExhausted {
+        /// What is left of the budget (for `x-relayapi-tokens-remaining`).
+        remaining: u64,
+    },
     RateLimited(Duration),
     ProviderUnknown,
     /// A `key_ref` token names a credential this relay does not hold (or one
@@ -62,7 +65,7 @@ impl ApiError {
             ApiError::TokenExhausted
             | ApiError::RateLimited(_)
             | ApiError::ConcurrencyExceeded
-            | ApiError::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::BudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotAllowed
             | ApiError::OriginNotAllowed
             | ApiError::IpNotAllowed
@@ -96,7 +99,7 @@ impl ApiError {
             ApiError::PathNotAllowed => "path_not_allowed",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::ConcurrencyExceeded => "concurrency_exceeded",
-            ApiError::BudgetExhausted => "budget_exhausted",
+            ApiError::BudgetExhausted { .. } => "budget_exhausted",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::ProviderUnknown => "provider_unknown",
             ApiError::CredentialUnknown => "credential_unknown",
@@ -127,7 +130,7 @@ impl ApiError {
             ApiError::TokenExhausted
             | ApiError::RateLimited(_)
             | ApiError::ConcurrencyExceeded
-            | ApiError::BudgetExhausted => "rate_limit_error",
+            | ApiError::BudgetExhausted { .. } => "rate_limit_error",
             ApiError::ProviderUnknown
             | ApiError::CredentialUnknown
             | ApiError::PayloadTooLarge
@@ -153,7 +156,7 @@ impl ApiError {
             ApiError::PathNotAllowed => "This token may not call this path.",
             ApiError::MethodNotAllowed => "This token may not use this HTTP method.",
             ApiError::ConcurrencyExceeded => "Too many requests of this token are in progress. Retry when one has finished.",
-            ApiError::BudgetExhausted => "The RelayAPI token's LLM-token budget does not cover this request.",
+            ApiError::BudgetExhausted { .. } => "The RelayAPI token's LLM-token budget does not cover this request.",
             ApiError::RateLimited(_) => "Too many requests. Retry after the time given in the Retry-After header.",
             ApiError::ProviderUnknown => "The token names a provider this relay does not serve.",
             ApiError::CredentialUnknown => "The token names a provider credential (key_ref) this relay does not hold for its provider.",

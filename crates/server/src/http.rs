@@ -865,7 +865,9 @@ async fn reserve_budget(
             remaining,
             state: Some(state.clone()),
         }),
-        Ok(BudgetAdmission::Exhausted { .. }) => Err(ApiError::BudgetExhausted),
+        Ok(BudgetAdmission::Exhausted { used }) => Err(ApiError::BudgetExhausted {
+            remaining: max_tokens.saturating_sub(used),
+        }),
         Err(e) => {
             tracing::error!(error = %e, "usage store failed; refusing the call");
             Err(ApiError::ServiceUnavailable)
@@ -1004,8 +1006,14 @@ fn error_response_with(e: ApiError, body: Bytes) -> Response<RelayBody> {
         h.insert(header::RETRY_AFTER, ra);
     }
     // The header every admitted call carried, at its end value.
-    if matches!(e, ApiError::TokenExhausted) {
-        h.insert(CALLS_REMAINING, HeaderValue::from_static("0"));
+    match e {
+        ApiError::TokenExhausted => {
+            h.insert(CALLS_REMAINING, HeaderValue::from_static("0"));
+        }
+        ApiError::BudgetExhausted { remaining } => {
+            h.insert(TOKENS_REMAINING, HeaderValue::from(remaining));
+        }
+        _ => {}
     }
     resp
 }

@@ -667,8 +667,17 @@ async fn default_reservation_applies_when_the_request_names_no_limit() {
     let mut big = chat_body(false);
     big["max_tokens"] = json!(200);
     let r = env.http.post(&url).json(&big).send().await.unwrap();
+    // The refusal says what is left, like every admitted call did.
+    let left: u64 = r.headers()["x-relayapi-tokens-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(error_code(r).await, (429, "budget_exhausted".into()));
     assert_eq!(env.mock.journal().total(), 1);
+    let v = usage_of(&env, &token).await;
+    assert_eq!(v["remaining"]["tokens"], left, "{v}");
+    assert!(left < 120, "the first call was charged: {v}");
 }
 
 #[tokio::test]
