@@ -697,7 +697,8 @@ def report(res, ctx):
     if s4:
         P("")
         P("Scenario 4: open loop (latency from intended send time; no coordinated omission)")
-        P(f"  {'rate':>5} {'target':<12} {'p50':>7} {'p99':>7} {'p99.9':>7} {'+p50':>7} {'+p99':>7} {'errors':>6}  (us)")
+        P(f"  {'rate':>5} {'target':<12} {'p50':>7} {'p99':>7} {'p99.9':>7} {'+p50':>7} {'+p99':>7} {'errors':>6} "
+          f"{'lag p50':>7} {'lag p99':>7}  (us; lag: how late the generator sent)")
         for key, tr in s4.items():
             d = tr.get("direct", {})
             for name in ctx.names:
@@ -706,7 +707,8 @@ def report(res, ctx):
                     continue
                 P(f"  {key[1:]:>5} {name:<12} {f(r['p50_us']):>7} {f(r['p99_us']):>7} {f(r['p999_us']):>7} "
                   f"{f(None if name == 'direct' else r['p50_us'] - d['p50_us']):>7} "
-                  f"{f(None if name == 'direct' else r['p99_us'] - d['p99_us']):>7} {f(r.get('errors')):>6}")
+                  f"{f(None if name == 'direct' else r['p99_us'] - d['p99_us']):>7} {f(r.get('errors')):>6} "
+                  f"{f(r.get('send_lag_p50_us')):>7} {f(r.get('send_lag_p99_us')):>7}")
         r, d = g(s4, "r1000", "relay"), g(s4, "r1000", "direct")
         a50 = r["p50_us"] - d["p50_us"] if r and d else None
         a99 = r["p99_us"] - d["p99_us"] if r and d else None

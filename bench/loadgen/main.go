@@ -184,8 +184,11 @@ func runOpen() map[string]any {
 	total := int((*warm + *dur).Seconds() * *rate)
 	warmN := int(warm.Seconds() * *rate)
 	lat := make([]time.Duration, total)
+	// how late each request started: the generator's own precision
+	lag := make([]time.Duration, total)
 	okv := make([]bool, total)
 	var wg sync.WaitGroup
+	sleep := preciseSleeper()
 	start := time.Now()
 	for i := 0; i < total; {
 		now := time.Now()
@@ -198,13 +201,14 @@ func runOpen() map[string]any {
 			wg.Add(1)
 			go func(i int, intended time.Time) {
 				defer wg.Done()
+				lag[i] = time.Since(intended)
 				_, _, ok := do(context.Background())
 				lat[i] = time.Since(intended)
 				okv[i] = ok
 			}(i, intended)
 		}
 		if i < total {
-			time.Sleep(time.Until(start.Add(time.Duration(i) * interval)))
+			sleep(time.Until(start.Add(time.Duration(i) * interval)))
 		}
 	}
 	wg.Wait()
@@ -218,8 +222,10 @@ func runOpen() map[string]any {
 		}
 	}
 	sorted(ls)
+	lags := sorted(append([]time.Duration(nil), lag[warmN:]...))
 	return map[string]any{
 		"requests": len(ls), "errors": errs, "rate": *rate,
+		"send_lag_p50_us": pct(lags, 50), "send_lag_p99_us": pct(lags, 99),
 		"achieved_rps": float64(total) / time.Since(start).Seconds(),
 		"p50_us":       pct(ls, 50), "p99_us": pct(ls, 99), "p999_us": pct(ls, 99.9),
 		"max_us": pct(ls, 100),
