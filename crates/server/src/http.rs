@@ -377,7 +377,7 @@ async fn relay(
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
     // `_relayapi/` is the relay's own namespace: never forwarded.
-    if rest == "_relayapi" || rest.starts_with("_relayapi/") {
+    if in_own_namespace(&rest) {
         if req.method() != Method::GET || rest.trim_end_matches('/') != USAGE_ROUTE {
             return Err(ApiError::NotFound);
         }
@@ -394,6 +394,11 @@ async fn relay(
         }
     }
     if let Some(normalised) = scoped? {
+        // `./_relayapi/…` or `%5Frelayapi/…` only reach the namespace once
+        // normalised; they are not the usage route's spellings.
+        if in_own_namespace(&normalised) {
+            return Err(ApiError::NotFound);
+        }
         rest = normalised;
     }
     if let Some(log) = log.as_mut() {
@@ -476,6 +481,11 @@ async fn relay(
     // retry); then every attempt sends these bytes.
     let mut buffered: Option<Bytes> = None;
     if proxy::needs_model_policy(&claims) {
+        // Azure runs the deployment in the path: the configured one is
+        // what the policy checks (and rewrites), so it is made explicit.
+        if let Some(dep) = provider.default_deployment(&rest) {
+            rest = format!("deployments/{dep}/{}", rest.trim_start_matches('/'));
+        }
         let bytes = proxy::read_capped(body, cap).await.map_err(read_error)?;
         let (new_rest, new_body) =
             proxy::apply_model_policy(&claims, &parts.method, &rest, &query, &bytes)?;
@@ -873,6 +883,11 @@ async fn reserve_budget(
             Err(ApiError::ServiceUnavailable)
         }
     }
+}
+
+/// True for a path in the relay's own `_relayapi/` namespace.
+fn in_own_namespace(rest: &str) -> bool {
+    rest == "_relayapi" || rest.starts_with("_relayapi/")
 }
 
 /// The size of the request head as HTTP/1.1 sends it: request line, each

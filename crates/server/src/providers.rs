@@ -156,6 +156,13 @@ impl Provider {
         Uri::from_parts(parts).ok()
     }
 
+    /// The configured Azure deployment, when it will be put in front of
+    /// `rest` (a path naming its own `deployments/<name>/` keeps that one).
+    pub fn default_deployment(&self, rest: &str) -> Option<&str> {
+        let dep = self.azure.as_ref()?.deployment.as_deref()?;
+        (!rest.trim_start_matches('/').starts_with("deployments/")).then_some(dep)
+    }
+
     /// `base_path` + the client's path and query as the provider wants them
     /// (`v1` de-duplicated, Azure's deployment and `api-version` added).
     fn upstream_path(&self, base_path: &str, rest: &str, query: &str) -> String {
@@ -170,14 +177,10 @@ impl Provider {
         let mut url = String::with_capacity(base_path.len() + rest.len() + query.len() + 48);
         url.push_str(base_path);
         url.push('/');
-        if let Some(az) = &self.azure {
-            if let Some(dep) = &az.deployment {
-                if !rest.starts_with("deployments/") {
-                    url.push_str("deployments/");
-                    url.push_str(dep);
-                    url.push('/');
-                }
-            }
+        if let Some(dep) = self.default_deployment(rest) {
+            url.push_str("deployments/");
+            url.push_str(dep);
+            url.push('/');
         }
         url.push_str(rest);
         let mut sep = '?';

@@ -763,7 +763,30 @@ async fn usage_route_shows_limits_and_what_is_left_without_counting() {
             "{method} {path}"
         );
     }
+    // Nor is it reached by spellings that only normalise to it (sent as
+    // written: a client library would resolve the dot segments itself).
+    for path in [
+        "./_relayapi/usage",
+        "x/../_relayapi/usage",
+        "%2E/_relayapi/usage",
+        "%5Frelayapi/usage",
+        "%5frelayapi/anything",
+    ] {
+        let (status, text) = raw(
+            env.relay.addr,
+            "GET",
+            &format!("/relayapi/{token}/{path}"),
+            "",
+            "",
+        )
+        .await;
+        assert_eq!(status, 404, "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "not_found", "{path}");
+    }
     assert_eq!(env.mock.journal().total(), 1);
+    let v = usage_of(&env, &token).await;
+    assert_eq!(v["remaining"]["calls"], 2, "nothing above was a call: {v}");
     // Without limits: nulls, not zeros.
     let v = usage_of(&env, &env.token("openai")).await;
     assert_eq!(v["remaining"]["calls"], Value::Null);
@@ -926,6 +949,41 @@ async fn a_token_without_paths_still_cannot_climb_above_the_base_path() {
         .map(|e| e.path)
         .collect();
     assert_eq!(seen, ["/v1/chat/completions"]);
+}
+
+#[tokio::test]
+async fn azure_configured_deployment_is_the_model_the_policy_sees() {
+    // The test config's Azure provider has `deployment: "dep1"`: a plain
+    // OpenAI SDK's `chat/completions` runs dep1, whatever the body names.
+    let env = Env::start().await;
+    let addr = env.relay.addr;
+    let gpt4o = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let listed = env.mint(&env.claims("azure-openai").with_models(["gpt-4o"]));
+    let target = format!("/relayapi/{listed}/chat/completions");
+    assert_refused(addr, &target, gpt4o, 403, "model_not_allowed").await;
+    assert_eq!(env.mock.journal().total(), 0);
+    // A forced model replaces the deployment too, as in an explicit path.
+    let forced = env.mint(&env.claims("azure-openai").with_model("gpt-x"));
+    let (status, text) = raw(
+        addr,
+        "POST",
+        &format!("/relayapi/{forced}/chat/completions"),
+        "",
+        gpt4o,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let seen: Vec<String> = env
+        .mock
+        .journal()
+        .entries()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(
+        seen,
+        ["/openai/deployments/gpt-x/chat/completions?api-version=2024-10-21"]
+    );
 }
 
 #[tokio::test]
