@@ -46,12 +46,23 @@ pub struct Inspection {
 fn output_limit(m: &Map<String, Value>) -> Option<u64> {
     let top = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
-        .filter_map(|k| m.get(*k).and_then(Value::as_u64));
+        .filter_map(|k| m.get(*k).and_then(token_count));
     let gemini = m
         .get("generationConfig")
         .and_then(|g| g.get("maxOutputTokens"))
-        .and_then(Value::as_u64);
+        .and_then(token_count);
     top.chain(gemini).max()
+}
+
+/// A limit written as an integer, or as a number with a fraction or an
+/// exponent (`1e5`, `100.0`: OpenAI refuses those, lenient servers take
+/// them), rounded up; the cast saturates at `u64::MAX`.
+fn token_count(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f.ceil() as u64)
+    })
 }
 
 /// Inspects a (JSON) request body for path `rest`; `body` may be empty or
@@ -83,8 +94,9 @@ pub fn inspect(rest: &str, body: &[u8], default_reservation: u64) -> Inspection 
                 out.strip_usage_chunk = true;
             }
             // Not an object: leave it for the provider to refuse.
-            Some(_) => {}
-            None => {
+            Some(v) if !v.is_null() => {}
+            // Absent, or `null` (which OpenAI takes as absent).
+            _ => {
                 let mut o = Map::new();
                 o.insert("include_usage".into(), Value::Bool(true));
                 m.insert("stream_options".into(), Value::Object(o));
@@ -287,6 +299,10 @@ mod tests {
         assert_eq!(r("not json"), 500);
         assert_eq!(r(""), 500);
         assert_eq!(r(r#"{"max_tokens":0}"#), 1);
+        assert_eq!(r(r#"{"max_tokens":1e5}"#), 100_000);
+        assert_eq!(r(r#"{"max_tokens":99.5}"#), 100);
+        assert_eq!(r(r#"{"max_tokens":-3.0}"#), 500);
+        assert_eq!(r(r#"{"max_tokens":1e300}"#), u64::MAX);
     }
 
     #[test]
@@ -310,6 +326,19 @@ mod tests {
         assert_eq!(
             v["stream_options"],
             serde_json::json!({"x":1,"include_usage":true})
+        );
+
+        // `null` is no options at all.
+        let i = inspect(
+            "chat/completions",
+            br#"{"stream":true,"stream_options":null}"#,
+            10,
+        );
+        assert!(i.strip_usage_chunk);
+        let v: Value = serde_json::from_slice(&i.new_body.unwrap()).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage":true})
         );
 
         // Asked for by the client: untouched, nothing stripped.
