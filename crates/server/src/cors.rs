@@ -86,14 +86,20 @@ impl Cors {
     }
 
     /// Adds CORS headers to an ordinary response for an allowed origin.
+    /// With CORS on, every answer says it varies by `Origin` — also one
+    /// without CORS headers, or a shared cache could hand it to an allowed
+    /// origin (or the allowed one's to another).
     pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        if !self.enabled {
+            return;
+        }
+        headers.append(header::VARY, VARY_ORIGIN);
         let Some(origin) = origin else { return };
         if !self.allows(origin) {
             return;
         }
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_VALUE);
-        headers.append(header::VARY, VARY_ORIGIN);
     }
 }
 
@@ -140,6 +146,29 @@ mod tests {
             .headers()
             .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
             .is_none());
+    }
+
+    #[test]
+    fn every_answer_varies_by_origin_when_cors_is_on() {
+        let cors = Cors::new(&CorsSettings {
+            enabled: true,
+            allowed_origins: vec!["https://app.example.com".into()],
+            max_age: 60,
+        });
+        let other: HeaderValue = "https://other.example".parse().unwrap();
+        for origin in [None, Some(&other)] {
+            let mut out = HeaderMap::new();
+            cors.decorate(origin, &mut out);
+            assert_eq!(out[header::VARY], "Origin", "{origin:?}");
+            assert!(!out.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        }
+        let off = Cors::new(&CorsSettings {
+            enabled: false,
+            ..CorsSettings::default()
+        });
+        let mut out = HeaderMap::new();
+        off.decorate(Some(&other), &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
