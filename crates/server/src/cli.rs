@@ -362,6 +362,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 pub fn gen_config(host: &str, port: u16) -> anyhow::Result<()> {
+    if let Err(problem) = relayapi_token::rai::check_host(host) {
+        bail!("--host: {problem}");
+    }
     let rai = RaiConfig::generate(host, port);
     println!("{}", rai.to_json_pretty());
     Ok(())

@@ -352,6 +352,12 @@ fn cli_contract() {
     assert_eq!(rai["server"]["port"], 443);
     assert_eq!(rai["crypto"]["method"], "aes");
     std::fs::write(dir.path().join("default.rai"), &out).unwrap();
+    // A host without its scheme would make every base URL unusable.
+    let (ok, _, err) = relayapi(dir.path(), &["gen-config", "--host", "relay.example"]);
+    assert!(
+        !ok && err.contains("--host: must start with http://"),
+        "{err}"
+    );
 
     for args in [
         vec!["--help"],

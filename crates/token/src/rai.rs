@@ -109,11 +109,8 @@ impl RaiConfig {
                 "server.host",
                 "must be a string such as \"http://localhost\"",
             );
-            if host.as_deref() == Some("") {
-                p.add(
-                    "server.host",
-                    "must not be empty; use e.g. \"http://localhost\"",
-                );
+            if let Some(Err(problem)) = host.as_deref().map(check_host) {
+                p.add("server.host", problem);
             }
             port = match server.get("port") {
                 Some(v) => match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
@@ -380,6 +377,32 @@ impl Problems {
     }
 }
 
+/// Checks a `server.host`: `http://` or `https://` and a host name (an
+/// optional `:port`, a trailing `/`), nothing else — the front end's base
+/// URL is built from it. The problem, worded for an error message.
+pub fn check_host(host: &str) -> Result<(), &'static str> {
+    let lower = host.to_ascii_lowercase();
+    let Some(authority) = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))
+    else {
+        return Err("must start with http:// or https://, \
+                    e.g. \"https://relay.example.com\" or \"http://localhost\"");
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty() {
+        return Err("must name a host after the scheme, e.g. \"http://localhost\"");
+    }
+    let stray = |b: u8| matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\') || b <= b' ' || b == 0x7f;
+    if authority.bytes().any(stray) {
+        return Err(
+            "must be a scheme and a host only (no path, query, fragment, \
+                    user or spaces), e.g. \"https://relay.example.com\"",
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
@@ -458,12 +481,45 @@ mod tests {
     #[test]
     fn missing_sections_and_bad_port() {
         let err = RaiConfig::parse(
-            r#"{"version":"1","server":{"host":"h","port":70000,"base_path":"/"}}"#,
+            r#"{"version":"1","server":{"host":"http://h","port":70000,"base_path":"/"}}"#,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("server.port must be an integer"), "{err}");
         assert!(err.contains("crypto is missing"), "{err}");
+    }
+
+    #[test]
+    fn host_must_be_a_scheme_and_a_host() {
+        for ok in [
+            "http://localhost",
+            "https://relay.example.com",
+            "HTTPS://relay.example.com/",
+            "http://localhost:9000",
+            "http://[::1]:8840",
+        ] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "localhost",
+            "relay.example.com:443",
+            "ftp://a.example",
+            "http://",
+            "http://a.example/x",
+            "http://a.example?x=1",
+            "http://a.example#f",
+            "http://u@a.example",
+            "http://a .example",
+        ] {
+            assert!(check_host(bad).is_err(), "{bad}");
+            let json = format!(
+                r#"{{"version":"1","server":{{"host":{},"port":1,"base_path":"/"}}}}"#,
+                serde_json::Value::from(bad)
+            );
+            let err = RaiConfig::parse(&json).unwrap_err().to_string();
+            assert!(err.contains("server.host must"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -490,7 +546,10 @@ mod tests {
         assert_eq!(RaiConfig::parse(&json).unwrap(), c);
         let via_serde: RaiConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(via_serde, c);
-        assert_ne!(RaiConfig::generate("h", 1).crypto.aes_key, c.crypto.aes_key);
+        assert_ne!(
+            RaiConfig::generate("http://h", 1).crypto.aes_key,
+            c.crypto.aes_key
+        );
         assert!(serde_json::from_str::<RaiConfig>(r#"{"version":"1"}"#).is_err());
     }
 }
