@@ -237,10 +237,11 @@ pub fn apply_model_policy(
     );
     let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
     if !body.is_empty() {
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(m)) => json = Some(m),
-            // A non-object body with a model restriction cannot be checked.
-            _ => return Err(ApiError::InvalidBody),
+        match serde_json::from_slice::<SingleModelObject>(body) {
+            Ok(SingleModelObject(m)) => json = Some(m),
+            // A non-object body, or one naming `model` twice (which one a
+            // provider reads is its parser's choice), cannot be checked.
+            Err(_) => return Err(ApiError::InvalidBody),
         }
     }
     let path_model = path_model_span(rest);
@@ -289,6 +290,36 @@ pub fn apply_model_policy(
         }
     }
     Ok((new_rest, new_body))
+}
+
+/// A JSON object whose top level names `model` at most once; other
+/// duplicate members keep the last value, as `serde_json::Value` does.
+struct SingleModelObject(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for SingleModelObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = SingleModelObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SingleModelObject, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    if k == "model" && out.contains_key("model") {
+                        return Err(serde::de::Error::custom("`model` named twice"));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(SingleModelObject(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 /// The values of `model` query parameters, percent-decoded (lossily: a
@@ -770,6 +801,31 @@ mod tests {
         assert!(String::from_utf8(body.unwrap().to_vec())
             .unwrap()
             .contains("legacy"));
+    }
+
+    #[test]
+    fn a_body_naming_model_twice_is_refused() {
+        let listed = claims(r#"{"models":["a"]}"#);
+        let forced = claims(r#"{"model":"a"}"#);
+        for c in [&listed, &forced] {
+            for body in [
+                &br#"{"model":"a","model":"b"}"#[..],
+                br#"{"model":"b","messages":[],"model":"a"}"#,
+            ] {
+                assert_eq!(
+                    post(c, "chat/completions", body).unwrap_err(),
+                    ApiError::InvalidBody
+                );
+            }
+        }
+        // Other duplicates, and a nested `model`, are the provider's business.
+        assert!(post(&listed, "chat/completions", br#"{"model":"a","n":1,"n":2}"#).is_ok());
+        assert!(post(
+            &listed,
+            "chat/completions",
+            br#"{"model":"a","x":{"model":"b"}}"#
+        )
+        .is_ok());
     }
 
     #[test]
