@@ -34,6 +34,10 @@ pub const LEEWAY_SECS: i64 = 60;
 /// Minimum `jti` length: 22 base64url characters = 128 bits.
 pub const MIN_JTI_LEN: usize = 22;
 
+/// Maximum `jti` length: what the relay's stores, its admin API and its
+/// log schemas keep per token id.
+pub const MAX_JTI_LEN: usize = 64;
+
 /// Prefix of free-form metadata claims.
 pub const EXTRA_PREFIX: &str = "x_";
 
@@ -609,7 +613,9 @@ fn non_empty(v: Value) -> Result<String, TokenError> {
 
 fn jti_value(v: &Value) -> Result<String, TokenError> {
     match v.as_str() {
-        Some(s) if s.len() >= MIN_JTI_LEN && is_b64url(s) => Ok(s.to_owned()),
+        Some(s) if (MIN_JTI_LEN..=MAX_JTI_LEN).contains(&s.len()) && is_b64url(s) => {
+            Ok(s.to_owned())
+        }
         _ => Err(TokenError::Invalid),
     }
 }

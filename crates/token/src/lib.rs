@@ -48,7 +48,7 @@ pub mod scope;
 pub mod secret;
 pub mod v2;
 
-pub use claims::{new_jti, Claims, Credential};
+pub use claims::{new_jti, Claims, Credential, MAX_JTI_LEN};
 pub use error::{KeyringError, RaiError, RaiFieldError, TokenError};
 pub use keys::{Keyring, V2Key};
 pub use legacy::{decode_legacy, LegacyClaims, LegacyKey, LegacyKeyring};

@@ -10,6 +10,8 @@ import { LIMIT_CLAIMS, LIST_CLAIMS, limitProblem, listProblem, type ListClaim } 
 
 /** Minimum `jti` length: 22 base64url characters = 128 bits. */
 export const MIN_JTI_LEN = 22;
+/** Maximum `jti` length: the relay keys its counters and revocations by it. */
+export const MAX_JTI_LEN = 64;
 /** Allowed clock skew for `nbf`/`iat`, seconds (inclusive). */
 export const LEEWAY_SECS = 60;
 
@@ -163,8 +165,8 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
         (credentials.join(' and ') || 'neither'),
     };
   }
-  if (!isStr(c.jti) || c.jti.length < MIN_JTI_LEN || !isB64url(c.jti)) {
-    return { claim: 'jti', problem: `must be at least ${MIN_JTI_LEN} base64url characters` };
+  if (!isStr(c.jti) || c.jti.length < MIN_JTI_LEN || c.jti.length > MAX_JTI_LEN || !isB64url(c.jti)) {
+    return { claim: 'jti', problem: `must be ${MIN_JTI_LEN}-${MAX_JTI_LEN} base64url characters` };
   }
   for (const name of ['iat', 'nbf', 'exp'] as const) {
     if (name in c && !isInt(c[name])) return { claim: name, problem: 'must be an integer (UTC seconds)' };
@@ -192,7 +194,7 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
     if (name.startsWith('x_')) {
       if (c[name] === undefined) return { claim: name, problem: 'must be a JSON value' };
       try {
-        canonicalJson(c[name]);
+        canonicalJson(c[name], true);
       } catch (e) {
         return { claim: name, problem: `must be JSON-serialisable (${(e as Error).message})` };
       }
@@ -211,16 +213,33 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
 }
 
 /**
+ * `claims` without its absent members, the way minting sees them (and the
+ * Python SDK, where `None` means absent): `undefined` anywhere, and `null`
+ * for the named claims (`model: null`); an `x_*` claim may be JSON `null`.
+ * Decoding does not use this: the relay refuses a token with `null` claims.
+ * @internal
+ */
+export function presentClaims(claims: unknown): unknown {
+  if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) return claims;
+  const out: Record<string, unknown> = {};
+  for (const [name, v] of Object.entries(claims)) {
+    if (v === undefined || (v === null && KNOWN.has(name))) continue;
+    out[name] = v;
+  }
+  return out;
+}
+
+/**
  * The canonical claims JSON of docs/token-format.md §4: compact, members in
  * the order `jti, iat, nbf, exp, provider, api_key, key_ref, max_calls,
  * model, models, sub, ext_info, origins, ips, paths, methods, rps, burst,
  * concurrency, max_tokens, max_body_bytes`, then `x_*` members sorted by
  * UTF-8 byte order (nested objects sorted too); array items in the order
- * given; absent (`undefined`) optionals omitted.
+ * given; absent (`undefined`, or `null` outside `x_*`) claims omitted.
  * Does not validate: see {@link findClaimsProblem}. Contains the API key.
  */
 export function canonicalClaimsJson(claims: TokenClaims): string {
-  const c = claims as unknown as Record<string, unknown>;
+  const c = presentClaims(claims) as Record<string, unknown>;
   const parts: string[] = [];
   for (const name of ORDER) {
     const v = c[name];

@@ -116,13 +116,38 @@ export function jsonString(s: string): string {
   return JSON.stringify(s);
 }
 
+/** The relay reads JSON integers into i64/u64: this is its range. */
+const INT_MIN = -(2n ** 63n);
+const INT_MAX = 2n ** 64n - 1n;
+
 /**
- * Canonical JSON of an arbitrary value (used for `x_*` claims): compact,
- * object members sorted by UTF-8 byte order, recursively. Integers plain
- * decimal (`bigint` allowed for values beyond 2^53). Throws `TypeError` for
- * values JSON cannot carry (undefined, functions, symbols, NaN, Infinity).
+ * A number as Python's `json.dumps` writes it, so that both SDKs mint the
+ * same bytes: integers (JavaScript cannot tell `1.0` from `1`) in plain
+ * decimal like a Python `int`; other numbers like Python's `repr(float)`,
+ * which uses an exponent below 1e-4 (`1e-05`, two exponent digits at least)
+ * where `JSON.stringify` writes `0.00001`. Elsewhere both print the same
+ * shortest round-trip digits (`1.5`, `1e+21`).
  */
-export function canonicalJson(value: unknown): string {
+export function jsonNumber(n: number): string {
+  if (!Number.isFinite(n)) throw new TypeError('numbers must be finite');
+  const text = JSON.stringify(n);
+  if (Number.isInteger(n)) return text;
+  // toExponential() gives the same shortest digits with the decimal exponent.
+  const m = /^(-?[\d.]+)e-(\d+)$/.exec(n.toExponential());
+  return m && Number(m[2]) > 4 ? `${m[1]}e-${m[2]!.padStart(2, '0')}` : text;
+}
+
+/**
+ * Canonical JSON of an arbitrary value (used for `x_*` claims and object
+ * `extInfo`): compact, object members sorted by UTF-8 byte order,
+ * recursively; members whose value is `undefined` left out (as
+ * `JSON.stringify` does). Numbers as {@link jsonNumber}; `bigint` allowed
+ * for integers beyond 2^53. Throws `TypeError` for values JSON cannot carry
+ * (undefined array items, functions, symbols, NaN, Infinity, class
+ * instances) and, with `relayIntegers`, for integers outside the relay's
+ * -2^63 … 2^64 − 1.
+ */
+export function canonicalJson(value: unknown, relayIntegers = false): string {
   if (value === null) return 'null';
   switch (typeof value) {
     case 'boolean':
@@ -131,22 +156,31 @@ export function canonicalJson(value: unknown): string {
       if (!isWellFormed(value)) throw new TypeError('string contains a lone UTF-16 surrogate');
       return jsonString(value);
     case 'number':
-      if (!Number.isFinite(value)) throw new TypeError('numbers must be finite');
-      return JSON.stringify(value);
+      return jsonNumber(value);
     case 'bigint':
+      if (relayIntegers && (value < INT_MIN || value > INT_MAX)) {
+        throw new TypeError("integers must be within -2^63 … 2^64 - 1, the relay's range (write larger ones as strings)");
+      }
       return value.toString(10);
     case 'object': {
-      if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+      if (Array.isArray(value)) {
+        return `[${value.map((v) => {
+          if (v === undefined) throw new TypeError('arrays cannot hold undefined');
+          return canonicalJson(v, relayIntegers);
+        }).join(',')}]`;
+      }
       const proto = Object.getPrototypeOf(value);
       if (proto !== Object.prototype && proto !== null) {
         throw new TypeError('only plain objects, arrays and primitives are allowed');
       }
-      const keys = Object.keys(value).sort(compareUtf8);
       const obj = value as Record<string, unknown>;
+      const keys = Object.keys(obj)
+        .filter((k) => obj[k] !== undefined)
+        .sort(compareUtf8);
       return `{${keys
         .map((k) => {
           if (!isWellFormed(k)) throw new TypeError('member name contains a lone UTF-16 surrogate');
-          return `${jsonString(k)}:${canonicalJson(obj[k])}`;
+          return `${jsonString(k)}:${canonicalJson(obj[k], relayIntegers)}`;
         })
         .join(',')}}`;
     }

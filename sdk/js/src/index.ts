@@ -1,7 +1,7 @@
 /**
  * relayapi-sdk: mint short-lived RelayAPI capability tokens (JWE `dir` +
  * `A256GCM`, docs/token-format.md) and call AI providers through a RelayAPI
- * relay. Zero runtime dependencies; WebCrypto only (Node >= 18, Deno, Bun,
+ * relay. Zero runtime dependencies; WebCrypto only (Node >= 20, Deno, Bun,
  * browsers, Cloudflare Workers, Vercel Edge).
  *
  * Layout: `config` (.rai parsing, base URL), `claims` (claim rules and the
@@ -20,7 +20,7 @@ export {
   DEFAULT_EXPIRE_SECONDS,
 } from './token.js';
 export type { CreateTokenOptions, DecodedToken, TokenGeneratorHooks } from './token.js';
-export { canonicalClaimsJson, effectiveModel, MIN_JTI_LEN, LEEWAY_SECS } from './claims.js';
+export { canonicalClaimsJson, effectiveModel, MIN_JTI_LEN, MAX_JTI_LEN, LEEWAY_SECS } from './claims.js';
 export type { TokenClaims } from './claims.js';
 export { parseRaiConfig, parseRaiJson, raiBaseUrl, raiOrigin, normaliseBasePath } from './config.js';
 export type { RaiConfig } from './config.js';

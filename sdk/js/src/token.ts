@@ -10,10 +10,11 @@ import {
   findClaimsProblem,
   findPolicyProblem,
   LEEWAY_SECS,
+  presentClaims,
   type TokenClaims,
 } from './claims.js';
-import { InvalidArgumentError, TokenError } from './errors.js';
-import { b64url, b64urlDecode, bytesToHex, fromUtf8, hexToBytes, isHex, utf8 } from './encoding.js';
+import { InvalidArgumentError, RelayAPIError, TokenError } from './errors.js';
+import { b64url, b64urlDecode, bytesToHex, canonicalJson, fromUtf8, hexToBytes, isHex, utf8 } from './encoding.js';
 
 /** HKDF `info` of v2 tokens. */
 export const TOKEN_INFO = 'relayapi token v2';
@@ -135,22 +136,30 @@ interface Keys {
   header: string; // base64url of the canonical header
 }
 
-function subtle(): SubtleCrypto {
-  const s = globalThis.crypto?.subtle;
-  if (!s) {
-    throw new TypeError(
-      'relayapi-sdk needs WebCrypto (globalThis.crypto.subtle): use Node >= 18, Deno, Bun, a browser or an edge runtime',
+/**
+ * The global WebCrypto. Node has it unflagged from 20 on (18 needs
+ * --experimental-global-webcrypto). No `node:crypto` fallback: a static
+ * import would break browser and edge bundles, and `buildClaims` needs
+ * random bytes synchronously, which a dynamic import cannot give.
+ */
+function webCrypto(): Crypto {
+  const c = globalThis.crypto;
+  if (!c?.subtle || typeof c.getRandomValues !== 'function') {
+    throw new RelayAPIError(
+      'relayapi-sdk needs WebCrypto (globalThis.crypto): use Node >= 20, Deno, Bun, a browser or an edge runtime',
     );
   }
-  return s;
+  return c;
 }
+
+const subtle = (): SubtleCrypto => webCrypto().subtle;
 
 /** TS 5.7+ types typed arrays over ArrayBufferLike; WebCrypto wants ArrayBuffer-backed views. */
 const buf = (u: Uint8Array): BufferSource => u as unknown as BufferSource;
 
 function defaultRandomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
-  globalThis.crypto.getRandomValues(out);
+  webCrypto().getRandomValues(out);
   return out;
 }
 
@@ -310,8 +319,14 @@ export class TokenGenerator {
     let extInfo: string | undefined;
     if (present(o.extInfo)) {
       if (typeof o.extInfo === 'string') extInfo = o.extInfo;
-      else if (isPlainObject(o.extInfo)) extInfo = JSON.stringify(o.extInfo);
-      else throw new InvalidArgumentError('extInfo', 'extInfo must be a string or a plain object, or omitted');
+      else if (isPlainObject(o.extInfo)) {
+        // Keys sorted and numbers written as the Python SDK does, so both mint the same bytes.
+        try {
+          extInfo = canonicalJson(o.extInfo);
+        } catch (e) {
+          throw new InvalidArgumentError('extInfo', `extInfo must be JSON-serialisable (${(e as Error).message})`);
+        }
+      } else throw new InvalidArgumentError('extInfo', 'extInfo must be a string or a plain object, or omitted');
     }
     // Policy options, keyed by option name (null = absent, like every option).
     const policy: Record<string, unknown> = {};
@@ -344,9 +359,10 @@ export class TokenGenerator {
 
   /**
    * Encrypts a complete claims set (wire names: `jti`, `iat`, `exp`,
-   * `provider`, `api_key`, …, `x_*`) with a fresh random IV. The claims are
-   * checked with the relay's rules first, so a token that would be refused
-   * is never minted.
+   * `provider`, `api_key`, …, `x_*`) with a fresh random IV. A claim set to
+   * `undefined` is absent, as is a named claim set to `null` (`x_*` claims
+   * may be `null`). The claims are checked with the relay's rules first, so
+   * a token that would be refused is never minted.
    * @throws {InvalidArgumentError} naming the bad claim.
    */
   async encryptToken(claims: TokenClaims): Promise<string> {
@@ -359,7 +375,9 @@ export class TokenGenerator {
    * production: AES-GCM breaks.
    * @internal
    */
-  async _mintWith({ claims, iv }: { claims: TokenClaims; iv: Uint8Array }): Promise<string> {
+  async _mintWith({ claims: given, iv }: { claims: TokenClaims; iv: Uint8Array }): Promise<string> {
+    // `sub: undefined` / `model: null` mean absent, as the types and Python's None say.
+    const claims = presentClaims(given) as TokenClaims;
     const problem = findClaimsProblem(claims);
     if (problem) {
       throw new InvalidArgumentError(problem.claim, problem.message);

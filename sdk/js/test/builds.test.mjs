@@ -1,8 +1,10 @@
 // Packaging: the ESM and the CJS builds both load through the `exports` map
-// and mint the same token; types ship for both; no runtime dependencies.
+// and mint the same token; types ship for both; no runtime dependencies;
+// the Node floor (global WebCrypto) is documented and its absence explained.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as esm from 'relayapi-sdk';
@@ -51,5 +53,35 @@ test('src imports nothing but relative modules (WebCrypto only; node:fs only ins
     for (const m of src.matchAll(/(?:from|import\()\s*'([^']+)'/g)) {
       assert.ok(m[1].startsWith('./') || (f === 'client' && m[1] === 'node:fs/promises'), `${f}.ts imports ${m[1]}`);
     }
+  }
+});
+
+// Node 18 has no global WebCrypto without a flag; 20 is the first LTS with it.
+test('engines and README say Node >= 20; without global WebCrypto both builds say so', () => {
+  const pkg = JSON.parse(readFileSync(join(SDK_DIR, 'package.json'), 'utf8'));
+  assert.equal(pkg.engines.node, '>=20');
+  for (const doc of ['README.md', 'README_CN.md']) {
+    const text = readFileSync(join(SDK_DIR, doc), 'utf8');
+    assert.match(text, /Node >= 20/, doc);
+    assert.doesNotMatch(text, /Node >= 18/, doc);
+  }
+  // Simulates Node 18: the same globals minus `crypto`.
+  const script = `
+    delete globalThis.crypto;
+    const outcome = (p) => p.then(() => 'ok', (e) => [e.constructor.name, e.code, e.message].join(' | '));
+    const esm = await import('relayapi-sdk');
+    const cjs = (await import('node:module')).createRequire(process.cwd() + '/')('relayapi-sdk');
+    const out = [];
+    for (const m of [esm, cjs]) {
+      const gen = new m.TokenGenerator('${'ab'.repeat(32)}');
+      out.push(await outcome(gen.createToken({ apiKey: 'k' })), await outcome(gen.kid()));
+    }
+    console.log(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: SDK_DIR, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const outcomes = JSON.parse(r.stdout);
+  assert.equal(outcomes.length, 4);
+  for (const o of outcomes) {
+    assert.equal(o, 'RelayAPIError | relayapi_error | relayapi-sdk needs WebCrypto (globalThis.crypto): use Node >= 20, Deno, Bun, a browser or an edge runtime');
   }
 });

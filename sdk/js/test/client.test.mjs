@@ -78,6 +78,68 @@ test('createToken defaults: provider openai, 1 hour, optional claims omitted; nu
   assert.equal(gen.buildClaims({ apiKey: 'k', extInfo: { rep_m: 'm' } }).ext_info, '{"rep_m":"m"}');
 });
 
+test('extInfo objects are written like the Python SDK: keys sorted recursively, Python number forms', () => {
+  const gen = new TokenGenerator(KEY, { now: () => 1000 });
+  const ext = {
+    z: 1,
+    'é': 'é\u2028\u2029',
+    b: { y: [1, 2.5, 1e-7, 0.00001, 1e21, -0.0001234, 1e16, null, true], a: null, c: 'tab\t\u0001\u001f\u007f</script>"\\' },
+    A: {},
+    10: 'x',
+    2: 'y',
+    '\u{1f680}': 'rocket',
+    '\uffff': 'max',
+    big: 12345678901234567890123n,
+    gone: undefined,
+  };
+  // Python: json.dumps(<the same dict>, ensure_ascii=False, separators=(",", ":")), keys sorted.
+  const python =
+    '{"10":"x","2":"y","A":{},"b":{"a":null,"c":"tab\\t\\u0001\\u001f\u007f</script>\\"\\\\",' +
+    '"y":[1,2.5,1e-07,1e-05,1e+21,-0.0001234,10000000000000000,null,true]},"big":12345678901234567890123,' +
+    '"z":1,"\u00e9":"\u00e9\u2028\u2029","\uffff":"max","\u{1f680}":"rocket"}';
+  assert.equal(gen.buildClaims({ apiKey: 'k', extInfo: ext }).ext_info, python);
+  assert.equal(gen.buildClaims({ apiKey: 'k', extInfo: { b: 1, a: { d: 1, c: 2 } } }).ext_info, '{"a":{"c":2,"d":1},"b":1}');
+  for (const bad of [{ a: 1n, f() {} }, { a: NaN }, { a: [undefined] }, { a: new Date(0) }, { a: '\ud800' }]) {
+    assert.throws(() => gen.buildClaims({ apiKey: 'k', extInfo: bad }), (e) => {
+      assert.ok(e instanceof InvalidArgumentError, String(e));
+      assert.equal(e.argument, 'extInfo');
+      return true;
+    });
+  }
+});
+
+test('encryptToken: a claim set to undefined is absent, and so is a named claim set to null', async () => {
+  const gen = new TokenGenerator(KEY);
+  const base = { jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p', api_key: 'k' };
+  const iv = new Uint8Array(12);
+  const plain = await gen._mintWith({ claims: base, iv });
+  for (const extra of [{ sub: undefined }, { model: null }, { key_ref: null, origins: null, rps: undefined }, { x_gone: undefined }]) {
+    assert.equal(await gen._mintWith({ claims: { ...base, ...extra }, iv }), plain, JSON.stringify(Object.keys(extra)));
+  }
+  await gen.encryptToken({ ...base, sub: undefined, model: null });
+  // An x_ claim may be JSON null; a required claim set to null is still missing.
+  const { claims } = await gen.decryptToken(await gen.encryptToken({ ...base, x_n: null }), { now: 1 });
+  assert.equal(claims.x_n, null);
+  await assert.rejects(gen.encryptToken({ ...base, provider: null }), (e) => e instanceof InvalidArgumentError && e.argument === 'provider');
+  await assert.rejects(gen.encryptToken({ ...base, sub: 5 }), (e) => e instanceof InvalidArgumentError && e.argument === 'sub');
+});
+
+test('x_ claims: integers outside the relay range -2^63 … 2^64-1 are refused, naming the claim', async () => {
+  const gen = new TokenGenerator(KEY);
+  const base = { jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p', api_key: 'k' };
+  for (const ok of [2n ** 64n - 1n, -(2n ** 63n), { a: [2n ** 63n] }]) await gen.encryptToken({ ...base, x_n: ok });
+  for (const bad of [2n ** 64n, -(2n ** 63n) - 1n, 10n ** 400n, { a: [1, { b: 2n ** 64n }] }]) {
+    await assert.rejects(gen.encryptToken({ ...base, x_n: bad }), (e) => {
+      assert.ok(e instanceof InvalidArgumentError, String(e));
+      assert.equal(e.argument, 'x_n');
+      assert.match(e.message, /2\^64/);
+      return true;
+    });
+  }
+  // ext_info is opaque text to the relay: a big integer there is fine, as in Python.
+  assert.equal(gen.buildClaims({ apiKey: 'k', extInfo: { n: 10n ** 30n } }).ext_info, `{"n":${10n ** 30n}}`);
+});
+
 test('invalid arguments throw InvalidArgumentError naming the argument', async () => {
   const c = new RelayAPIClient(rai());
   const bad = [

@@ -128,6 +128,41 @@ def test_encrypt_token_refuses_what_the_relay_refuses(client):
             gen.encrypt_token(bad)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [2**64, -(2**63) - 1, 10**400, [1, {"b": 2**64}], {"a": [-(10**30)]}, float("inf"), [float("nan")]],
+    ids=["2**64", "-2**63-1", "10**400", "nested-list", "nested-dict", "inf", "nan"],
+)
+def test_extra_claims_the_relay_cannot_read_are_refused_naming_the_claim(client, value):
+    # The relay reads JSON integers into i64/u64 and refuses a token with
+    # any other (token_invalid), so minting one must fail here instead.
+    for mint in (
+        lambda: client.create_token("sk-secret-value", extra={"x_a": value}),
+        lambda: client.token_generator.encrypt_token(
+            {"jti": "A" * 22, "iat": 1, "exp": 2, "provider": "openai", "api_key": "k", "x_a": value}
+        ),
+    ):
+        with pytest.raises(InvalidArgumentError) as e:
+            mint()
+        assert e.value.argument == "x_a"
+        assert "x_a" in str(e.value) and "sk-secret-value" not in str(e.value)
+
+
+def test_extra_claims_at_the_ends_of_the_relay_range_are_minted(client):
+    for value in (2**64 - 1, -(2**63), {"a": [2**63, 1.5e300]}):
+        token = client.create_token("k", extra={"x_a": value}, _now=1)
+        verdict, claims = decode(token, KEY_A, 1)
+        assert verdict == "ok" and claims["x_a"] == value
+
+
+def test_ext_info_is_opaque_text_so_big_integers_stay_but_nan_does_not(client):
+    token = client.create_token("k", ext_info={"n": 10**30}, _now=1)
+    assert decode(token, KEY_A, 1)[1]["ext_info"] == '{"n":' + str(10**30) + "}"
+    with pytest.raises(InvalidArgumentError) as e:
+        client.create_token("k", ext_info={"n": float("nan")})
+    assert e.value.argument == "ext_info"
+
+
 def test_url_shapes(client):
     token = client.create_token("k")
     base = "http://localhost:8840/relayapi/"

@@ -38,8 +38,9 @@ use serde::Serialize;
 
 pub use pending::UsageDelta;
 
-/// Longest `jti` accepted; longer ids are refused rather than stored.
-pub const MAX_JTI_LEN: usize = 64;
+/// Longest `jti` accepted; longer ids are refused rather than stored (no
+/// token carries one: the token format has the same bound).
+pub use relayapi_token::MAX_JTI_LEN;
 
 /// Usage statistics are kept this long after the token's `exp` (30 days).
 pub const USAGE_RETENTION_SECS: i64 = 30 * 24 * 3600;

@@ -31,6 +31,8 @@ TAG_LEN = 16
 JTI_BYTES = 16
 #: Minimum ``jti`` length accepted by the relay.
 MIN_JTI_LEN = 22
+#: Maximum ``jti`` length accepted by the relay (its stores key by it).
+MAX_JTI_LEN = 64
 #: Longest token a relay accepts (and a minter may produce), in bytes.
 MAX_TOKEN_LEN = 16384
 #: Prefix of free-form metadata claims.

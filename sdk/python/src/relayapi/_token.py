@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -41,6 +42,7 @@ from ._constants import (
     JTI_BYTES,
     KID_LEN,
     MAX_TOKEN_LEN,
+    MAX_JTI_LEN,
     MIN_JTI_LEN,
     REDACTED,
 )
@@ -103,16 +105,24 @@ def _non_empty_str(name: str, v: Any) -> str:
     return v
 
 
-def _sorted_json(value: Any, where: str) -> Any:
+def _sorted_json(value: Any, where: str, relay_ints: bool = False) -> Any:
     """``value`` with every nested object's members sorted by name (UTF-8 byte
-    order, which equals code point order)."""
+    order, which equals code point order). NaN and infinities are refused
+    (JSON has none); with ``relay_ints``, so are integers the relay's JSON
+    reader cannot hold exactly as i64/u64: it reads them as lossy floats, or
+    refuses the token (``token_invalid``) beyond the float range."""
     if isinstance(value, Mapping):
         out = {}
         for k in sorted(value.keys(), key=lambda k: _key(k, where)):
-            out[k] = _sorted_json(value[k], where)
+            out[k] = _sorted_json(value[k], where, relay_ints)
         return out
     if isinstance(value, (list, tuple)):
-        return [_sorted_json(v, where) for v in value]
+        return [_sorted_json(v, where, relay_ints) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(where, f"holds {value!r}, which JSON cannot carry")
+    if relay_ints and _is_int(value) and not _I64_MIN <= value <= _U64_MAX:
+        # Not echoed: it may have thousands of digits.
+        raise _bad(where, "holds an integer outside the relay's range -2**63 .. 2**64-1; write it as a string")
     if value is None or isinstance(value, (str, int, float)):
         return value
     raise _bad(where, f"holds a {type(value).__name__}, which is not a JSON value")
@@ -153,8 +163,14 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
 
     out: Dict[str, Any] = {}
     jti = claims["jti"]
-    if not isinstance(jti, str) or len(jti) < MIN_JTI_LEN or not _B64URL.match(jti):
-        raise _bad("jti", f"must be at least {MIN_JTI_LEN} base64url characters (A-Z a-z 0-9 - _)")
+    if (
+        not isinstance(jti, str)
+        or not MIN_JTI_LEN <= len(jti) <= MAX_JTI_LEN
+        or not _B64URL.match(jti)
+    ):
+        raise _bad(
+            "jti", f"must be {MIN_JTI_LEN}-{MAX_JTI_LEN} base64url characters (A-Z a-z 0-9 - _)"
+        )
     for name in ("iat", "nbf", "exp"):
         v = claims.get(name)
         if v is None:
@@ -191,7 +207,7 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
         if v is not None:
             out[name] = list(v) if isinstance(v, tuple) else v
     for name in sorted(n for n in claims if n.startswith(EXTRA_CLAIM_PREFIX)):
-        out[name] = _sorted_json(claims[name], name)
+        out[name] = _sorted_json(claims[name], name, relay_ints=True)
     return out
 
 
@@ -215,13 +231,12 @@ def _check_policy(values: Mapping[str, Any]) -> None:
         )
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: Any, argument: str = "claims") -> str:
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise InvalidArgumentError(
-            "claims must not contain NaN or Infinity", argument="claims"
-        ) from None
+    except ValueError as exc:
+        # NaN/Infinity are refused earlier; an int too long for str() lands here.
+        raise InvalidArgumentError(f"{argument} is not JSON-serialisable ({exc})", argument=argument) from None
 
 
 def canonical_claims_json(claims: Mapping[str, Any]) -> str:
@@ -343,7 +358,8 @@ def _check_args(
     if ext_info is None or isinstance(ext_info, str):
         return ext_info
     if isinstance(ext_info, Mapping):
-        return _dumps(_sorted_json(ext_info, "ext_info"))
+        # Opaque text to the relay, so its integers need not fit i64/u64.
+        return _dumps(_sorted_json(ext_info, "ext_info"), "ext_info")
     raise InvalidArgumentError("ext_info must be None, a string or a dict", argument="ext_info")
 
 
