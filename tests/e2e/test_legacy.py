@@ -22,8 +22,10 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 PY_JS_ORDER = ["id", "api_key", "max_calls", "expire_time", "created_at", "provider", "ext_info"]
-# java.util.HashMap iteration order for these keys (by hash bucket), as the Java generator wrote them.
-JAVA_ORDER = ["provider", "max_calls", "expire_time", "api_key", "created_at", "id", "ext_info"]
+# java.util.HashMap iteration order for these keys (by hash bucket, java 8+), as the Java generator wrote them:
+# `max_calls` first, so its value lies in the IV-controlled first block. The relay refuses that order unless
+# `legacy.accept_first_block_fields` is set (docs/migration.md); this relay does not set it.
+JAVA_ORDER = ["max_calls", "api_key", "provider", "expire_time", "created_at", "id", "ext_info"]
 
 
 def legacy_mint(aes_key_hex: str, fields: dict, order: list[str], iv: bytes | None = None) -> str:
@@ -60,11 +62,15 @@ def remember(relay, token: str) -> str:
     return token
 
 
-@pytest.mark.parametrize("order", [PY_JS_ORDER, JAVA_ORDER], ids=["python-js-order", "java-hashmap-order"])
-def test_key_orders(relay, order):
+@pytest.mark.parametrize(
+    ("order", "want"), [(PY_JS_ORDER, 200), (JAVA_ORDER, 401)], ids=["python-js-order", "java-hashmap-order"]
+)
+def test_key_orders(relay, order, want):
     t = remember(relay, legacy_mint(relay.aes_key, fields(relay), order))
     r = httpx.get(f"{relay.url}/relayapi/models", params={"token": t, "rai_hash": rai_hash(relay)})
-    assert r.status_code == 200, r.text
+    assert r.status_code == want, r.text
+    if want == 401:
+        assert r.json()["error"]["code"] == "token_invalid"
 
 
 def _fmt(dt: datetime, digits: int, offset: str) -> str:
@@ -135,7 +141,7 @@ def test_official_openai_sdk_with_a_legacy_query_base_url(relay, with_hash):
 
 
 def test_max_calls_and_never_valid(relay):
-    t = remember(relay, legacy_mint(relay.aes_key, fields(relay, max_calls=1), JAVA_ORDER))
+    t = remember(relay, legacy_mint(relay.aes_key, fields(relay, max_calls=1), PY_JS_ORDER))
     url = f"{relay.url}/relayapi/models?token={t}"
     assert httpx.get(url).status_code == 200
     r = httpx.get(url)

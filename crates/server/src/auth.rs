@@ -210,20 +210,29 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Decodes and validates a token at `now` (unix seconds): a compact JWE is
-/// a v2 token; anything else is a legacy token when `legacy` is on, and
-/// invalid otherwise. Both formats end as the same [`Claims`], so limits,
-/// logs and credential handling cannot differ between them.
+/// a v2 token; anything else is a legacy token when `legacy` is set
+/// ([`crate::config::Config::legacy_decoding`]: `legacy_tokens` on, with
+/// its options), and invalid otherwise. Both formats end as the same
+/// [`Claims`], so limits, logs and credential handling cannot differ
+/// between them.
 pub fn authenticate(
     keys: &Keys,
     located: &Located,
-    legacy: bool,
+    legacy: Option<relayapi_token::LegacyOptions>,
     now: i64,
 ) -> Result<(std::sync::Arc<Claims>, TokenFormat), ApiError> {
     let token = located.token.as_deref().ok_or(ApiError::TokenMissing)?;
-    if token.contains('.') || !legacy {
-        return Ok((keys.decode_v2(token, now)?, TokenFormat::V2));
-    }
-    let l = relayapi_token::decode_legacy(&keys.legacy, token, located.rai_hash.as_deref(), now)?;
+    let options = match legacy {
+        Some(options) if !token.contains('.') => options,
+        _ => return Ok((keys.decode_v2(token, now)?, TokenFormat::V2)),
+    };
+    let l = relayapi_token::decode_legacy_with(
+        &keys.legacy,
+        token,
+        located.rai_hash.as_deref(),
+        now,
+        options,
+    )?;
     // Legacy tokens know none of the policy claims (origins, paths, rps, …).
     let mut claims = Claims::from_required(
         l.counter_id,
@@ -447,13 +456,13 @@ mod tests {
         assert!(l.token.is_none());
         let keys = Keys::default();
         assert_eq!(
-            authenticate(&keys, &l, true, 0).unwrap_err(),
+            authenticate(&keys, &l, Some(Default::default()), 0).unwrap_err(),
             ApiError::TokenMissing
         );
         for (token, legacy) in [("garbage", true), ("garbage", false), ("a.b.c", true)] {
             l.token = Some(token.into());
             assert_eq!(
-                authenticate(&keys, &l, legacy, 0).unwrap_err(),
+                authenticate(&keys, &l, legacy.then(Default::default), 0).unwrap_err(),
                 ApiError::TokenInvalid
             );
         }

@@ -385,6 +385,22 @@ pub struct LegacySettings {
     /// Origins (`https://host[:port]`) a legacy token may name as its
     /// `provider` instead of a registry id. Anything else is `provider_unknown`.
     pub allowed_provider_urls: Vec<String>,
+    /// Accept legacy tokens whose first JSON member is a field other than
+    /// `id`, as the Java generator writes them (`{"max_calls":1,…`). The IV
+    /// sets the first 16 plaintext bytes at will, so a holder can rewrite
+    /// that field's start there: each digit of `max_calls` among those bytes
+    /// can become a `9`, on the same call counter. Off (the default), such
+    /// tokens are `token_invalid` (docs/migration.md).
+    pub accept_first_block_fields: bool,
+}
+
+impl Config {
+    /// How legacy tokens are decoded, or `None` while `legacy_tokens` is off.
+    pub fn legacy_decoding(&self) -> Option<relayapi_token::LegacyOptions> {
+        self.legacy_tokens.then_some(relayapi_token::LegacyOptions {
+            accept_first_block_fields: self.legacy.accept_first_block_fields,
+        })
+    }
 }
 
 /// Every problem found in a config, each naming the file, field and fix.
@@ -1327,5 +1343,43 @@ mod tests {
         let p = Path::new("/nonexistent/relayapi-config.json");
         assert!(Config::load(Some(p), true, &vec![]).is_err());
         assert!(Config::load(Some(p), false, &vec![]).is_ok());
+    }
+
+    #[test]
+    fn legacy_first_block_opt_in_is_off_by_default_and_checked() {
+        let off = load_str("c.json", r#"{"legacy_tokens": true}"#, &vec![]).unwrap();
+        assert_eq!(
+            off.legacy_decoding(),
+            Some(relayapi_token::LegacyOptions::default())
+        );
+        let text = r#"{"legacy_tokens": true, "legacy": {"accept_first_block_fields": true}}"#;
+        let on = load_str("c.json", text, &vec![]).unwrap();
+        assert!(on.legacy_decoding().unwrap().accept_first_block_fields);
+        // Without legacy_tokens nothing is decoded as legacy, opt-in or not.
+        let text = r#"{"legacy": {"accept_first_block_fields": true}}"#;
+        assert_eq!(
+            load_str("c.json", text, &vec![]).unwrap().legacy_decoding(),
+            None
+        );
+        let env = vec![(
+            "RELAYAPI_LEGACY_ACCEPT_FIRST_BLOCK_FIELDS".to_string(),
+            "true".to_string(),
+        )];
+        assert!(
+            load_str("c.json", r#"{"legacy_tokens": true}"#, &env)
+                .unwrap()
+                .legacy
+                .accept_first_block_fields
+        );
+
+        let text = r#"{"legacy_tokens": true, "legacy": {"accept_first_block_fields": "yes"}}"#;
+        let msg = load_str("bad.json", text, &vec![]).unwrap_err().to_string();
+        assert!(msg.contains("bad.json"), "{msg}");
+        assert!(msg.contains("legacy.accept_first_block_fields: "), "{msg}");
+        assert!(msg.contains("write true or false"), "{msg}");
+        let text = r#"{"legacy": {"accept_first_block_field": true}}"#;
+        let msg = load_str("bad.json", text, &vec![]).unwrap_err().to_string();
+        assert!(msg.contains("accept_first_block_fields"), "{msg}");
+        assert!(msg.contains("remove it or fix the spelling"), "{msg}");
     }
 }

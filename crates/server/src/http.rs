@@ -345,7 +345,7 @@ async fn relay(
         .map_err(|retry| ApiError::RateLimited(retry.0))?;
 
     // 5. token
-    let legacy_on = state.config.legacy_tokens;
+    let legacy_on = state.config.legacy_decoding();
     let (claims, format) =
         auth::authenticate(&state.keys.current(), &located, legacy_on, auth::unix_now())?;
     if state.usage.is_revoked(&claims.jti) {

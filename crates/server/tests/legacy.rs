@@ -29,17 +29,48 @@ fn rfc3339(unix: i64) -> String {
     relayapi::logs::request::rfc3339_utc(t)
 }
 
+/// A JSON object with its members in the order given (serde_json's own maps
+/// sort their keys, an order no generator wrote).
+fn ordered_json(members: &[(&str, serde_json::Value)]) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(*k)))
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
+/// The fields in the Python and JavaScript generators' order: `id` first.
+fn legacy_fields(max_calls: i64, ext_info: &str) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("id", "1735689600000".into()),
+        ("api_key", MOCK_KEY.into()),
+        ("max_calls", max_calls.into()),
+        ("expire_time", rfc3339(now() + 3600).into()),
+        ("created_at", rfc3339(now() - 5).into()),
+        ("provider", "openai".into()),
+        ("ext_info", ext_info.into()),
+    ]
+}
+
 fn legacy_json(max_calls: i64, ext_info: &str) -> String {
-    serde_json::json!({
-        "id": "1735689600000",
-        "api_key": MOCK_KEY,
-        "max_calls": max_calls,
-        "expire_time": rfc3339(now() + 3600),
-        "created_at": rfc3339(now() - 5),
-        "provider": "openai",
-        "ext_info": ext_info,
-    })
-    .to_string()
+    ordered_json(&legacy_fields(max_calls, ext_info))
+}
+
+/// The Java generator's order (`java.util.HashMap`'s): `{"max_calls":…`,
+/// so the whole first member lies in the first, IV-controlled, block.
+fn java_json(max_calls: i64) -> String {
+    let fields = legacy_fields(max_calls, "");
+    let by_name = |n: &str| fields.iter().find(|(k, _)| *k == n).unwrap().clone();
+    let order = [
+        "max_calls",
+        "api_key",
+        "provider",
+        "expire_time",
+        "created_at",
+        "id",
+        "ext_info",
+    ];
+    ordered_json(&order.map(by_name))
 }
 
 async fn legacy_env(tweak: impl FnOnce(&mut relayapi::config::Config)) -> Env {
@@ -330,6 +361,127 @@ async fn bit_flips_never_leak_and_never_reset_the_counter() {
     assert_eq!(admitted, 0, "a tampered variant got a fresh call counter");
     assert!(exhausted > 0, "IV flips inside the id should still decode");
     assert!(invalid > 0);
+}
+
+/// A Java-order token starts `{"max_calls":1,"`: 16 bytes its holder knows
+/// and the IV rewrites at will. Refused (the same `token_invalid` as any
+/// other bad token) unless `legacy.accept_first_block_fields` accepts the
+/// risk, which is then exactly this: the flipped token gets 9 calls.
+#[tokio::test]
+async fn java_order_tokens_are_refused_unless_opted_in() {
+    let mint_java = |key_hex: &str| {
+        let json = java_json(1);
+        assert!(json.starts_with(r#"{"max_calls":1,""#), "{json}");
+        let token = mint(key_hex, &json, [7; 16]);
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        for (i, (from, to)) in json.bytes().zip(*br#"{"max_calls":9,""#).enumerate() {
+            raw[i] ^= from ^ to;
+        }
+        (token, URL_SAFE_NO_PAD.encode(raw))
+    };
+    let get = |l: &Legacy, t: &str| {
+        l.env
+            .http
+            .get(format!(
+                "{}models?token={t}&rai_hash={}",
+                l.env.base(),
+                l.rai_hash
+            ))
+            .send()
+    };
+
+    let l = setup().await;
+    let (token, raised) = mint_java(&l.key_hex);
+    let reference = fingerprint(get(&l, "AAAA").await.unwrap()).await;
+    assert_eq!(reference.0, 401);
+    assert!(reference.2.contains("token_invalid"));
+    for t in [&token, &raised] {
+        assert_eq!(fingerprint(get(&l, t).await.unwrap()).await, reference);
+    }
+    // The Python/JavaScript order (`id` first) is unaffected.
+    let python = mint(&l.key_hex, &legacy_json(1, ""), [7; 16]);
+    assert_eq!(get(&l, &python).await.unwrap().status(), 200);
+
+    let l = setup_with(|c| c.legacy.accept_first_block_fields = true).await;
+    let (token, raised) = mint_java(&l.key_hex);
+    let resp = get(&l, &token).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "0");
+    assert_eq!(
+        error_code(get(&l, &token).await.unwrap()).await,
+        (429, "token_exhausted".to_string())
+    );
+    // The accepted risk: same counter, limit 9.
+    let resp = get(&l, &raised).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "7");
+}
+
+/// Whitespace around a token is tolerated when it arrives as whitespace
+/// (`%20`); a `+` is a standard-base64 character, never a space here.
+#[tokio::test]
+async fn surrounding_whitespace_must_be_percent_encoded() {
+    let l = setup().await;
+    let t = mint(&l.key_hex, &legacy_json(100, ""), [9; 16]);
+    for (token, want) in [
+        (format!("%20{t}%20"), 200),
+        (format!("%20{t}=="), 200),
+        (format!("+{t}+"), 401),
+    ] {
+        let resp = l
+            .env
+            .http
+            .get(format!("{}models?token={token}", l.env.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{token:.12}");
+    }
+}
+
+/// The admin API revokes a legacy token by the relay's counter id (its
+/// `jti` in records: `L` + 42 base64url characters), not by the
+/// generator's `id`.
+#[tokio::test]
+async fn admin_revokes_a_legacy_token_by_its_counter_id() {
+    const ADMIN_KEY: &str = "admin-test-key-0123456789abcdef";
+    let l = setup_with(|c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.admin.api_key = Some(ADMIN_KEY.into());
+    })
+    .await;
+    let t = mint(&l.key_hex, &legacy_json(100, ""), [8; 16]);
+    let mut ring = relayapi_token::LegacyKeyring::new();
+    ring.insert(relayapi_token::LegacyKey::from_rai(&l.env.rai));
+    let counter_id = relayapi_token::decode_legacy(&ring, &t, None, now())
+        .unwrap()
+        .counter_id;
+    assert!(counter_id.starts_with('L') && counter_id.len() == 43);
+    let admin = format!("http://{}", l.env.relay.admin_addr.unwrap());
+    let call = || {
+        l.env
+            .http
+            .get(format!("{}models?token={t}", l.env.base()))
+            .send()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    for (jti, effect) in [("1735689600000", 200), (counter_id.as_str(), 401)] {
+        let resp = l
+            .env
+            .http
+            .post(format!("{admin}/admin/tokens/{jti}/revoke"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{jti}");
+        let resp = call().await.unwrap();
+        assert_eq!(resp.status(), effect, "after revoking {jti}");
+    }
+    assert_eq!(
+        error_code(call().await.unwrap()).await,
+        (401, "token_revoked".to_string())
+    );
 }
 
 #[tokio::test]

@@ -11,9 +11,19 @@
 //!   one reason-free [`TokenError::Invalid`], and the work done does not
 //!   depend on *where* it failed (no padding oracle through the answer);
 //! - the call counter key ([`LegacyClaims::counter_id`]) is derived from the
-//!   key id and the ciphertext blocks after the first: flipping IV bits (which
-//!   edits the `id` field at will) cannot move a token to a fresh counter,
-//!   and distinct tokens (distinct random IVs) never share one.
+//!   key id and the *last* ciphertext block: flipping IV bits (which edits
+//!   the `id` field at will) or dropping leading blocks (a new IV then
+//!   rewrites the new first block) keeps it, changing it garbles the
+//!   padding block, and distinct tokens (distinct random IVs) never share
+//!   one;
+//! - the IV sets the first 16 plaintext bytes at will, and the holder knows
+//!   them (`{"id":"token-17…` or `{"max_calls":1,"`). Only the *first* JSON
+//!   member's value can begin inside those bytes (any recognised field after
+//!   another member starts at byte 16 or later), so a token whose first
+//!   member is a recognised field other than `id` is refused unless
+//!   [`LegacyOptions::accept_first_block_fields`] is set: in the Java
+//!   generator's order (`{"max_calls":1,"…`) an IV flip turns the digit into
+//!   a `9` on the same counter.
 //!
 //! Decoding only; new tokens should be v2 (`crate::v2`).
 
@@ -125,18 +135,48 @@ pub struct LegacyClaims {
     pub key_id: String,
 }
 
+/// What [`decode_legacy_with`] accepts beyond the safe default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegacyOptions {
+    /// Accept tokens whose first JSON member is a recognised field other
+    /// than `id` (matched as the decoder matches names: case-insensitively,
+    /// after escape decoding), as the Java generator writes them
+    /// (`{"max_calls":…`). Its value then starts inside the first 16
+    /// plaintext bytes, which the IV sets at will: a holder can rewrite it
+    /// there (each `max_calls` digit among those bytes can become `9`, on
+    /// the same call counter). Off by default: such tokens are
+    /// [`TokenError::Invalid`].
+    pub accept_first_block_fields: bool,
+}
+
+/// Decodes a legacy token at `now` with the default [`LegacyOptions`]
+/// (a token whose first member is a field other than `id` is refused).
+///
+/// # Errors
+/// As [`decode_legacy_with`].
+pub fn decode_legacy(
+    keyring: &LegacyKeyring,
+    token: &str,
+    rai_hash: Option<&str>,
+    now: i64,
+) -> Result<LegacyClaims, TokenError> {
+    decode_legacy_with(keyring, token, rai_hash, now, LegacyOptions::default())
+}
+
 /// Decodes a legacy token at `now`. With `rai_hash`, only that key is
 /// tried; without it, every key in load order.
 ///
 /// # Errors
 /// [`TokenError::Expired`] when `expire_time` has passed,
 /// [`TokenError::NotYetValid`] when `created_at` is over 60 s ahead,
-/// [`TokenError::Invalid`] for everything else.
-pub fn decode_legacy(
+/// [`TokenError::Invalid`] for everything else, including a first member
+/// refused by `options` (see [`LegacyOptions`]).
+pub fn decode_legacy_with(
     keyring: &LegacyKeyring,
     token: &str,
     rai_hash: Option<&str>,
     now: i64,
+    options: LegacyOptions,
 ) -> Result<LegacyClaims, TokenError> {
     let bytes = decode_base64(token).ok_or(TokenError::Invalid)?;
     // IV + at least one block, whole blocks only.
@@ -155,7 +195,7 @@ pub fn decode_legacy(
     for key in candidates {
         // Try every candidate even after a hit would be found, so time does not
         // tell which key matched; the first success wins.
-        if let Some(claims) = open_with(key, &bytes) {
+        if let Some(claims) = open_with(key, &bytes, options) {
             found.get_or_insert(claims);
         }
     }
@@ -182,7 +222,7 @@ fn decode_base64(token: &str) -> Option<Zeroizing<Vec<u8>>> {
         .map(Zeroizing::new)
 }
 
-fn open_with(key: &LegacyKey, bytes: &[u8]) -> Option<LegacyClaims> {
+fn open_with(key: &LegacyKey, bytes: &[u8], options: LegacyOptions) -> Option<LegacyClaims> {
     let (iv, ciphertext) = bytes.split_at(16);
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     let dec = Aes256CbcDec::new_from_slices(&key.aes_key[..], iv).ok()?;
@@ -196,8 +236,14 @@ fn open_with(key: &LegacyKey, bytes: &[u8]) -> Option<LegacyClaims> {
         return None;
     }
     let fields = parsed?;
-    let counter_id = counter_id(key, &ciphertext[16..]);
-    fields.into_claims(counter_id, key.key_id.clone())
+    let first_block_field = fields.first_block_field;
+    // `bytes` is at least two blocks, so the ciphertext has a last one.
+    let counter_id = counter_id(key, &ciphertext[ciphertext.len() - 16..]);
+    // Checked after the claims are built, so a refused first member costs
+    // the same work as an accepted token.
+    fields
+        .into_claims(counter_id, key.key_id.clone())
+        .filter(|_| options.accept_first_block_fields || !first_block_field)
 }
 
 /// Returns (valid, pad length) examining every byte of the last block.
@@ -216,11 +262,11 @@ fn pkcs7_check(buf: &[u8]) -> (bool, usize) {
     (ok, n)
 }
 
-fn counter_id(key: &LegacyKey, later_blocks: &[u8]) -> String {
+fn counter_id(key: &LegacyKey, last_block: &[u8]) -> String {
     let digest = Sha256::new()
         .chain_update(b"relayapi legacy counter\0")
         .chain_update(key.key_id.as_bytes())
-        .chain_update(later_blocks)
+        .chain_update(last_block)
         .finalize();
     // "L" marks the legacy namespace; 42 base64url chars ≈ 252 bits.
     let mut id = String::from("L");
@@ -237,6 +283,9 @@ struct Fields {
     created_at: Option<String>,
     provider: Option<String>,
     ext_info: Option<String>,
+    /// The first member is a recognised field other than `id`: its value
+    /// begins in the IV-controlled first block.
+    first_block_field: bool,
 }
 
 impl Fields {
@@ -264,19 +313,46 @@ impl Fields {
 fn parse_fields(plain: &[u8]) -> Option<Fields> {
     let entries = serde_json::from_slice::<OrderedObject>(plain).ok()?.0;
     let mut f = Fields::default();
-    // Later duplicates win, names case-insensitive, unknown names ignored.
-    for (name, value) in entries {
+    // Later duplicates win, names case-insensitive (serde has decoded any
+    // escapes, so `max\u005fcalls` is `max_calls`), unknown names ignored.
+    for (i, (name, value)) in entries.into_iter().enumerate() {
         let name = name.to_ascii_lowercase();
         let text = || value.as_str().map(str::to_owned);
-        match name.as_str() {
-            "id" => f.id = Some(text().or_else(|| value.as_i64().map(|n| n.to_string()))?),
-            "api_key" => f.api_key = Some(text()?),
-            "max_calls" => f.max_calls = Some(value.as_i64()?),
-            "expire_time" => f.expire_time = Some(text()?),
-            "created_at" => f.created_at = Some(text()?),
-            "provider" => f.provider = Some(text()?),
-            "ext_info" => f.ext_info = Some(text()?),
-            _ => {}
+        // Whether this is a field other than `id`, decided by the same match
+        // that reads it, so the first-member rule sees every name it does.
+        let field = match name.as_str() {
+            "id" => {
+                f.id = Some(text().or_else(|| value.as_i64().map(|n| n.to_string()))?);
+                false
+            }
+            "api_key" => {
+                f.api_key = Some(text()?);
+                true
+            }
+            "max_calls" => {
+                f.max_calls = Some(value.as_i64()?);
+                true
+            }
+            "expire_time" => {
+                f.expire_time = Some(text()?);
+                true
+            }
+            "created_at" => {
+                f.created_at = Some(text()?);
+                true
+            }
+            "provider" => {
+                f.provider = Some(text()?);
+                true
+            }
+            "ext_info" => {
+                f.ext_info = Some(text()?);
+                true
+            }
+            _ => false,
+        };
+        if i == 0 {
+            f.first_block_field = field;
         }
     }
     Some(f)
@@ -445,10 +521,117 @@ mod tests {
 
     #[test]
     fn keys_case_insensitive_unknown_ignored_later_duplicate_wins() {
-        let json = r#"{"PROVIDER":"openai","Max_Calls":1,"extra":true,"api_key":"old","API_KEY":"new","Expire_Time":"2025-01-01T01:00:00.123456789+01:00","id":"x","created_at":"2024-12-31T22:00:00.5Z","ext_info":""}"#;
+        let json = r#"{"extra":true,"PROVIDER":"openai","Max_Calls":1,"api_key":"old","API_KEY":"new","Expire_Time":"2025-01-01T01:00:00.123456789+01:00","id":"x","created_at":"2024-12-31T22:00:00.5Z","ext_info":""}"#;
         let c = decode_legacy(&ring(), &mint(KEY_HEX, json, [1; 16]), None, NOW - 3000).unwrap();
         assert_eq!(c.api_key.expose(), "new");
         assert_eq!(c.expire_time, NOW);
+    }
+
+    const ACCEPT: LegacyOptions = LegacyOptions {
+        accept_first_block_fields: true,
+    };
+
+    /// `body` in the Java generator's `HashMap` order: `max_calls` first.
+    fn java_body(max_calls: u64) -> String {
+        format!(
+            r#"{{"max_calls":{max_calls},"api_key":"sk-legacy","provider":"openai","expire_time":"2030-01-01T00:00:00Z","created_at":"2025-01-01T00:00:00Z","id":"1735689600000","ext_info":""}}"#
+        )
+    }
+
+    #[test]
+    fn a_first_member_other_than_id_needs_the_opt_in() {
+        let t = mint(KEY_HEX, &java_body(1), [4; 16]);
+        assert_eq!(
+            decode_legacy(&ring(), &t, None, NOW),
+            Err(TokenError::Invalid)
+        );
+        let c = decode_legacy_with(&ring(), &t, None, NOW, ACCEPT).unwrap();
+        assert_eq!((c.max_calls, c.api_key.expose()), (1, "sk-legacy"));
+
+        // Every recognised field but `id` as the first member, however spelled
+        // (case, JSON escapes), optional ones too: `created_at`'s year and
+        // `ext_info`'s `rep_m` would be as rewritable as `max_calls`.
+        let rest = r#""api_key":"sk-legacy","max_calls":3,"expire_time":"2030-01-01T00:00:00Z","created_at":"2025-01-01T00:00:00Z","provider":"openai","ext_info":"{\"rep_m\":\"m\"}""#;
+        for first in [
+            r#""max_calls":3"#,
+            r#""MAX_CALLS":3"#,
+            r#""max\u005fcalls":3"#,
+            r#""\u006Dax_calls":3"#,
+            r#""api_key":"sk-legacy""#,
+            r#""Provider":"openai""#,
+            r#""expire_time":"2030-01-01T00:00:00Z""#,
+            r#""created_at":"2025-01-01T00:00:00Z""#,
+            r#""ext_info":"{\"rep_m\":\"m\"}""#,
+        ] {
+            let json = format!("{{{first},{rest}}}");
+            let t = mint(KEY_HEX, &json, [7; 16]);
+            assert_eq!(
+                decode_legacy(&ring(), &t, None, NOW),
+                Err(TokenError::Invalid),
+                "{json}"
+            );
+            assert!(
+                decode_legacy_with(&ring(), &t, None, NOW, ACCEPT).is_ok(),
+                "{json}"
+            );
+        }
+        // `id` first (the Python and JavaScript generators), in any spelling,
+        // and an unknown first member are accepted without the opt-in.
+        for first in [
+            r#""id":"token-1735689600.123456""#,
+            r#""ID":1735689600000"#,
+            r#""i\u0064":"x""#,
+            r#""extra":true"#,
+        ] {
+            let json = format!("{{{first},{rest}}}");
+            let c = decode_legacy(&ring(), &mint(KEY_HEX, &json, [8; 16]), None, NOW).unwrap();
+            assert_eq!(c.max_calls, 3, "{json}");
+        }
+    }
+
+    /// The attack the rule stops: the holder knows the first 16 plaintext
+    /// bytes of a Java-order token (`{"max_calls":1,"`) and XORs the IV.
+    #[test]
+    fn an_iv_flip_raises_a_first_block_max_calls_only_with_the_opt_in() {
+        let flip = |t: &str, to: &[u8; 16]| {
+            let mut raw = URL_SAFE_NO_PAD.decode(t).unwrap();
+            let from = java_body(1);
+            for i in 0..16 {
+                raw[i] ^= from.as_bytes()[i] ^ to[i];
+            }
+            URL_SAFE_NO_PAD.encode(raw)
+        };
+        let t = mint(KEY_HEX, &java_body(1), [4; 16]);
+        let orig = decode_legacy_with(&ring(), &t, None, NOW, ACCEPT).unwrap();
+
+        let raised = flip(&t, br#"{"max_calls":9,""#);
+        let c = decode_legacy_with(&ring(), &raised, None, NOW, ACCEPT).unwrap();
+        // The risk the opt-in accepts: nine calls on the same counter.
+        assert_eq!(c.max_calls, 9);
+        assert_eq!(c.counter_id, orig.counter_id);
+        assert_eq!(
+            decode_legacy(&ring(), &raised, None, NOW),
+            Err(TokenError::Invalid)
+        );
+        // Neither case nor an escape gets around the rule (the escape does
+        // not even fit: the value would start after byte 16).
+        let upper = flip(&t, br#"{"MAX_CALLS":9,""#);
+        assert!(decode_legacy_with(&ring(), &upper, None, NOW, ACCEPT).is_ok());
+        assert_eq!(
+            decode_legacy(&ring(), &upper, None, NOW),
+            Err(TokenError::Invalid)
+        );
+        // Relabelling the first member to `id` (or anything unknown) passes
+        // the rule but drops the required `max_calls`: invalid either way.
+        for to in [br#"{"id":"xxxxxx",""#, br#"{"max_callz":9,""#] {
+            let relabelled = flip(&t, to);
+            for opts in [LegacyOptions::default(), ACCEPT] {
+                assert_eq!(
+                    decode_legacy_with(&ring(), &relabelled, None, NOW, opts),
+                    Err(TokenError::Invalid)
+                );
+            }
+        }
     }
 
     #[test]
@@ -510,6 +693,29 @@ mod tests {
         }
         let other = decode_legacy(&ring(), &mint(KEY_HEX, &json, [6; 16]), None, NOW).unwrap();
         assert_ne!(other.counter_id, base.counter_id);
+    }
+
+    #[test]
+    fn dropping_the_first_block_keeps_the_counter() {
+        // Laid out so that byte 32 starts a member: a holder who drops the
+        // first ciphertext block and picks IV' = C1 ^ P2 ^ X gets the
+        // plaintext X ‖ P3…, every field intact.
+        let json = format!(
+            r#"{{"id":"{}","api_key":"sk-legacy","max_calls":1,"expire_time":"2030-01-01T00:00:00Z","provider":"openai"}}"#,
+            "x".repeat(23)
+        );
+        assert_eq!(&json[32..42], r#""api_key":"#);
+        let t = mint(KEY_HEX, &json, [7; 16]);
+        let base = decode_legacy(&ring(), &t, None, NOW).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        let x = br#"{"zzzzzzzzzz":1,"#;
+        let mut forged: Vec<u8> = (0..16)
+            .map(|i| raw[16 + i] ^ json.as_bytes()[16 + i] ^ x[i])
+            .collect();
+        forged.extend_from_slice(&raw[32..]);
+        let c = decode_legacy(&ring(), &URL_SAFE_NO_PAD.encode(&forged), None, NOW).unwrap();
+        assert_eq!((c.api_key.expose(), c.max_calls), ("sk-legacy", 1));
+        assert_eq!(c.counter_id, base.counter_id, "a fresh counter for free");
     }
 
     #[test]

@@ -51,7 +51,9 @@ pub mod v2;
 pub use claims::{new_jti, Claims, Credential, MAX_JTI_LEN};
 pub use error::{KeyringError, RaiError, RaiFieldError, TokenError};
 pub use keys::{Keyring, V2Key};
-pub use legacy::{decode_legacy, LegacyClaims, LegacyKey, LegacyKeyring};
+pub use legacy::{
+    decode_legacy, decode_legacy_with, LegacyClaims, LegacyKey, LegacyKeyring, LegacyOptions,
+};
 pub use rai::{RaiConfig, RaiCrypto, RaiServer};
 pub use secret::SecretString;
 pub use v2::{
