@@ -135,6 +135,9 @@ pub struct SqliteStore {
     process_lock: Mutex<Option<std::fs::File>>,
 }
 
+/// How long opening waits for another holder of `<path>.lock` to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Takes `<path>.lock` (an `flock`, released when the process dies), or
 /// refuses: a second relay on the same file would admit tokens past
 /// `max_calls` and miss revocations. A side file, not the database itself:
@@ -150,7 +153,19 @@ fn lock_for_this_process(path: &Path) -> Result<std::fs::File, UsageError> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| unavailable(&format!("creating {}", lock_path.display()), e))?;
-    match file.try_lock() {
+    // A lock held only for a moment is waited out: a process of ours that
+    // forks (spawning a child) shares the descriptor until the child's
+    // exec closes it, and a relay restarted at once may start before the
+    // old one's exit released it. A second relay still running is refused.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut result = file.try_lock();
+    while matches!(result, Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        result = file.try_lock();
+    }
+    match result {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(UsageError::Unavailable(format!(
             "{} is in use by another relayapi process (it holds {}); one process per usage file: give this relay its own usage.path, or stop the other one first",
@@ -801,6 +816,23 @@ mod tests {
         first.close().await.unwrap();
         let second = UsageStore::open_sqlite(&path).unwrap();
         second.close().await.unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_for_a_moment_is_waited_out() {
+        // What a forked child's copy of the descriptor does until its exec.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let holder = lock_for_this_process(&path).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            drop(holder);
+        });
+        let started = std::time::Instant::now();
+        let taken = lock_for_this_process(&path);
+        assert!(taken.is_ok(), "{:?}", taken.err());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+        release.join().unwrap();
     }
 
     #[tokio::test]
