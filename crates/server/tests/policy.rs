@@ -42,6 +42,16 @@ async fn raw(
     (status, body)
 }
 
+/// The paths (with queries) the mock provider received, in order.
+fn paths_seen(env: &Env) -> Vec<String> {
+    env.mock
+        .journal()
+        .entries()
+        .into_iter()
+        .map(|e| e.path)
+        .collect()
+}
+
 /// POSTs `body` to `target` as written and asserts the relay refused it
 /// with `status` and `code`.
 async fn assert_refused(addr: SocketAddr, target: &str, body: &str, status: u16, code: &str) {
@@ -224,13 +234,7 @@ async fn path_escapes_are_refused_and_never_reach_the_mock() {
         .await;
         assert_eq!(status, 200, "{allowed}: {text}");
     }
-    let seen: Vec<String> = env
-        .mock
-        .journal()
-        .entries()
-        .into_iter()
-        .map(|e| e.path)
-        .collect();
+    let seen = paths_seen(&env);
     assert!(seen.iter().all(|p| p == "/v1/chat/completions"), "{seen:?}");
 
     let before = env.mock.journal().total();
@@ -941,13 +945,7 @@ async fn a_token_without_paths_still_cannot_climb_above_the_base_path() {
     )
     .await;
     assert_eq!(status, 200, "{text}");
-    let seen: Vec<String> = env
-        .mock
-        .journal()
-        .entries()
-        .into_iter()
-        .map(|e| e.path)
-        .collect();
+    let seen = paths_seen(&env);
     assert_eq!(seen, ["/v1/chat/completions"]);
 }
 
@@ -973,13 +971,7 @@ async fn azure_configured_deployment_is_the_model_the_policy_sees() {
     )
     .await;
     assert_eq!(status, 200, "{text}");
-    let seen: Vec<String> = env
-        .mock
-        .journal()
-        .entries()
-        .into_iter()
-        .map(|e| e.path)
-        .collect();
+    let seen = paths_seen(&env);
     assert_eq!(
         seen,
         ["/openai/deployments/gpt-x/chat/completions?api-version=2024-10-21"]

@@ -318,41 +318,20 @@ fn parse_fields(plain: &[u8]) -> Option<Fields> {
     for (i, (name, value)) in entries.into_iter().enumerate() {
         let name = name.to_ascii_lowercase();
         let text = || value.as_str().map(str::to_owned);
-        // Whether this is a field other than `id`, decided by the same match
-        // that reads it, so the first-member rule sees every name it does.
-        let field = match name.as_str() {
-            "id" => {
-                f.id = Some(text().or_else(|| value.as_i64().map(|n| n.to_string()))?);
-                false
-            }
-            "api_key" => {
-                f.api_key = Some(text()?);
-                true
-            }
-            "max_calls" => {
-                f.max_calls = Some(value.as_i64()?);
-                true
-            }
-            "expire_time" => {
-                f.expire_time = Some(text()?);
-                true
-            }
-            "created_at" => {
-                f.created_at = Some(text()?);
-                true
-            }
-            "provider" => {
-                f.provider = Some(text()?);
-                true
-            }
-            "ext_info" => {
-                f.ext_info = Some(text()?);
-                true
-            }
-            _ => false,
-        };
-        if i == 0 {
-            f.first_block_field = field;
+        match name.as_str() {
+            "id" => f.id = Some(text().or_else(|| value.as_i64().map(|n| n.to_string()))?),
+            "api_key" => f.api_key = Some(text()?),
+            "max_calls" => f.max_calls = Some(value.as_i64()?),
+            "expire_time" => f.expire_time = Some(text()?),
+            "created_at" => f.created_at = Some(text()?),
+            "provider" => f.provider = Some(text()?),
+            "ext_info" => f.ext_info = Some(text()?),
+            _ => continue,
+        }
+        // A field other than `id` first, as decided by the match that read
+        // it, so the first-member rule sees every name the decoder does.
+        if i == 0 && name != "id" {
+            f.first_block_field = true;
         }
     }
     Some(f)
