@@ -714,8 +714,8 @@ def report(res, ctx):
         a99 = r["p99_us"] - d["p99_us"] if r and d else None
         # The proxies' own added p50 next to the relay's: on a host whose
         # idle vCPUs halt, two more hops alone can cost about the limit.
-        refs = ", ".join(f"{n} +{f(g(s4, 'r1000', n, 'p50_us') - d['p50_us'])}" for n in ctx.names
-                         if n.startswith("nginx") and d and g(s4, "r1000", n, "p50_us") is not None)
+        nginx_p50 = {n: g(s4, "r1000", n, "p50_us") for n in ctx.names if n.startswith("nginx")}
+        refs = ", ".join(f"{n} +{f(p - d['p50_us'])}" for n, p in nginx_p50.items() if d and p is not None)
         gate(gates, "open loop 1000 req/s: added p50 <= 100 us", a50, 100, a50 is not None and a50 <= 100,
              f"{f(a50)} us" + (f" ({refs})" if refs else ""))
         gate(gates, "open loop 1000 req/s: added p99 <= 500 us", a99, 500, a99 is not None and a99 <= 500, f"{f(a99)} us")
