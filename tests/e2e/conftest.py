@@ -242,6 +242,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory):
                 # test_other_sdks.py: Anthropic's and Google's official SDKs.
                 "anthropic": {"base_url": mock.url},
                 "gemini": {"base_url": mock.url},
+                # test_other_sdks.py: the AzureOpenAI client, both ways it is set up.
+                "azure-openai": {"base_url": f"{mock.url}/openai"},
             },
             # test_legacy.py: tokens of the earlier Go server through the same relay.
             "legacy_tokens": True,

@@ -237,6 +237,27 @@ def test_max_calls_exhausted_is_rate_limit_error(relay):
     assert error_code(ei.value) == "token_exhausted", ei.value.body
 
 
+def test_used_up_token_is_not_retried_by_the_sdk(relay):
+    """With its default retries (2, with back-off) the SDK still sends the refused
+    call once: the relay's 429 says `x-should-retry: false`."""
+    import httpx
+
+    c = OpenAI(base_url=relay.token_url(relay.mint(max_calls=1)), api_key="unused", timeout=30)
+    c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "one"}])
+
+    def requests_seen() -> int:
+        return httpx.get(f"{relay.url}/health", timeout=10).json()["requests"]["total"]
+
+    first = requests_seen()
+    before = requests_seen()
+    per_read = before - first  # whether a health read counts itself
+    with pytest.raises(openai.RateLimitError) as ei:
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "two"}])
+    assert error_code(ei.value) == "token_exhausted", ei.value.body
+    assert ei.value.response.headers["x-should-retry"] == "false"
+    assert requests_seen() - before - per_read == 1, "the SDK retried"
+
+
 def test_expired_token_is_authentication_error(relay):
     """A token minted with a 1s lifetime is refused once it has expired."""
     import time

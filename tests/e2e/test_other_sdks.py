@@ -1,4 +1,4 @@
-"""Anthropic's and Google's official Python SDKs against the running relay.
+"""Anthropic's, Google's and OpenAI's Azure Python clients against the running relay.
 
 Each passes the token the way a front end would: as the SDK's own API key
 (anthropic sends `x-api-key`, google-genai `x-goog-api-key`), with the SDK's
@@ -92,3 +92,20 @@ def test_gemini_invalid_token_is_refused(relay):
     with pytest.raises(genai_errors.ClientError) as e:
         client.models.generate_content(model=GEMINI, contents="x")
     assert e.value.code == 401
+
+
+@pytest.mark.parametrize("setting", ["azure_endpoint", "base_url"])
+def test_azure_openai_client(relay, setting):
+    """`AzureOpenAI(azure_endpoint=…)` appends `/openai` itself; `base_url=…` does
+    not. Both reach the deployment, and the deployment is what `models` checks."""
+    from openai import AzureOpenAI, PermissionDeniedError
+
+    token = relay.mint(provider="azure-openai", models=["gpt-4o"])
+    client = AzureOpenAI(
+        api_key="unused", api_version="2024-10-21", max_retries=0, **{setting: relay.token_url(token)}
+    )
+    reply = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "mock reply to: hi"
+    with pytest.raises(PermissionDeniedError) as ei:
+        client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.body["code"] == "model_not_allowed", ei.value.body

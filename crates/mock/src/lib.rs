@@ -159,7 +159,6 @@ pub fn router(cfg: MockConfig) -> Router {
         // Anthropic
         .route("/v1/messages", post(anthropic::messages))
         // Gemini: `{model}:{method}` is parsed by the handler (axum cannot
-        // split a segment on `:`).
         // split a segment on `:`). Google serves both API versions; recent
         // google-genai SDKs call `v1` when given a custom base URL.
         .route("/v1beta/models/{*rest}", post(gemini::models_action))

@@ -150,7 +150,12 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(&cfg, &headers, &body, None).await
+    let mut resp = chat(&cfg, &headers, &body, None).await;
+    // As OpenAI does: its id for the exchange, which a relay must not lose.
+    if let Ok(id) = http::HeaderValue::from_str(&reply::next_id("req_")) {
+        resp.headers_mut().insert("x-request-id", id);
+    }
+    resp
 }
 
 /// `POST /openai/deployments/{deployment}/chat/completions` (Azure).

@@ -9,7 +9,8 @@ use crate::config::CorsSettings;
 use crate::proxy::{full, RelayBody};
 
 /// Headers a browser script may read: request id, limits, retry hints.
-const EXPOSE: &str = "x-request-id, x-relayapi-calls-remaining, x-relayapi-tokens-remaining, retry-after, \
+const EXPOSE: &str = "x-request-id, x-upstream-request-id, x-relayapi-calls-remaining, x-relayapi-tokens-remaining, \
+retry-after, x-should-retry, \
 x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, \
 x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, openai-processing-ms, request-id";
 /// [`EXPOSE`] as a header value, checked at compile time (`from_static` at

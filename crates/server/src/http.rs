@@ -56,6 +56,11 @@ use crate::usage::{Admission, BudgetAdmission, UsageDelta, UsageStore};
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const CALLS_REMAINING: HeaderName = HeaderName::from_static("x-relayapi-calls-remaining");
 const TOKENS_REMAINING: HeaderName = HeaderName::from_static("x-relayapi-tokens-remaining");
+/// Read by the official OpenAI and Anthropic SDKs before their own retry
+/// rules (which retry every 429).
+const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+/// The provider's own `x-request-id` (the relay's id takes that name).
+const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
 /// Counters for `/health`; relaxed atomics, they are statistics.
 #[derive(Debug, Default)]
@@ -385,8 +390,24 @@ async fn relay(
         return token_usage(&state, &claims, log).await;
     }
 
-    // 6. policy: static scopes first (nothing is counted for these)
-    let scoped = policy::check_scope(&claims, req.method(), origin.as_ref(), ip, &rest);
+    // 6. policy: static scopes first (nothing is counted for these), on the
+    // path below the provider's base URL
+    let provider = match state.registry.get(&claims.provider) {
+        Some(p) if p.configured => p.clone(),
+        Some(_) => return Err(ApiError::ProviderUnknown),
+        // Only legacy tokens may name a URL, and only an allowed one.
+        None if legacy_token => state
+            .registry
+            .legacy_url_provider(&claims.provider, &state.config.legacy.allowed_provider_urls)
+            .ok_or(ApiError::ProviderUnknown)?,
+        None => return Err(ApiError::ProviderUnknown),
+    };
+    if let Some(log) = log.as_mut() {
+        log.record().provider = Some(provider.id.clone());
+    }
+    let scoped = policy::check_scope(&claims, req.method(), origin.as_ref(), ip, &rest, |p| {
+        provider.local_path(p)
+    });
     if scoped == Err(ApiError::MethodNotAllowed) {
         let allow = claims.methods.as_deref().unwrap_or_default().join(", ");
         if let Ok(v) = HeaderValue::from_str(&allow) {
@@ -401,25 +422,25 @@ async fn relay(
         }
         rest = normalised;
     }
+    // Once: a base path the client's SDK repeated goes (a suffix, no copy).
+    let repeated = rest.len() - provider.local_path(&rest).len();
+    rest.drain(..repeated);
     if let Some(log) = log.as_mut() {
         // Gemini and Azure name the model in the path (a JSON body's
         // `model`, read by the tap, is the fallback).
         log.record().model_requested = proxy::path_model(&rest).map(str::to_string);
     }
-    let provider = match state.registry.get(&claims.provider) {
-        Some(p) if p.configured => p.clone(),
-        Some(_) => return Err(ApiError::ProviderUnknown),
-        // Only legacy tokens may name a URL, and only an allowed one.
-        None if legacy_token => state
-            .registry
-            .legacy_url_provider(&claims.provider, &state.config.legacy.allowed_provider_urls)
-            .ok_or(ApiError::ProviderUnknown)?,
-        None => return Err(ApiError::ProviderUnknown),
-    };
-    if let Some(log) = log.as_mut() {
-        log.record().provider = Some(provider.id.clone());
-    }
     let credential = upstream_credential(&state.credentials, &claims, &provider.id)?;
+    // The first attempt's key and auth header, before any counter: a token
+    // key no header can carry (a stray newline) is refused as invalid
+    // without spending a call. (Pool keys are checked when the config loads.)
+    let (first_index, first_key) = credential.first().ok_or(ApiError::CredentialUnknown)?;
+    let mut first_auth = Some(
+        provider
+            .auth
+            .header_value(first_key.expose())
+            .ok_or(ApiError::TokenInvalid)?,
+    );
     // per-token counters: rate, then a concurrency slot (held to the finish)
     if let Some(rps) = claims.rps {
         let burst = claims.effective_burst().unwrap_or(rps);
@@ -493,6 +514,11 @@ async fn relay(
         buffered = Some(new_body.unwrap_or(bytes));
         body = full(Bytes::new());
     }
+    // The path is final: a client path no URI can carry is refused before
+    // anything is reserved.
+    let mut uri = provider
+        .upstream_uri(&rest, &query)
+        .ok_or(ApiError::NotFound)?;
     let mut strip_usage = false;
     let mut reservation = None;
     // Only a POST can make a provider generate (list models, fetch a file:
@@ -549,13 +575,10 @@ async fn relay(
     };
 
     // 7. forward (a key_ref call with a replayable body may try two keys)
-    let mut uri = provider
-        .upstream_uri(&rest, &query)
-        .ok_or(ApiError::NotFound)?;
     if let Some(log) = log.as_mut() {
         log.forwarding(claims.effective_model());
     }
-    let mut attempt_key = credential.first();
+    let mut attempt_key = Some((first_index, first_key));
     let mut retried = false;
     let upstream = loop {
         let Some((key_index, key)) = attempt_key else {
@@ -581,8 +604,14 @@ async fn relay(
         let mut upstream_req = Request::new(attempt_body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = attempt_uri;
-        *upstream_req.headers_mut() =
-            proxy::upstream_headers(attempt_headers, &provider, key.expose())?;
+        let auth = match first_auth.take() {
+            Some(auth) => auth,
+            None => provider
+                .auth
+                .header_value(key.expose())
+                .ok_or(ApiError::TokenInvalid)?,
+        };
+        *upstream_req.headers_mut() = proxy::upstream_headers(attempt_headers, &provider, auth);
         let sent = proxy::send(
             &state.client,
             upstream_req,
@@ -613,6 +642,9 @@ async fn relay(
     // 8. respond: status and headers as the provider sent them, body streamed
     let (mut rparts, rbody) = upstream.into_parts();
     proxy::downstream_headers(&mut rparts.headers);
+    if let Some(id) = rparts.headers.remove(&X_REQUEST_ID) {
+        rparts.headers.insert(UPSTREAM_REQUEST_ID, id);
+    }
     // The response tap and the record travel with the body to its finish hook.
     let mut record_log = log.take();
     let response_tap = match (record_log.as_mut(), &state.logger) {
@@ -1020,13 +1052,17 @@ fn error_response_with(e: ApiError, body: Bytes) -> Response<RelayBody> {
     if let Some(ra) = e.retry_after() {
         h.insert(header::RETRY_AFTER, ra);
     }
-    // The header every admitted call carried, at its end value.
+    // The header every admitted call carried, at its end value; and, as
+    // waiting does not bring these back, no SDK retry (they would retry a
+    // 429 twice, with back-off, before raising).
     match e {
         ApiError::TokenExhausted => {
             h.insert(CALLS_REMAINING, HeaderValue::from_static("0"));
+            h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
         }
         ApiError::BudgetExhausted { remaining } => {
             h.insert(TOKENS_REMAINING, HeaderValue::from(remaining));
+            h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
         }
         _ => {}
     }

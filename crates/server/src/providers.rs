@@ -100,6 +100,10 @@ pub struct Provider {
     pub base_url: String,
     /// True when `base_url` ends in `/v1` (then a client path `v1/...` is de-duplicated).
     pub base_ends_in_v1: bool,
+    /// The base URL's path without its leading `/`, plus `/` (`v1/`,
+    /// Groq's `openai/v1/`, Azure's `openai/`); empty for a bare host. See
+    /// [`Provider::local_path`].
+    base_prefix: String,
     pub auth: AuthStyle,
     pub default_headers: Vec<(HeaderName, HeaderValue)>,
     pub azure: Option<AzureSettings>,
@@ -129,9 +133,14 @@ impl Provider {
             let path = uri.path().trim_end_matches('/').to_string();
             Some((uri.scheme()?.clone(), uri.authority()?.clone(), path))
         });
+        let base_prefix = match base.as_ref().map(|(_, _, p)| p.trim_matches('/')) {
+            Some(p) if !p.is_empty() => format!("{p}/"),
+            _ => String::new(),
+        };
         Provider {
             id,
             base_ends_in_v1: base_url.ends_with("/v1"),
+            base_prefix,
             configured: !base_url.contains('{'),
             host: parsed.as_ref().and_then(host_header),
             base,
@@ -163,17 +172,37 @@ impl Provider {
         (!rest.trim_start_matches('/').starts_with("deployments/")).then_some(dep)
     }
 
-    /// `base_path` + the client's path and query as the provider wants them
-    /// (`v1` de-duplicated, Azure's deployment and `api-version` added).
-    fn upstream_path(&self, base_path: &str, rest: &str, query: &str) -> String {
-        let mut rest = rest.trim_start_matches('/');
-        if self.base_ends_in_v1 {
-            if let Some(stripped) = rest.strip_prefix("v1/") {
-                rest = stripped;
-            } else if rest == "v1" {
-                rest = "";
+    /// The client's path relative to the base URL (what `paths` scopes, the
+    /// model policy and the upstream URI see). An official SDK whose default
+    /// base URL is the provider's bare host puts the base URL's path in
+    /// front of every path (Groq's `openai/v1/chat/completions`, Mistral's
+    /// `v1/…`, `AzureOpenAI(azure_endpoint=…)`'s `openai/deployments/…`):
+    /// that copy is dropped, once, as is a `v1/` in front of the path when
+    /// the base URL ends in `/v1`. Apply it exactly once per request.
+    pub fn local_path<'a>(&self, rest: &'a str) -> &'a str {
+        let rest = rest.trim_start_matches('/');
+        let strip = |prefix: &str| {
+            rest.strip_prefix(prefix)
+                .or_else(|| (rest == &prefix[..prefix.len() - 1]).then_some(""))
+        };
+        if !self.base_prefix.is_empty() {
+            if let Some(local) = strip(&self.base_prefix) {
+                return local;
             }
         }
+        if self.base_ends_in_v1 {
+            if let Some(local) = strip("v1/") {
+                return local;
+            }
+        }
+        rest
+    }
+
+    /// `base_path` + the client's local path ([`Provider::local_path`]) and
+    /// query as the provider wants them (Azure's deployment and
+    /// `api-version` added).
+    fn upstream_path(&self, base_path: &str, rest: &str, query: &str) -> String {
+        let rest = rest.trim_start_matches('/');
         let mut url = String::with_capacity(base_path.len() + rest.len() + query.len() + 48);
         url.push_str(base_path);
         url.push('/');
@@ -409,7 +438,7 @@ mod tests {
     impl Provider {
         /// The URI as text, for assertions.
         fn upstream_url(&self, rest: &str, query: &str) -> String {
-            self.upstream_uri(rest, query)
+            self.upstream_uri(self.local_path(rest), query)
                 .map(|u| u.to_string())
                 .unwrap_or_default()
         }
@@ -517,6 +546,54 @@ mod tests {
     }
 
     #[test]
+    fn local_path_drops_the_base_path_an_sdk_repeats_once() {
+        let o: BTreeMap<String, ProviderOverride> = serde_json::from_str(
+            r#"{"azure-openai": {"base_url": "https://acme.openai.azure.com/openai"}}"#,
+        )
+        .unwrap();
+        let r = Registry::new(&o);
+        for (id, rest, local) in [
+            ("openai", "v1/chat/completions", "chat/completions"),
+            ("openai", "/v1/models", "models"),
+            ("openai", "v1", ""),
+            ("openai", "chat/completions", "chat/completions"),
+            // once: a path that really starts with `v1/` keeps that one
+            ("openai", "v1/v1/models", "v1/models"),
+            ("openai", "v1x/models", "v1x/models"),
+            // the groq SDK: base https://api.groq.com, path openai/v1/…
+            ("groq", "openai/v1/chat/completions", "chat/completions"),
+            ("groq", "v1/chat/completions", "chat/completions"),
+            ("groq", "openai/v1", ""),
+            ("groq", "chat/completions", "chat/completions"),
+            // AzureOpenAI(azure_endpoint=<token URL>)
+            (
+                "azure-openai",
+                "openai/deployments/gpt/chat/completions",
+                "deployments/gpt/chat/completions",
+            ),
+            (
+                "azure-openai",
+                "deployments/gpt/chat/completions",
+                "deployments/gpt/chat/completions",
+            ),
+            (
+                "dashscope",
+                "compatible-mode/v1/chat/completions",
+                "chat/completions",
+            ),
+            // bare hosts: the path is the SDK's own
+            ("anthropic", "v1/messages", "v1/messages"),
+            (
+                "gemini",
+                "v1beta/models/g:generateContent",
+                "v1beta/models/g:generateContent",
+            ),
+        ] {
+            assert_eq!(r.get(id).unwrap().local_path(rest), local, "{id} {rest}");
+        }
+    }
+
+    #[test]
     fn upstream_uri_joins_the_base_and_the_client_path() {
         let o: BTreeMap<String, ProviderOverride> = serde_json::from_str(
             r#"{"openai": {"base_url": "HTTP://127.0.0.1:9/v1/"},
@@ -544,7 +621,8 @@ mod tests {
                 "https://api.anthropic.com/v1/messages",
             ),
         ] {
-            let uri = r.get(id).unwrap().upstream_uri(rest, query).unwrap();
+            let p = r.get(id).unwrap();
+            let uri = p.upstream_uri(p.local_path(rest), query).unwrap();
             // Equal to the whole URL parsed, part for part.
             let parsed: http::Uri = expected.parse().unwrap();
             assert_eq!(uri, parsed, "{id} {rest}");

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -151,8 +151,8 @@ fn filter_headers(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
 pub fn upstream_headers(
     mut headers: HeaderMap,
     provider: &Provider,
-    api_key: &str,
-) -> Result<HeaderMap, ApiError> {
+    auth: HeaderValue,
+) -> HeaderMap {
     // The provider's own Host replaces the client's below (no removal needed).
     let host_replaced = provider.host.is_some();
     filter_headers(&mut headers, |name| {
@@ -161,23 +161,13 @@ pub fn upstream_headers(
             || (name == "host" && !host_replaced)
             || matches!(
                 name,
-                "cookie"
-                    | "origin"
-                    | "referer"
-                    | "forwarded"
-                    | "x-forwarded-for"
-                    | "x-forwarded-host"
-                    | "x-forwarded-proto"
-                    | "x-real-ip"
+                "cookie" | "origin" | "referer" | "forwarded" | "x-real-ip"
             )
+            // the whole forwarding family: -for, -host, -proto, -port,
+            // -prefix, -server, -ssl, -client-ip…
+            || name.starts_with("x-forwarded-")
     });
-    // A provider key that is not a valid header value cannot be sent; the
-    // token is well-formed but useless, which is the minter's fault.
-    let value = provider
-        .auth
-        .header_value(api_key)
-        .ok_or(ApiError::TokenInvalid)?;
-    headers.insert(provider.auth.header_name(), value);
+    headers.insert(provider.auth.header_name(), auth);
     if let Some(host) = &provider.host {
         headers.insert(header::HOST, host.clone());
     }
@@ -186,7 +176,7 @@ pub fn upstream_headers(
             headers.insert(name.clone(), value.clone());
         }
     }
-    Ok(headers)
+    headers
 }
 
 /// Prepares the provider's headers for the client: hop-by-hop removed;
@@ -325,18 +315,21 @@ impl<'de> serde::Deserialize<'de> for SingleModelObject {
 /// The values of `model` query parameters, percent-decoded (lossily: a
 /// value that is not UTF-8 then matches no allowed model).
 fn query_models(query: &str) -> Vec<String> {
+    query_values(query, "model").collect()
+}
+
+/// The values of query parameter `name`, decoded as browsers and HTTP
+/// libraries encode forms (`+` is a space, then percent escapes).
+pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
     let decode = |raw: &str| {
         percent_encoding::percent_decode_str(&raw.replace('+', " "))
             .decode_utf8_lossy()
             .into_owned()
     };
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(name) == "model").then(|| decode(value))
-        })
-        .collect()
+    query.split('&').filter_map(move |pair| {
+        let (n, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(n) == name).then(|| decode(value))
+    })
 }
 
 /// The model the path names (see [`path_model_span`]), for the log.
@@ -666,6 +659,10 @@ mod tests {
         Claims::from_json(v.to_string().as_bytes()).unwrap()
     }
 
+    fn auth(provider: Option<&std::sync::Arc<Provider>>, key: &str) -> HeaderValue {
+        provider.unwrap().auth.header_value(key).unwrap()
+    }
+
     #[test]
     fn credentials_and_hop_by_hop_never_forwarded() {
         let reg = Registry::new(&Default::default());
@@ -682,11 +679,21 @@ mod tests {
             ("anthropic-version", "2024-01-01"),
             ("openai-beta", "assistants=v2"),
             ("host", "relay.example.com"),
+            ("forwarded", "for=192.0.2.7"),
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/app"),
+            ("x-forwarded-client-ip", "192.0.2.7"),
+            ("x-real-ip", "192.0.2.7"),
         ] {
             h.insert(HeaderName::from_static(k), v.parse().unwrap());
         }
         h.append(header::HOST, "second.example.com".parse().unwrap());
-        let out = upstream_headers(h.clone(), reg.get("anthropic").unwrap(), "sk-real").unwrap();
+        let out = upstream_headers(
+            h.clone(),
+            reg.get("anthropic").unwrap(),
+            auth(reg.get("anthropic"), "sk-real"),
+        );
         // The provider's Host, once, whatever the client sent.
         let hosts: Vec<_> = out.get_all(header::HOST).iter().collect();
         assert_eq!(hosts, ["api.anthropic.com"]);
@@ -694,11 +701,19 @@ mod tests {
         assert!(out.get("authorization").is_none());
         assert!(out.get("cookie").is_none() && out.get("x-secret-hop").is_none());
         assert!(out.get("keep-alive").is_none() && out.get("connection").is_none());
+        for forwarding in ["forwarded", "x-real-ip"] {
+            assert!(out.get(forwarding).is_none(), "{forwarding}");
+        }
+        assert!(!out.keys().any(|k| k.as_str().starts_with("x-forwarded-")));
         // The client's own provider header wins over the registry default.
         assert_eq!(out.get("anthropic-version").unwrap(), "2024-01-01");
         assert_eq!(out.get("openai-beta").unwrap(), "assistants=v2");
 
-        let out = upstream_headers(h, reg.get("openai").unwrap(), "sk-real").unwrap();
+        let out = upstream_headers(
+            h,
+            reg.get("openai").unwrap(),
+            auth(reg.get("openai"), "sk-real"),
+        );
         assert_eq!(out.get("authorization").unwrap(), "Bearer sk-real");
         assert!(out.get("x-api-key").is_none() && out.get("api-key").is_none());
         assert!(format!("{out:?}").contains("Sensitive"));
@@ -707,7 +722,11 @@ mod tests {
     #[test]
     fn default_header_added_when_absent() {
         let reg = Registry::new(&Default::default());
-        let out = upstream_headers(HeaderMap::new(), reg.get("anthropic").unwrap(), "k").unwrap();
+        let out = upstream_headers(
+            HeaderMap::new(),
+            reg.get("anthropic").unwrap(),
+            auth(reg.get("anthropic"), "k"),
+        );
         assert_eq!(out.get("anthropic-version").unwrap(), "2023-06-01");
     }
 

@@ -885,3 +885,198 @@ async fn a_head_over_max_header_bytes_is_refused_with_a_json_431() {
     let (s, c) = error_code(resp).await;
     assert_eq!((s, c.as_str()), (431, "headers_too_large"));
 }
+
+#[tokio::test]
+async fn a_token_key_no_header_can_carry_spends_no_call() {
+    let env = Env::start().await;
+    // The same counter (jti) for both tokens: the first's key has a newline.
+    let mut bad = Claims::new(
+        "openai",
+        SecretString::new(format!("{MOCK_KEY}\n")),
+        3600,
+        now(),
+    );
+    bad.max_calls = Some(1);
+    let mut good = env.claims("openai");
+    good.max_calls = Some(1);
+    good.jti = bad.jti.clone();
+    let before = env.mock.journal().total();
+    for _ in 0..3 {
+        let url = format!("{}{}/chat/completions", env.base(), env.mint(&bad));
+        let resp = env
+            .http
+            .post(&url)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().get("x-relayapi-calls-remaining").is_none());
+        let (s, c) = error_code(resp).await;
+        assert_eq!((s, c.as_str()), (401, "token_invalid"));
+    }
+    assert_eq!(
+        env.mock.journal().total(),
+        before,
+        "nothing reached the provider"
+    );
+    let url = format!("{}{}/chat/completions", env.base(), env.mint(&good));
+    let resp = env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the refusals spent the only call");
+    assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "0");
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_ends_at_the_connect_timeout() {
+    // Accepts TCP, never answers the TLS ClientHello.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let env = Env::start_with(
+        move |c| {
+            c.providers.get_mut("openai").unwrap().base_url = Some(format!("https://{addr}/v1"));
+            c.upstream.connect_timeout = Duration::from_millis(400);
+            c.upstream.first_byte_timeout = Duration::from_secs(60);
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let started = Instant::now();
+    let resp = env
+        .http
+        .post(&url)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    let (s, c) = error_code(resp).await;
+    assert_eq!((s, c.as_str()), (504, "upstream_timeout"));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: the first-byte timeout, not connect's"
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn used_up_tokens_tell_sdks_not_to_retry() {
+    let env = Env::start().await;
+    let mut claims = env.claims("openai");
+    claims.max_calls = Some(1);
+    let url = format!("{}{}/chat/completions", env.base(), env.mint(&claims));
+    let send = || {
+        env.http
+            .post(&url)
+            .header("origin", "https://app.test")
+            .json(&chat_body(false))
+            .send()
+    };
+    let ok = send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get("x-should-retry").is_none());
+    let refused = send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-should-retry"], "false");
+    let exposed = refused.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("x-should-retry"), "{exposed}");
+
+    // A traffic limit is worth retrying: no such header.
+    let mut claims = env.claims("openai");
+    claims.rps = Some(1);
+    claims.burst = Some(1);
+    let url = format!("{}{}/models", env.base(), env.mint(&claims));
+    let _ = env.http.get(&url).send().await.unwrap();
+    let limited = env.http.get(&url).send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().get("x-should-retry").is_none());
+    assert!(limited.headers().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn the_providers_request_id_is_kept_beside_the_relays() {
+    let env = Env::start().await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let resp = env
+        .http
+        .post(&url)
+        .header("origin", "https://app.test")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    let upstream = h["x-upstream-request-id"].to_str().unwrap();
+    assert!(upstream.starts_with("req_"), "{upstream}");
+    let ours: Vec<_> = h.get_all("x-request-id").iter().collect();
+    assert_eq!(ours.len(), 1);
+    assert_ne!(ours[0].to_str().unwrap(), upstream);
+    let exposed = h["access-control-expose-headers"].to_str().unwrap();
+    assert!(exposed.contains("x-upstream-request-id"), "{exposed}");
+}
+
+#[tokio::test]
+async fn a_base_path_the_sdk_repeats_is_the_same_endpoint() {
+    let env = Env::start().await;
+    // `paths` scope what reaches the provider: `v1/chat/completions` on a
+    // `…/v1` base URL is `chat/completions`.
+    let claims = env.claims("openai").with_paths(["chat/completions"]);
+    let token = env.mint(&claims);
+    for path in ["chat/completions", "v1/chat/completions"] {
+        let url = format!("{}{token}/{path}", env.base());
+        let resp = env
+            .http
+            .post(&url)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let url = format!("{}{token}/v1/models", env.base());
+    let (s, c) = error_code(env.http.get(&url).send().await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (403, "path_not_allowed"));
+
+    // `AzureOpenAI(azure_endpoint=<token URL>)` sends `openai/deployments/…`
+    // to a base URL that already ends in `/openai`; the model policy sees
+    // the deployment either way.
+    let azure = env
+        .claims("azure-openai")
+        .with_models(["gpt-4o", chat_body(false)["model"].as_str().unwrap()]);
+    let token = env.mint(&azure);
+    for (path, want) in [
+        (
+            "openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+            200,
+        ),
+        ("deployments/gpt-4o/chat/completions", 200),
+        (
+            "openai/deployments/o1/chat/completions?api-version=2024-10-21",
+            403,
+        ),
+    ] {
+        let url = format!("{}{token}/{path}", env.base());
+        let resp = env
+            .http
+            .post(&url)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{path}");
+    }
+}

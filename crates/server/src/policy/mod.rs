@@ -74,12 +74,16 @@ pub fn check_origin_and_ip(
 
 /// The static scopes (see the module docs). Returns the path to forward:
 /// the normalised one when the token has `paths`, else `rest` unchanged.
+/// `local` maps a normalised path to the part below the provider's base
+/// URL ([`crate::providers::Provider::local_path`]): what `paths` scope, so
+/// `v1/chat/completions` is `chat/completions` when both reach one URL.
 pub fn check_scope(
     claims: &Claims,
     method: &Method,
     origin: Option<&HeaderValue>,
     ip: IpAddr,
     rest: &str,
+    local: impl FnOnce(&str) -> &str,
 ) -> Result<Option<String>, ApiError> {
     check_origin_and_ip(claims, origin, ip)?;
     if !claims.allows_method(method.as_str()) {
@@ -93,7 +97,7 @@ pub fn check_scope(
         return Ok(None);
     }
     let normalised = path::normalise(rest).map_err(|_| ApiError::PathNotAllowed)?;
-    if !claims.allows_path(&normalised) {
+    if !claims.allows_path(local(&normalised)) {
         return Err(ApiError::PathNotAllowed);
     }
     Ok(Some(normalised))
@@ -115,7 +119,7 @@ mod tests {
         let c = claims();
         let o = HeaderValue::from_static("https://anywhere.example");
         assert_eq!(
-            check_scope(&c, &Method::DELETE, Some(&o), IP, "a/b/c").unwrap(),
+            check_scope(&c, &Method::DELETE, Some(&o), IP, "a/b/c", |p| p).unwrap(),
             None
         );
     }
@@ -135,7 +139,7 @@ mod tests {
             "a%zzb",
         ] {
             assert_eq!(
-                check_scope(&c, &Method::GET, None, IP, escaping),
+                check_scope(&c, &Method::GET, None, IP, escaping, |p| p),
                 Err(ApiError::PathNotAllowed),
                 "{escaping}"
             );
@@ -148,16 +152,24 @@ mod tests {
                 &Method::POST,
                 None,
                 IP,
-                "v1beta/models/gemini%2Dpro:generateContent"
+                "v1beta/models/gemini%2Dpro:generateContent",
+                |p| p
             )
             .unwrap()
             .as_deref(),
             Some("v1beta/models/gemini-pro:generateContent")
         );
         assert_eq!(
-            check_scope(&c, &Method::POST, None, IP, "x/../chat/./completions")
-                .unwrap()
-                .as_deref(),
+            check_scope(
+                &c,
+                &Method::POST,
+                None,
+                IP,
+                "x/../chat/./completions",
+                |p| p
+            )
+            .unwrap()
+            .as_deref(),
             Some("chat/completions")
         );
     }
@@ -171,10 +183,22 @@ mod tests {
             .with_paths(["chat/completions"]);
         let good = HeaderValue::from_static("https://app.example");
         let bad = HeaderValue::from_static("https://evil.example");
-        let ok = |m: &Method, o, ip, p: &str| check_scope(&c, m, o, ip, p);
+        let ok = |m: &Method, o, ip, p: &str| {
+            check_scope(&c, m, o, ip, p, |p| p.strip_prefix("v1/").unwrap_or(p))
+        };
         assert_eq!(
             ok(&Method::POST, Some(&good), IP, "chat/./completions").unwrap(),
             Some("chat/completions".into())
+        );
+        // `paths` scope the path below the base URL: a repeated `v1/` is
+        // the same endpoint (the path itself is forwarded as it came).
+        assert_eq!(
+            ok(&Method::POST, Some(&good), IP, "v1/chat/completions").unwrap(),
+            Some("v1/chat/completions".into())
+        );
+        assert_eq!(
+            ok(&Method::POST, Some(&good), IP, "v1/models"),
+            Err(ApiError::PathNotAllowed)
         );
         // No Origin header: not a cross-origin browser request.
         assert!(ok(&Method::POST, None, IP, "chat/completions").is_ok());

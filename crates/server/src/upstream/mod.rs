@@ -50,6 +50,10 @@ pub struct Upstream {
     connector: Connector,
     pools: Box<[Arc<Mutex<WorkerPool>>]>,
     limits: PoolLimits,
+    /// `upstream.connect_timeout`, for the whole connect: name lookup, TCP,
+    /// TLS and the HTTP/2 handshake (the connector's own timeout covers
+    /// only the TCP connect).
+    connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +167,7 @@ impl Upstream {
                 idle_timeout: settings.pool_idle_timeout,
                 max_idle_per_host: settings.pool_max_idle_per_host,
             },
+            connect_timeout: settings.connect_timeout,
         }
     }
 
@@ -269,6 +274,22 @@ impl Upstream {
     /// ~6.5 KiB) and rare, and inlined it would be copied around with every
     /// request's future.
     async fn connect(&self, pool: &Mutex<WorkerPool>, host: usize) -> Result<Conn, BoxError> {
+        match crate::timer::timeout(self.connect_timeout, self.connect_untimed(pool, host)).await {
+            Ok(conn) => conn,
+            // A timed-out I/O error: the relay answers `upstream_timeout`.
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect to the provider (DNS, TCP, TLS, HTTP/2) timed out",
+            )
+            .into()),
+        }
+    }
+
+    async fn connect_untimed(
+        &self,
+        pool: &Mutex<WorkerPool>,
+        host: usize,
+    ) -> Result<Conn, BoxError> {
         // The connector needs only the scheme and authority: the pool's key
         // (no request URI is kept around for this rare path).
         let uri = {
