@@ -118,7 +118,7 @@ async fn revoke_token_report_and_usage_per_sub() {
     let env = Env::start_with(with_admin, UsageStore::memory()).await;
     let alice1 = env.claims("openai").with_sub("alice").with_max_calls(10);
     let alice2 = env.claims("openai").with_sub("alice");
-    let bob = env.claims("openai").with_sub("bob");
+    let bob = env.claims("openai").with_sub("bob smith");
     let (t1, t2, t3) = (env.mint(&alice1), env.mint(&alice2), env.mint(&bob));
     let mut tokens_seen = 0;
     for t in [&t1, &t1, &t2, &t3] {
@@ -177,6 +177,21 @@ async fn revoke_token_report_and_usage_per_sub() {
     )
     .await;
     assert_eq!(nobody["calls"], 0);
+    // A space as forms and HTTP libraries send it, and percent-encoded.
+    for query in ["sub=bob+smith", "sub=bob%20smith", "other=1&sub=bob+smith"] {
+        let (_, bob) = admin(
+            &env,
+            reqwest::Method::GET,
+            &format!("/admin/usage?{query}"),
+            Some(ADMIN_KEY),
+        )
+        .await;
+        assert_eq!(
+            (bob["sub"].as_str(), bob["calls"].as_u64()),
+            (Some("bob smith"), Some(1)),
+            "{query}"
+        );
+    }
 
     // Revoked: refused at once, before the provider.
     let before = env.mock.journal().total();

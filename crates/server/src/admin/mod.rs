@@ -216,12 +216,10 @@ async fn handle(state: &AppState, key: &AdminKey, req: Request<Incoming>) -> Res
             if method != Method::GET {
                 return not_allowed("GET");
             }
-            let sub = req.uri().query().and_then(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.strip_prefix("sub="))
-                    .next()
-                    .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-            });
+            let sub = req
+                .uri()
+                .query()
+                .and_then(|q| crate::proxy::query_values(q, "sub").next());
             match state.usage.sub_report(sub.as_deref()).await {
                 Ok(reports) => match sub {
                     Some(sub) => {
