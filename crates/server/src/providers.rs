@@ -411,7 +411,8 @@ pub fn validate_overrides(
                     || url.parse::<http::Uri>().is_err() && !url.contains('{') =>
             {
                 problems.push(format!(
-                    "{field}.base_url: {url:?} is not an http(s) URL; write e.g. \"https://api.example.com/v1\""
+                    "{field}.base_url: {:?} is not an http(s) URL; write e.g. \"https://api.example.com/v1\"",
+                    without_userinfo(url)
                 ));
             }
             Some(_) => {}
@@ -430,10 +431,42 @@ pub fn validate_overrides(
     }
 }
 
+/// `url` with a `user:password@` before its host masked: a config error
+/// about the URL must not show a password written into it.
+fn without_userinfo(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    match url[after_scheme..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..after_scheme], &url[after_scheme + at..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_bad_base_url_is_named_without_its_password() {
+        let o: BTreeMap<String, ProviderOverride> = serde_json::from_str(
+            r#"{"acme": {"base_url": "htps://user:s3cret-pw@llm.example.com/v1"},
+                "odd": {"base_url": "ftp://[::1"}}"#,
+        )
+        .unwrap();
+        let mut problems = vec![];
+        validate_overrides(&o, &mut problems);
+        let all = problems.join("\n");
+        assert_eq!(problems.len(), 2, "{all}");
+        assert!(
+            !all.contains("s3cret-pw") && !all.contains("user:"),
+            "{all}"
+        );
+        assert!(all.contains("htps://***@llm.example.com/v1"), "{all}");
+        assert!(all.contains("ftp://[::1"), "{all}");
+    }
 
     impl Provider {
         /// The URI as text, for assertions.
