@@ -48,8 +48,10 @@ pub enum Command {
     Admin(AdminArgs),
     /// Validate the config and .rai files and explain every problem.
     CheckConfig {
+        /// Server config to check. Default: ./config.json or ./config.toml if present (not both), else built-in defaults.
         #[arg(long, env = "RELAYAPI_CONFIG")]
         config: Option<PathBuf>,
+        /// A .rai file or a directory of them. Default: ./default.rai.
         #[arg(long, env = "RELAYAPI_RAI")]
         rai: Option<PathBuf>,
     },
@@ -57,7 +59,7 @@ pub enum Command {
 
 #[derive(clap::Args, Debug, Default)]
 pub struct ServeArgs {
-    /// Server config (JSON, or TOML when it ends in .toml). Default: ./config.json if present, else built-in defaults.
+    /// Server config (JSON, or TOML when it ends in .toml). Default: ./config.json or ./config.toml if present (not both), else built-in defaults.
     #[arg(long, env = "RELAYAPI_CONFIG")]
     pub config: Option<PathBuf>,
     /// A .rai file or a directory of them. Default: ./default.rai, generated when absent.
@@ -198,6 +200,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The config file to load and whether it must exist: the one named by
+/// `--config`/`RELAYAPI_CONFIG`, else `config.json` or `config.toml` in the
+/// working directory ([`config::default_file`]), else none (built-in defaults).
+fn config_source(explicit: Option<&Path>) -> Result<(Option<PathBuf>, bool), config::ConfigError> {
+    match explicit {
+        Some(p) => Ok((Some(p.to_path_buf()), true)),
+        None => Ok((config::default_file(Path::new(""))?, false)),
+    }
+}
+
 fn default_path(explicit: Option<&Path>, default: &str) -> (PathBuf, bool) {
     match explicit {
         Some(p) => (p.to_path_buf(), true),
@@ -269,8 +281,8 @@ pub fn init_tracing(format: LogFormat, debug: bool) {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (config_path, explicit) = default_path(args.config.as_deref(), "config.json");
-    let config = Config::load(Some(&config_path), explicit, &config::process_env())?;
+    let (config_path, explicit) = config_source(args.config.as_deref())?;
+    let config = Config::load(config_path.as_deref(), explicit, &config::process_env())?;
     init_tracing(args.log_format, config.server.debug || args.debug);
     let (rai_path, rai_explicit) = default_path(args.rai.as_deref(), "default.rai");
     // A generated .rai names the public port SDKs should use; with port 0
@@ -532,14 +544,15 @@ fn encode(s: &str) -> String {
 }
 
 pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config_path, explicit) = default_path(config.as_deref(), "config.json");
     let mut failed = false;
-    match Config::load(Some(&config_path), explicit, &config::process_env()) {
-        Ok(c) => {
-            let source = if config_path.exists() {
-                config_path.display().to_string()
-            } else {
-                "built-in defaults".into()
+    let loaded = config_source(config.as_deref()).and_then(|(path, explicit)| {
+        Config::load(path.as_deref(), explicit, &config::process_env()).map(|c| (path, c))
+    });
+    match loaded {
+        Ok((config_path, c)) => {
+            let source = match config_path.filter(|p| p.exists()) {
+                Some(p) => p.display().to_string(),
+                None => "built-in defaults".into(),
             };
             println!(
                 "ok: {source} (listen {}:{}, base path {})",

@@ -432,6 +432,27 @@ pub fn process_env() -> Env {
         .collect()
 }
 
+/// The config file read when none is named (`--config`, `RELAYAPI_CONFIG`):
+/// `config.json` or `config.toml` in `dir`, whichever exists, or `None`
+/// (built-in defaults). Both present is an error rather than a silent
+/// preference: the operator would be editing a file that does nothing.
+pub fn default_file(dir: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    let json = dir.join("config.json");
+    let toml = dir.join("config.toml");
+    match (json.exists(), toml.exists()) {
+        (true, true) => Err(ConfigError {
+            file: json.display().to_string(),
+            problems: vec![format!(
+                "{} is there too, and only one config file is read; merge the settings into one of them and remove the other, or name the one to use with --config FILE (or RELAYAPI_CONFIG)",
+                toml.display()
+            )],
+        }),
+        (true, false) => Ok(Some(json)),
+        (false, true) => Ok(Some(toml)),
+        (false, false) => Ok(None),
+    }
+}
+
 impl Config {
     /// Loads `path` (JSON, or TOML when it ends in `.toml`), or the built-in
     /// defaults when `path` is `None` or a default path that does not exist;
@@ -1336,6 +1357,25 @@ mod tests {
     fn syntax_error_names_line() {
         let err = load_str("c.json", "{\n  \"server\": ,\n}", &vec![]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_default_config_file_is_config_json_or_config_toml_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (json, toml) = (
+            dir.path().join("config.json"),
+            dir.path().join("config.toml"),
+        );
+        assert_eq!(default_file(dir.path()).unwrap(), None);
+        std::fs::write(&toml, "").unwrap();
+        assert_eq!(default_file(dir.path()).unwrap(), Some(toml.clone()));
+        std::fs::write(&json, "{}").unwrap();
+        let msg = default_file(dir.path()).unwrap_err().to_string();
+        for needle in ["config.json", "config.toml", "--config"] {
+            assert!(msg.contains(needle), "missing {needle} in {msg}");
+        }
+        std::fs::remove_file(&toml).unwrap();
+        assert_eq!(default_file(dir.path()).unwrap(), Some(json));
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! Black-box tests of how the built `relayapi` binary finds and reports its
+//! configuration: which file `serve` and `check-config` read without
+//! `--config`, and what their messages show (never a secret).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_relayapi");
+
+/// The binary in `dir`, without the caller's `RELAYAPI_*` settings (a test
+/// must not read the developer's config) and without `RUST_LOG`.
+fn relayapi(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RELAYAPI_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Runs to the end (killed after 20 s, so a relay that starts when it
+/// should have refused fails the test instead of hanging it): success,
+/// stdout, stderr.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut child = relayapi(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_config_toml_in_the_working_directory_is_read_and_two_config_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nport = 9123\nbase_path = \"/toml/\"\n\n[usage]\nstore = \"memory\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(dir.path(), &["check-config"], &[]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("ok: config.toml (listen 127.0.0.1:9123, base path /toml/)"),
+        "{out}"
+    );
+
+    // `serve` reads it too: port 0 from the file, not the built-in 8840.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nport = 0\n\n[usage]\nstore = \"memory\"\n\n[log]\nconsole = false\nspool_dir = \"spool\"\n",
+    )
+    .unwrap();
+    let mut child = relayapi(dir.path())
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("listening on http://127.0.0.1:"), "{line}");
+    assert!(!line.trim_end().ends_with(":8840"), "{line}");
+
+    // Both files: which one is meant is unclear, so neither is read.
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    for cmd in ["check-config", "serve"] {
+        let (ok, out, err) = run(dir.path(), &[cmd], &[]);
+        assert!(!ok, "{cmd}: {out}{err}");
+        assert!(
+            err.contains("config.json") && err.contains("config.toml"),
+            "{cmd}: {err}"
+        );
+        assert!(err.contains("--config"), "says the fix: {cmd}: {err}");
+        assert!(!out.contains("listening"), "{cmd}: {out}");
+    }
+    // Naming one settles it.
+    let (ok, out, err) = run(
+        dir.path(),
+        &["check-config", "--config", "config.json"],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ok: config.json"), "{out}");
+}
