@@ -156,7 +156,8 @@ pub struct RateLimitSettings {
     pub requests_per_second: f64,
     /// Global burst.
     pub burst: u32,
-    /// Per-client-IP limit (`null` disables it).
+    /// Per-client-IP limit (`null`, or `false` in TOML, disables it).
+    #[serde(deserialize_with = "off_switch::ip_limit")]
     pub ip_limit: Option<IpLimitSettings>,
     /// Most client IPs tracked at once (bounds memory under floods).
     pub max_tracked_ips: usize,
@@ -287,7 +288,8 @@ pub struct LogSettings {
     pub redact_json_fields: Vec<String>,
     /// Where records wait while a sink is down and its queue is full
     /// (`relayapi-spool` in the working directory, like the usage store's
-    /// file; `null` runs without a spool, dropping overflow).
+    /// file; `null`, or `false` in TOML, runs without a spool, dropping overflow).
+    #[serde(deserialize_with = "off_switch::spool_dir")]
     pub spool_dir: Option<PathBuf>,
     /// Spool size per sink before records are dropped (and counted).
     pub spool_max_bytes: u64,
@@ -560,7 +562,7 @@ impl Config {
                 || ip.burst == 0
             {
                 problems.push(
-                    "rate_limit.ip_limit: requests_per_second must be > 0 and burst ≥ 1; set it to null to disable per-IP limits".into(),
+                    "rate_limit.ip_limit: requests_per_second must be > 0 and burst ≥ 1; set it to null (JSON) or false (TOML) to disable per-IP limits".into(),
                 );
             }
         }
@@ -659,11 +661,11 @@ impl Config {
         if let Some(dir) = &log.spool_dir {
             if dir.as_os_str().is_empty() {
                 problems.push(
-                    "log.spool_dir: empty; set a directory (default \"relayapi-spool\") or null to run without a spool".into(),
+                    "log.spool_dir: empty; set a directory (default \"relayapi-spool\"), or null (JSON) or false (TOML) to run without a spool".into(),
                 );
             } else if dir.exists() && !dir.is_dir() {
                 problems.push(format!(
-                    "log.spool_dir: {dir:?} is a file; it must be a directory (created if missing), or null to run without a spool"
+                    "log.spool_dir: {dir:?} is a file; it must be a directory (created if missing), or null (JSON) or false (TOML) to run without a spool"
                 ));
             }
         }
@@ -964,6 +966,84 @@ fn set_path(tree: &mut Value, path: &[String], value: Value) {
         node = map
             .entry(key.clone())
             .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// Settings that are turned off with `null` also take `false`: TOML has no
+/// null, and without this a TOML file could not turn them off at all
+/// (leaving them out means the default, which is on). `true` is refused: it
+/// does not say which value to use.
+mod off_switch {
+    use std::fmt;
+    use std::marker::PhantomData;
+    use std::path::PathBuf;
+
+    use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, Visitor};
+
+    use super::IpLimitSettings;
+
+    pub fn ip_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpLimitSettings>, D::Error> {
+        d.deserialize_any(OrOff::<IpLimitSettings>::new(
+            "an object like {\"requests_per_second\": 1000, \"burst\": 2000}, or null (JSON) or false (TOML) to disable per-IP limits",
+        ))
+    }
+
+    pub fn spool_dir<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        d.deserialize_any(OrOff::<PathBuf>::new(
+            "a directory in double quotes, or null (JSON) or false (TOML) to run without a spool",
+        ))
+    }
+
+    /// `null`/`false` → `None`; an object or a string → `Some(T)`.
+    struct OrOff<T> {
+        expecting: &'static str,
+        value: PhantomData<T>,
+    }
+
+    impl<T> OrOff<T> {
+        fn new(expecting: &'static str) -> Self {
+            Self {
+                expecting,
+                value: PhantomData,
+            }
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for OrOff<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+            if on {
+                Err(E::invalid_value(de::Unexpected::Bool(true), &self))
+            } else {
+                Ok(None)
+            }
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            T::deserialize(v.into_deserializer()).map(Some)
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            // The caller's map access, so errors inside keep their field path.
+            T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
     }
 }
 
@@ -1344,6 +1424,75 @@ mod tests {
             msg.contains("log.spool_dir") && msg.contains("is a file"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn off_switches_documented_as_null_also_take_false_which_toml_can_write() {
+        let text = "[rate_limit]\nip_limit = false\n\n[log]\nspool_dir = false\n";
+        let c = load_str("c.toml", text, &vec![]).unwrap();
+        assert!(c.rate_limit.ip_limit.is_none());
+        assert_eq!(c.log.spool_dir, None);
+        for off in ["null", "false"] {
+            let text = format!(
+                r#"{{"rate_limit": {{"ip_limit": {off}}}, "log": {{"spool_dir": {off}}}}}"#
+            );
+            let c = load_str("c.json", &text, &vec![]).unwrap();
+            assert!(c.rate_limit.ip_limit.is_none(), "{off}");
+            assert_eq!(c.log.spool_dir, None, "{off}");
+            let env = vec![
+                ("RELAYAPI_RATE_LIMIT_IP_LIMIT".to_string(), off.to_string()),
+                ("RELAYAPI_LOG_SPOOL_DIR".to_string(), off.to_string()),
+            ];
+            let c = load_str("c.json", "{}", &env).unwrap();
+            assert!(c.rate_limit.ip_limit.is_none(), "{off}");
+            assert_eq!(c.log.spool_dir, None, "{off}");
+        }
+        // The values themselves still load, from TOML too.
+        let text = "[rate_limit.ip_limit]\nrequests_per_second = 5\nburst = 9\n\n[log]\nspool_dir = \"sp\"\n";
+        let c = load_str("c.toml", text, &vec![]).unwrap();
+        assert_eq!(c.rate_limit.ip_limit.unwrap().burst, 9);
+        assert_eq!(c.log.spool_dir, Some(PathBuf::from("sp")));
+        // `true` does not say which value: refused, saying what to write.
+        for (text, field) in [
+            (
+                r#"{"rate_limit": {"ip_limit": true}}"#,
+                "rate_limit.ip_limit: ",
+            ),
+            (
+                r#"{"rate_limit": {"ip_limit": 3}}"#,
+                "rate_limit.ip_limit: ",
+            ),
+            (r#"{"log": {"spool_dir": true}}"#, "log.spool_dir: "),
+            (
+                r#"{"rate_limit": {"ip_limit": {"burst": 0}}}"#,
+                "rate_limit.ip_limit: ",
+            ),
+            (r#"{"log": {"spool_dir": ""}}"#, "log.spool_dir: "),
+        ] {
+            let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+            assert!(msg.contains(field), "{msg}");
+            assert!(msg.contains("null (JSON) or false (TOML)"), "{msg}");
+        }
+        // A typo inside the object is still named with its path.
+        let msg = load_str(
+            "c.json",
+            r#"{"rate_limit": {"ip_limit": {"brust": 1}}}"#,
+            &vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("rate_limit.ip_limit.brust: unknown field `brust`"),
+            "{msg}"
+        );
+        let msg = load_str(
+            "c.json",
+            r#"{"rate_limit": {"ip_limit": {"burst": "x"}}}"#,
+            &vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("rate_limit.ip_limit.burst: "), "{msg}");
     }
 
     #[test]
