@@ -1275,6 +1275,66 @@ mod tests {
     }
 
     #[test]
+    fn log_console_takes_only_its_documented_shapes() {
+        use crate::logs::sinks::console::{ConsoleFormat, ConsoleSetting};
+        for (text, want) in [
+            (r#"{"log": {"console": false}}"#, None),
+            (
+                r#"{"log": {"console": {"format": "json"}}}"#,
+                Some(ConsoleFormat::Json),
+            ),
+            (
+                r#"{"log": {"console": {"format": "pretty"}}}"#,
+                Some(ConsoleFormat::Pretty),
+            ),
+        ] {
+            let c = load_str("c.json", text, &vec![]).unwrap();
+            assert_eq!(c.log.console.resolve(), want, "{text}");
+        }
+        let c = load_str("c.toml", "[log.console]\nformat = \"pretty\"\n", &vec![]).unwrap();
+        assert_eq!(c.log.console.resolve(), Some(ConsoleFormat::Pretty));
+        let env = vec![(
+            "RELAYAPI_LOG_CONSOLE".to_string(),
+            r#"{"format": "json"}"#.to_string(),
+        )];
+        let c = load_str("c.json", "{}", &env).unwrap();
+        assert_eq!(
+            c.log.console,
+            ConsoleSetting::Format {
+                format: Some(ConsoleFormat::Json)
+            }
+        );
+
+        // A typo, an empty object or an extra field never silently means "auto".
+        for (text, what) in [
+            (r#"{"log": {"console": {"formt": "json"}}}"#, "formt"),
+            (
+                r#"{"log": {"console": {"format": "json", "colour": true}}}"#,
+                "colour",
+            ),
+            (r#"{"log": {"console": {}}}"#, "names no format"),
+            (r#"{"log": {"console": {"format": null}}}"#, "null"),
+            (r#"{"log": {"console": {"format": 1}}}"#, "1"),
+        ] {
+            let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+            for needle in [
+                "log.console",
+                what,
+                r#"{"format": "pretty"}"#,
+                r#"{"format": "json"}"#,
+            ] {
+                assert!(msg.contains(needle), "missing {needle} in {msg}");
+            }
+            assert!(!msg.contains("ConsoleSetting"), "{msg}");
+        }
+        let msg = load_str("c.toml", "[log.console]\nfromat = \"json\"\n", &vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("log.console: unknown field `fromat`"), "{msg}");
+        assert!(msg.contains("fix the spelling"), "{msg}");
+    }
+
+    #[test]
     fn upstream_ca_file_must_hold_pem_certificates() {
         let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/ca.pem");
         let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tls/server.key");

@@ -44,19 +44,77 @@ impl ConsoleFormat {
 }
 
 /// The `log.console` config value: `true`/`false`, or `{"format": ...}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(
-    untagged,
-    expecting = "true, false, or {\"format\": \"pretty\"} / {\"format\": \"json\"}"
-)]
+///
+/// Deserialized by hand: an untagged enum would take `{}` or a misspelt
+/// `{"formt": "json"}` as the object form with no format (silently "auto"),
+/// and its errors name no field. Here every other shape is an error that
+/// lists the allowed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
 pub enum ConsoleSetting {
     /// `true`: on, [`ConsoleFormat::auto`]; `false`: off.
     Enabled(bool),
-    /// `{"format": "pretty"|"json"}`: on with that format (auto if absent).
-    Format {
-        #[serde(default)]
-        format: Option<ConsoleFormat>,
-    },
+    /// `{"format": "pretty"|"json"}`: on with that format (`None`, auto,
+    /// is never read from a config: write `true` for that).
+    Format { format: Option<ConsoleFormat> },
+}
+
+/// What `log.console` may be, for error messages.
+const CONSOLE_SHAPES: &str = r#"true, false, {"format": "pretty"} or {"format": "json"} (true: pretty on a terminal, JSON lines otherwise)"#;
+
+impl<'de> serde::Deserialize<'de> for ConsoleSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+
+        struct Shapes;
+
+        impl<'de> Visitor<'de> for Shapes {
+            type Value = ConsoleSetting;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(CONSOLE_SHAPES)
+            }
+
+            fn visit_bool<E: Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(ConsoleSetting::Enabled(on))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut format = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "format" {
+                        // Starts like serde's own message, so the config
+                        // loader adds its "fix the spelling" hint.
+                        return Err(Error::custom(format!(
+                            "unknown field `{key}`; log.console is {CONSOLE_SHAPES}"
+                        )));
+                    }
+                    // Any value, so that a wrong one gets the message below
+                    // rather than a bare "expected a string".
+                    let value: serde_json::Value = map.next_value()?;
+                    format = Some(match value.as_str() {
+                        Some("pretty") => ConsoleFormat::Pretty,
+                        Some("json") => ConsoleFormat::Json,
+                        _ => {
+                            return Err(Error::custom(format!(
+                                r#"format {value} is not a console format; write {{"format": "pretty"}} or {{"format": "json"}} (or true, false)"#
+                            )))
+                        }
+                    });
+                }
+                match format {
+                    Some(format) => Ok(ConsoleSetting::Format {
+                        format: Some(format),
+                    }),
+                    None => Err(Error::custom(format!(
+                        "an empty object names no format; log.console is {CONSOLE_SHAPES}"
+                    ))),
+                }
+            }
+        }
+
+        d.deserialize_any(Shapes)
+    }
 }
 
 impl ConsoleSetting {
