@@ -68,7 +68,7 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "RELAYAPI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Debug-level logs (same as `server.debug`).
+    /// Debug-level logs (same as `server.debug`); RELAYAPI_LOG or RUST_LOG, when set, decide instead.
     #[arg(short = 'd', long)]
     pub debug: bool,
     /// Accept the sample key published with the earlier RelayAPI (never in production).
@@ -265,10 +265,45 @@ pub fn translate_legacy_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsS
     out
 }
 
-pub fn init_tracing(format: LogFormat, debug: bool) {
+/// The process log filter (what is logged to stderr, by target and level):
+/// `RELAYAPI_LOG`, else `RUST_LOG`, else `info` (`relayapi=debug,info`
+/// with `debug`). Both variables take the same syntax; `RELAYAPI_LOG` is the
+/// relay's own, so it wins, and one that does not parse is an error (the
+/// operator set it for this relay on purpose), while a bad `RUST_LOG`, which
+/// may be meant for other programs, falls back to the default as before.
+/// Empty counts as unset.
+pub fn log_filter(
+    relayapi_log: Option<&str>,
+    rust_log: Option<&str>,
+    debug: bool,
+) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    use tracing_subscriber::EnvFilter;
+    if let Some(filter) = relayapi_log.filter(|f| !f.trim().is_empty()) {
+        return EnvFilter::try_new(filter).map_err(|e| {
+            anyhow::anyhow!(
+                "environment variable RELAYAPI_LOG: not a log filter ({e}); write levels like \"info\" or \"relayapi=debug,info\" (the RUST_LOG syntax), or unset it"
+            )
+        });
+    }
     let default = if debug { "relayapi=debug,info" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    Ok(rust_log
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default)))
+}
+
+/// [`log_filter`] from the process environment.
+fn env_log_filter(debug: bool) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let var = |name| std::env::var(name).ok();
+    log_filter(
+        var("RELAYAPI_LOG").as_deref(),
+        var("RUST_LOG").as_deref(),
+        debug,
+    )
+}
+
+pub fn init_tracing(format: LogFormat, debug: bool) -> anyhow::Result<()> {
+    let filter = env_log_filter(debug)?;
     // Colours only for a person at a terminal, never into files or pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -278,12 +313,13 @@ pub fn init_tracing(format: LogFormat, debug: bool) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }
+    Ok(())
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config_path, explicit) = config_source(args.config.as_deref())?;
     let config = Config::load(config_path.as_deref(), explicit, &config::process_env())?;
-    init_tracing(args.log_format, config.server.debug || args.debug);
+    init_tracing(args.log_format, config.server.debug || args.debug)?;
     let (rai_path, rai_explicit) = default_path(args.rai.as_deref(), "default.rai");
     // A generated .rai names the public port SDKs should use; with port 0
     // (pick a free one) there is none yet, so it names the default.
@@ -601,6 +637,11 @@ pub fn check_config(config: Option<PathBuf>, rai: Option<PathBuf>) -> anyhow::Re
             eprint!("{e}");
         }
     }
+    // `serve` would refuse to start with it.
+    if let Err(e) = env_log_filter(false) {
+        failed = true;
+        eprintln!("{e}");
+    }
     let (rai_path, explicit_rai) = default_path(rai.as_deref(), "default.rai");
     if !explicit_rai && !rai_path.exists() {
         // What `serve` does on its first run: nothing to check yet.
@@ -695,6 +736,27 @@ mod tests {
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn relayapi_log_is_the_log_filter_ahead_of_rust_log() {
+        let shown = |r: Option<&str>, rust: Option<&str>, debug: bool| {
+            log_filter(r, rust, debug).unwrap().to_string()
+        };
+        assert_eq!(
+            shown(Some("relayapi=trace"), Some("warn"), true),
+            "relayapi=trace"
+        );
+        assert_eq!(shown(None, Some("warn"), true), "warn");
+        assert_eq!(shown(Some(""), None, false), "info");
+        assert!(shown(None, None, true).contains("relayapi=debug"));
+        // A bad RUST_LOG falls back to the default, as it always did.
+        assert_eq!(shown(None, Some("relayapi=loud"), false), "info");
+        let msg = log_filter(Some("relayapi=loud"), Some("info"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("environment variable RELAYAPI_LOG"), "{msg}");
+        assert!(msg.contains("\"relayapi=debug,info\""), "{msg}");
     }
 
     #[test]

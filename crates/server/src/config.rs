@@ -881,7 +881,8 @@ fn apply_env(tree: &mut Value, env: &Env, problems: &mut Vec<String>) -> Vec<(St
         let Some(rest) = name.strip_prefix("RELAYAPI_") else {
             continue;
         };
-        // Variables that the CLI reads itself, and the mock's own
+        // Variables that the CLI reads itself (`RELAYAPI_LOG` is the log
+        // filter, see `cli::log_filter`), and the mock's own
         // (`RELAYAPI_MOCK_API_KEY`, …), often exported in the same shell.
         if matches!(
             rest,

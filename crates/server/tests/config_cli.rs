@@ -107,3 +107,51 @@ fn a_config_toml_in_the_working_directory_is_read_and_two_config_files_are_refus
     assert!(ok, "{out}{err}");
     assert!(out.contains("ok: config.json"), "{out}");
 }
+
+/// `RELAYAPI_LOG` is the relay's own spelling of `RUST_LOG` (the log
+/// filter), ahead of it; one that does not parse is an error, not ignored.
+#[test]
+fn relayapi_log_sets_the_log_filter_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"server": {"port": 0}, "usage": {"store": "memory"},
+            "log": {"console": false, "spool_dir": null}}"#,
+    )
+    .unwrap();
+    let bad = [("RELAYAPI_LOG", "relayapi=loud")];
+    for cmd in ["check-config", "serve"] {
+        let (ok, out, err) = run(dir.path(), &[cmd], &bad);
+        assert!(!ok, "{cmd}: {out}{err}");
+        assert!(err.contains("RELAYAPI_LOG"), "{cmd}: {err}");
+        assert!(
+            err.contains("relayapi=debug,info"),
+            "says the fix: {cmd}: {err}"
+        );
+        assert!(!err.contains("no such setting"), "{cmd}: {err}");
+    }
+    // It wins over RUST_LOG: info lines appear although RUST_LOG says warn.
+    let stderr = dir.path().join("stderr.log");
+    let mut child = relayapi(dir.path())
+        .arg("serve")
+        .env("RELAYAPI_LOG", "info")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started = Instant::now();
+    let mut log = String::new();
+    while started.elapsed() < Duration::from_secs(10) && !log.contains("relay ready") {
+        std::thread::sleep(Duration::from_millis(50));
+        log = std::fs::read_to_string(&stderr).unwrap();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("listening on "), "{line}{log}");
+    assert!(log.contains("relay ready"), "{log}");
+}
