@@ -485,8 +485,14 @@ impl Config {
         };
         let mut problems = Vec::new();
         let from_env = apply_env(&mut tree, env, &mut problems);
+        let env_problems = problems.len();
+        let known = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+        refuse_lists_for_objects(&tree, &known, "", &mut problems);
         let mut retried: Vec<String> = Vec::new();
         let config: Option<Config> = loop {
+            if problems.len() > env_problems {
+                break None;
+            }
             match serde_path_to_error::deserialize(tree.clone()) {
                 Ok(c) => break Some(c),
                 Err(e) => {
@@ -687,9 +693,9 @@ impl Config {
                 problems.push("credentials: a credential name must not be empty".into());
             }
             if registry.get(&c.provider).is_none() {
+                // Not quoted: a key written in the wrong place would be.
                 problems.push(format!(
-                    "{field}.provider: {:?} is not a provider of this relay; use one of: {}",
-                    c.provider,
+                    "{field}.provider: not a provider of this relay (the value is not shown: credentials hold keys); use one of: {}",
                     registry.ids().join(", ")
                 ));
             }
@@ -822,6 +828,41 @@ fn is_secret_setting(field: &str) -> bool {
             .any(|name| field == *name || field.ends_with(&format!(".{name}")))
 }
 
+/// serde reads a struct from a list, by position (`"admin": ["127.0.0.1:8841",
+/// "<key>"]` loads as `listen` and `api_key`): never what was meant, and a
+/// secret would land in a field whose check quotes it. So every setting
+/// that wants an object (by the defaults' shape, and the entries of
+/// `credentials` and `providers`) refuses a list before serde sees it.
+fn refuse_lists_for_objects(input: &Value, known: &Value, path: &str, problems: &mut Vec<String>) {
+    let (Value::Object(input), Value::Object(known)) = (input, known) else {
+        return;
+    };
+    for (key, value) in input {
+        let field = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let wanted = known.get(key);
+        // An empty default object is a map (`providers`, `credentials`);
+        // their entries are structs.
+        let object_wanted = matches!(path, "credentials" | "providers")
+            || wanted.is_some_and(|k| k.as_object().is_some_and(|m| !m.is_empty()));
+        if value.is_array() && object_wanted {
+            problems.push(match secret_section_shape(&field) {
+                Some(shape) => format!(
+                    "{field}: a list is not read here (not shown: it holds a secret); write {shape}"
+                ),
+                None => format!(
+                    "{field}: a list is not read here; write an object of named fields ({{\"field\": value, …}}, see docs/configuration.md)"
+                ),
+            });
+        } else if let Some(known) = wanted {
+            refuse_lists_for_objects(value, known, &field, problems);
+        }
+    }
+}
+
 /// The raw text of the `RELAYAPI_*` variable that set `field`, if it was
 /// parsed as JSON into something other than a string (a retry takes it as
 /// a string; a second failure at the same field is then a real error).
@@ -834,10 +875,38 @@ fn env_value_as_string(field: &str, from_env: &[(String, String)], env: &Env) ->
     }
 }
 
+/// What to write for `field` when it is a section that holds a secret, or
+/// `None` when it is not one. An error about such a section is about its
+/// type (`"log": {"database": "postgres://u:pw@h/db"}` is an error at
+/// `log.database`), and serde's message quotes the value written, which is
+/// then likely the secret itself: it is replaced by this shape.
+fn secret_section_shape(field: &str) -> Option<&'static str> {
+    // Keep in step with `is_secret_setting` and docs/configuration.md.
+    Some(match field.split('.').collect::<Vec<_>>()[..] {
+        ["log"] => "an object like {\"console\": true, \"database\": {…}, \"web\": {…}} (docs/logging.md)",
+        ["log", "database"] => {
+            "an object like {\"enabled\": true, \"type\": \"postgres\", \"connection_string\": \"postgres://…\"}"
+        }
+        ["log", "web"] => {
+            "an object like {\"enabled\": true, \"callback_url\": \"https://…\", \"secret\": \"…\"}"
+        }
+        ["admin"] => "an object like {\"listen\": \"127.0.0.1:8841\", \"api_key_sha256\": \"…\"} (docs/admin.md)",
+        ["credentials"] => {
+            "an object of named credentials like {\"team-openai\": {\"provider\": \"openai\", \"api_keys\": [\"sk-…\"]}}"
+        }
+        ["credentials", _] => "an object like {\"provider\": \"openai\", \"api_keys\": [\"sk-…\"]}",
+        ["credentials", _, "api_keys"] => "a list of provider keys like [\"sk-…\"]",
+        _ => return None,
+    })
+}
+
 fn explain_serde(field: &str, e: &serde_json::Error) -> String {
     let msg = e.to_string();
     if msg.starts_with("unknown field") {
         return format!("{msg} (remove it or fix the spelling)");
+    }
+    if let Some(shape) = secret_section_shape(field) {
+        return format!("not a valid value (not shown: it holds a secret); write {shape}");
     }
     let secret = is_secret_setting(field);
     // serde names Rust types; say what to write instead.
@@ -1245,6 +1314,147 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("batch_max_records"), "{msg}");
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_type_never_echoes_the_secret_in_it() {
+        for (text, field, fix) in [
+            (
+                r#"{"log": {"database": "postgres://u:Sekr1t@h/db"}}"#,
+                "log.database",
+                r#""connection_string": "#,
+            ),
+            (
+                r#"{"log": {"web": "https://hook:Sekr1t@logs.example/in"}}"#,
+                "log.web",
+                r#""callback_url": "#,
+            ),
+            (
+                r#"{"log": "postgres://u:Sekr1t@h/db"}"#,
+                "log",
+                r#""database": "#,
+            ),
+            (
+                r#"{"admin": "Sekr1t-admin-key-0123456789"}"#,
+                "admin",
+                r#""api_key_sha256": "#,
+            ),
+            (
+                r#"{"admin": 31415926535}"#,
+                "admin",
+                r#""api_key_sha256": "#,
+            ),
+            (
+                r#"{"credentials": "sk-Sekr1t"}"#,
+                "credentials",
+                r#""api_keys": ["#,
+            ),
+            (
+                r#"{"credentials": ["sk-Sekr1t"]}"#,
+                "credentials",
+                r#""api_keys": ["#,
+            ),
+            (
+                r#"{"credentials": {"team": "sk-Sekr1t"}}"#,
+                "credentials.team",
+                r#""api_keys": ["#,
+            ),
+            (
+                r#"{"credentials": {"team": ["sk-Sekr1t"]}}"#,
+                "credentials.team",
+                r#""api_keys": ["#,
+            ),
+            (
+                r#"{"credentials": {"team": {"provider": "openai", "api_keys": "sk-Sekr1t"}}}"#,
+                "credentials.team.api_keys",
+                "a list",
+            ),
+            (
+                r#"{"log": {"web": {"secret": ["Sekr1t"]}}}"#,
+                "log.web.secret",
+                "not shown",
+            ),
+            // serde reads a struct from a list, positionally: the secret would
+            // land in another field and be echoed by that field's check.
+            (
+                r#"{"credentials": {"team": ["openai", ["sk-Sekr1t"]]}}"#,
+                "credentials.team",
+                r#""api_keys": ["#,
+            ),
+            (
+                r#"{"log": {"database": ["postgres://u:Sekr1t@h/db"]}}"#,
+                "log.database",
+                r#""connection_string": "#,
+            ),
+            (
+                r#"{"log": {"database": [true, "postgres://u:Sekr1t@h/db"]}}"#,
+                "log.database",
+                r#""connection_string": "#,
+            ),
+            (
+                r#"{"log": [true, {"enabled": true, "type": "postgres://u:Sekr1t@h/db"}]}"#,
+                "log",
+                r#""database": "#,
+            ),
+            (
+                r#"{"admin": ["127.0.0.1:8841", "Sekr1t-admin-key-0123456789"]}"#,
+                "admin",
+                r#""api_key_sha256": "#,
+            ),
+            // A key written where the provider goes.
+            (
+                r#"{"credentials": {"team": {"provider": "sk-Sekr1t", "api_keys": ["k"]}}}"#,
+                "credentials.team.provider",
+                "use one of: ",
+            ),
+        ] {
+            let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+            assert!(msg.contains(&format!("{field}: ")), "{text}: {msg}");
+            assert!(msg.contains("not shown"), "{text}: {msg}");
+            assert!(msg.contains(fix), "says what to write: {text}: {msg}");
+            assert!(
+                !msg.contains("Sekr1t") && !msg.contains("31415926535"),
+                "{text}: {msg}"
+            );
+            assert!(
+                !msg.contains("struct "),
+                "names no Rust type: {text}: {msg}"
+            );
+        }
+        let msg = load_str(
+            "c.toml",
+            "[log]\ndatabase = \"postgres://u:Sekr1t@h/db\"\n",
+            &vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("log.database: ") && !msg.contains("Sekr1t"),
+            "{msg}"
+        );
+        let env = vec![(
+            "RELAYAPI_LOG_DATABASE".to_string(),
+            "postgres://u:Sekr1t@h/db".to_string(),
+        )];
+        let msg = load_str("c.json", "{}", &env).unwrap_err().to_string();
+        assert!(
+            msg.contains("(from the environment variable RELAYAPI_LOG_DATABASE)"),
+            "{msg}"
+        );
+        assert!(!msg.contains("Sekr1t"), "{msg}");
+        // Sections without secrets still quote what was written.
+        let msg = load_str("c.json", r#"{"server": "x-visible"}"#, &vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("x-visible"), "{msg}");
+        // ...and take no list for an object either.
+        let msg = load_str("c.json", r#"{"rate_limit": {"ip_limit": [5, 9]}}"#, &vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("rate_limit.ip_limit: a list is not read here; write an object"),
+            "{msg}"
+        );
     }
 
     #[test]

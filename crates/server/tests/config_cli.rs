@@ -155,3 +155,70 @@ fn relayapi_log_sets_the_log_filter_and_a_bad_one_is_refused() {
     assert!(line.starts_with("listening on "), "{line}{log}");
     assert!(log.contains("relay ready"), "{log}");
 }
+
+/// A section of the wrong type that holds a secret: serde would quote the
+/// value; `check-config` shows the field and the fix, never the value.
+#[test]
+fn check_config_never_prints_a_secret_given_as_a_whole_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let canary = "Sekr1t-canary-0123456789";
+    for (file, text, field) in [
+        (
+            "config.json",
+            format!(r#"{{"log": {{"database": "postgres://u:{canary}@h/db"}}}}"#),
+            "log.database",
+        ),
+        (
+            "config.json",
+            format!(r#"{{"log": {{"web": "https://hook:{canary}@logs.example/in"}}}}"#),
+            "log.web",
+        ),
+        (
+            "config.json",
+            format!(r#"{{"admin": "{canary}"}}"#),
+            "admin",
+        ),
+        (
+            "config.json",
+            format!(r#"{{"credentials": "sk-{canary}"}}"#),
+            "credentials",
+        ),
+        (
+            "config.json",
+            format!(r#"{{"credentials": ["sk-{canary}"]}}"#),
+            "credentials",
+        ),
+        (
+            "config.json",
+            format!(r#"{{"credentials": {{"team": "sk-{canary}"}}}}"#),
+            "credentials.team",
+        ),
+        (
+            "config.toml",
+            format!("[log]\ndatabase = \"postgres://u:{canary}@h/db\"\n"),
+            "log.database",
+        ),
+        ("config.toml", format!("admin = \"{canary}\"\n"), "admin"),
+    ] {
+        let _ = std::fs::remove_file(dir.path().join("config.json"));
+        let _ = std::fs::remove_file(dir.path().join("config.toml"));
+        std::fs::write(dir.path().join(file), &text).unwrap();
+        let (ok, out, err) = run(dir.path(), &["check-config"], &[]);
+        assert!(!ok, "{text}: {out}");
+        assert!(err.contains(&format!("{field}: ")), "{text}: {err}");
+        assert!(
+            !out.contains(canary) && !err.contains(canary),
+            "{text}: {out}{err}"
+        );
+    }
+    // The same through the environment.
+    let _ = std::fs::remove_file(dir.path().join("config.toml"));
+    let url = format!("postgres://u:{canary}@h/db");
+    let (ok, out, err) = run(
+        dir.path(),
+        &["check-config"],
+        &[("RELAYAPI_LOG_DATABASE", url.as_str())],
+    );
+    assert!(!ok && err.contains("RELAYAPI_LOG_DATABASE"), "{out}{err}");
+    assert!(!out.contains(canary) && !err.contains(canary), "{out}{err}");
+}
