@@ -547,6 +547,21 @@ impl Config {
         if s.max_header_bytes < 1024 {
             problems.push("server.max_header_bytes: must be at least 1024".into());
         }
+        // Zero is refused where it breaks the relay; where it has a meaning
+        // it is accepted: shutdown_grace (exit at once), write_timeout
+        // (never applied), upstream.pool_* (no reuse), cors.max_age (no
+        // preflight caching), log.batch_max_delay (no batching delay).
+        if s.read_timeout.is_zero() {
+            // hyper's header timer would close every connection at once.
+            problems.push(
+                "server.read_timeout: must be > 0 seconds (0 closes every connection before its request arrives); write e.g. 30 or \"30s\" (the default)".into(),
+            );
+        }
+        if s.max_parsed_body_bytes == 0 {
+            problems.push(
+                "server.max_parsed_body_bytes: must be ≥ 1 (0 refuses every body the relay must read: model enforcement, budgets); write e.g. 4194304 (the default, 4 MiB)".into(),
+            );
+        }
         for (i, net) in s.trusted_proxies.iter().enumerate() {
             if parse_net(net).is_none() {
                 problems.push(format!(
@@ -576,13 +591,15 @@ impl Config {
             problems.push("rate_limit.max_tracked_ips: must be ≥ 1".into());
         }
         let u = &self.upstream;
-        for (name, d) in [
-            ("connect_timeout", u.connect_timeout),
-            ("first_byte_timeout", u.first_byte_timeout),
-            ("idle_timeout", u.idle_timeout),
+        for (name, d, default) in [
+            ("connect_timeout", u.connect_timeout, 10),
+            ("first_byte_timeout", u.first_byte_timeout, 300),
+            ("idle_timeout", u.idle_timeout, 120),
         ] {
             if d.is_zero() {
-                problems.push(format!("upstream.{name}: must be > 0 seconds"));
+                problems.push(format!(
+                    "upstream.{name}: must be > 0 seconds (0 fails every request); write e.g. {default} or \"{default}s\" (the default)"
+                ));
             }
         }
         check_ca_file("upstream.ca_file", u.ca_file.as_deref(), problems);
@@ -1764,6 +1781,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(msg.contains("rate_limit.ip_limit.burst: "), "{msg}");
+    }
+
+    #[test]
+    fn a_zero_that_would_break_the_relay_is_refused_and_a_meaningful_zero_is_not() {
+        for (text, needle) in [
+            (
+                r#"{"server": {"read_timeout": 0}}"#,
+                "server.read_timeout: must be > 0 seconds",
+            ),
+            (
+                r#"{"server": {"read_timeout": "0s"}}"#,
+                "server.read_timeout: must be > 0 seconds",
+            ),
+            (
+                r#"{"server": {"max_parsed_body_bytes": 0}}"#,
+                "server.max_parsed_body_bytes: must be ≥ 1",
+            ),
+            (
+                r#"{"upstream": {"idle_timeout": 0}}"#,
+                "upstream.idle_timeout: must be > 0 seconds",
+            ),
+        ] {
+            let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+            assert!(msg.contains(needle), "{text}: {msg}");
+            assert!(msg.contains("write e.g."), "says the fix: {text}: {msg}");
+        }
+        let env = vec![("RELAYAPI_SERVER_READ_TIMEOUT".to_string(), "0".to_string())];
+        let msg = load_str("c.json", "{}", &env).unwrap_err().to_string();
+        assert!(
+            msg.contains("server.read_timeout (from the environment variable RELAYAPI_SERVER_READ_TIMEOUT): must be > 0"),
+            "{msg}"
+        );
+        // Zeros with a meaning: exit at once, no write deadline (never
+        // applied anyway), no connection reuse, no preflight caching, no
+        // global limit, no batching delay, an empty spool.
+        let text = r#"{"server": {"shutdown_grace": 0, "write_timeout": 0},
+            "upstream": {"pool_idle_timeout": 0, "pool_max_idle_per_host": 0},
+            "cors": {"max_age": 0}, "rate_limit": {"requests_per_second": 0},
+            "log": {"batch_max_delay": 0, "spool_max_bytes": 0}}"#;
+        let c = load_str("c.json", text, &vec![]).unwrap();
+        assert!(c.server.shutdown_grace.is_zero());
+        assert!(c.upstream.pool_idle_timeout.is_zero());
     }
 
     #[test]
