@@ -92,8 +92,13 @@ pub struct TokenArgs {
     #[arg(long)]
     pub provider: String,
     /// The provider API key the token carries (encrypted).
-    #[arg(long, required_unless_present = "key_ref", conflicts_with = "key_ref")]
-    pub api_key: Option<String>,
+    #[arg(
+        long,
+        required_unless_present = "key_ref",
+        conflicts_with = "key_ref",
+        value_parser = secret
+    )]
+    pub api_key: Option<SecretString>,
     /// Instead of --api-key: the name of a credential in the relay's config
     /// (`credentials`); the token then carries no provider key.
     #[arg(long)]
@@ -163,9 +168,10 @@ pub struct AdminArgs {
         long,
         env = "RELAYAPI_ADMIN_KEY",
         hide_env_values = true,
-        global = true
+        global = true,
+        value_parser = secret
     )]
-    pub admin_key: Option<String>,
+    pub admin_key: Option<SecretString>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -189,6 +195,12 @@ pub enum AdminCommand {
         #[arg(long)]
         sub: Option<String>,
     },
+}
+
+/// A key given on the command line, held as a [`SecretString`] so the
+/// parsed arguments' `Debug` never shows it.
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -431,8 +443,8 @@ pub fn token(a: TokenArgs) -> anyhow::Result<()> {
     let now = crate::auth::unix_now();
     let ttl = i64::try_from(a.expire.as_secs()).unwrap_or(i64::MAX / 2);
     let mut claims = match (a.api_key, a.key_ref) {
-        (Some(key), _) if key.trim().is_empty() => bail!("--api-key: must not be empty"),
-        (Some(key), _) => Claims::new(&a.provider, SecretString::new(key), ttl, now),
+        (Some(key), _) if key.expose().trim().is_empty() => bail!("--api-key: must not be empty"),
+        (Some(key), _) => Claims::new(&a.provider, key, ttl, now),
         (None, Some(name)) if name.trim().is_empty() => bail!("--key-ref: must not be empty"),
         (None, Some(name)) => Claims::new_key_ref(&a.provider, name, ttl, now),
         (None, None) => bail!("give --api-key KEY or --key-ref NAME"),
@@ -534,7 +546,7 @@ pub async fn admin(a: AdminArgs) -> anyhow::Result<()> {
     let uri: http::Uri = url.parse().with_context(|| {
         format!("--admin-url: {base:?} is not a URL like http://127.0.0.1:8841")
     })?;
-    let mut auth = http::HeaderValue::from_str(&format!("Bearer {key}"))
+    let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
         .context("--admin-key: not a valid header value")?;
     auth.set_sensitive(true);
     let req = http::Request::builder()
@@ -757,6 +769,46 @@ mod tests {
             .to_string();
         assert!(msg.contains("environment variable RELAYAPI_LOG"), "{msg}");
         assert!(msg.contains("\"relayapi=debug,info\""), "{msg}");
+    }
+
+    #[test]
+    fn the_parsed_command_line_never_shows_a_key_in_debug() {
+        for args in [
+            &[
+                "relayapi",
+                "token",
+                "--provider",
+                "openai",
+                "--api-key",
+                "sk-canary-1234",
+            ][..],
+            &[
+                "relayapi",
+                "admin",
+                "--admin-key",
+                "admin-canary-5678",
+                "usage",
+            ],
+            &[
+                "relayapi",
+                "admin",
+                "revoke",
+                "jti-1",
+                "--admin-key=admin-canary-5678",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let dbg = format!("{cli:?}");
+            assert!(!dbg.contains("canary"), "{dbg}");
+            assert!(dbg.contains("[REDACTED]"), "{dbg}");
+            // The value itself still reaches the code that sends it.
+            let key = match cli.command {
+                Some(Command::Token(t)) => t.api_key,
+                Some(Command::Admin(a)) => a.admin_key,
+                _ => None,
+            };
+            assert!(key.unwrap().expose().contains("canary"));
+        }
     }
 
     #[test]
