@@ -344,7 +344,7 @@ pub struct DatabaseLogSettings {
     pub connection_string: relayapi_token::SecretString,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebLogSettings {
     pub enabled: bool,
@@ -354,6 +354,25 @@ pub struct WebLogSettings {
     /// PEM CA certificates trusted for an `https` receiver, in addition to
     /// the built-in roots (a receiver behind a private CA).
     pub ca_file: Option<PathBuf>,
+}
+
+/// By hand: the callback URL is a credential as much as the secret (its
+/// userinfo, its query, or a path like Slack's `/services/T…/B…/…`), so
+/// `Debug` of the config shows neither.
+impl fmt::Debug for WebLogSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = if self.callback_url.is_empty() {
+            ""
+        } else {
+            relayapi_token::secret::REDACTED
+        };
+        f.debug_struct("WebLogSettings")
+            .field("enabled", &self.enabled)
+            .field("callback_url", &url)
+            .field("secret", &self.secret)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1681,6 +1700,20 @@ mod tests {
         let c = load_str("c.json", ok, &vec![]).unwrap();
         assert!(c.log.any_sink());
         assert_eq!(c.log.parquet.max_file_age, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn config_debug_shows_no_webhook_url_or_secret() {
+        let text = r#"{"log": {"web": {"enabled": true,
+            "callback_url": "https://logs.example/services/Sekr1tPath?token=Sekr1tTok",
+            "secret": "Sekr1tHmac"},
+            "database": {"enabled": true, "type": "postgres",
+            "connection_string": "postgres://u:Sekr1tDb@h/db"}}}"#;
+        let c = load_str("c.json", text, &vec![]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("Sekr1t"), "{dbg}");
+        assert!(dbg.contains("callback_url: \"[REDACTED]\""), "{dbg}");
+        assert!(format!("{:?}", Config::default()).contains("callback_url: \"\""));
     }
 
     #[test]
