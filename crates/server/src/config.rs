@@ -859,6 +859,8 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 /// userinfo): an error about them never shows the value.
 fn is_secret_setting(field: &str) -> bool {
     field.starts_with("credentials.")
+        // a custom auth header is a provider key
+        || field.starts_with("providers.") && field.contains(".default_headers")
         || ["secret", "connection_string", "api_key", "callback_url"]
             .iter()
             .any(|name| field == *name || field.ends_with(&format!(".{name}")))
@@ -932,6 +934,9 @@ fn secret_section_shape(field: &str) -> Option<&'static str> {
         }
         ["credentials", _] => "an object like {\"provider\": \"openai\", \"api_keys\": [\"sk-…\"]}",
         ["credentials", _, "api_keys"] => "a list of provider keys like [\"sk-…\"]",
+        ["providers", _, "default_headers"] => {
+            "an object of header names and values like {\"anthropic-beta\": \"…\"}"
+        }
         _ => return None,
     })
 }
@@ -1355,6 +1360,16 @@ mod tests {
     #[test]
     fn a_section_of_the_wrong_type_never_echoes_the_secret_in_it() {
         for (text, field, fix) in [
+            (
+                r#"{"providers": {"acme": {"base_url": "https://a.example", "default_headers": "Bearer sk-Sekr1t"}}}"#,
+                "providers.acme.default_headers",
+                r#"{"anthropic-beta": "#,
+            ),
+            (
+                r#"{"providers": {"acme": {"base_url": "https://a.example", "default_headers": {"x-key": ["Bearer sk-Sekr1t"]}}}}"#,
+                "providers.acme.default_headers.x-key",
+                "",
+            ),
             (
                 r#"{"log": {"database": "postgres://u:Sekr1t@h/db"}}"#,
                 "log.database",

@@ -73,7 +73,8 @@ impl std::fmt::Debug for WebhookSink {
     }
 }
 
-/// `scheme://host:port/path` with userinfo removed and the query masked.
+/// `scheme://host:port` with userinfo removed and the path and query
+/// masked (Slack-style hooks carry their secret in the path).
 pub fn redacted_url(uri: &Uri) -> String {
     let mut s = format!(
         "{}://{}",
@@ -83,7 +84,9 @@ pub fn redacted_url(uri: &Uri) -> String {
     if let Some(p) = uri.port_u16() {
         s.push_str(&format!(":{p}"));
     }
-    s.push_str(uri.path());
+    if uri.path() != "/" && !uri.path().is_empty() {
+        s.push_str("/[REDACTED]");
+    }
     if uri.query().is_some() {
         s.push_str("?[REDACTED]");
     }
@@ -237,17 +240,23 @@ mod tests {
     async fn debug_redacts_secret_userinfo_and_query() {
         let client = crate::proxy::build_client(&crate::config::UpstreamSettings::default());
         let sink = WebhookSink::new(
-            "https://alice:pa55word@hooks.example.com:8443/in?token=t0ps3cret".into(),
+            "https://alice:pa55word@hooks.example.com:8443/services/T0/B0/s3cretpath?token=t0ps3cret".into(),
             Some(SecretString::new("hmac-s3cret".into())),
             client.clone(),
         )
         .unwrap();
         let dbg = format!("{sink:?}");
-        for leak in ["pa55word", "alice", "t0ps3cret", "hmac-s3cret"] {
+        for leak in [
+            "pa55word",
+            "alice",
+            "t0ps3cret",
+            "hmac-s3cret",
+            "s3cretpath",
+        ] {
             assert!(!dbg.contains(leak), "{dbg}");
         }
         assert!(
-            dbg.contains("https://hooks.example.com:8443/in?[REDACTED]"),
+            dbg.contains("https://hooks.example.com:8443/[REDACTED]?[REDACTED]"),
             "{dbg}"
         );
         assert!(WebhookSink::new("not a url".into(), None, client.clone()).is_err());
