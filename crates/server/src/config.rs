@@ -638,9 +638,18 @@ impl Config {
         crate::providers::validate_overrides(&self.providers, problems);
         let log = &self.log;
         if log.web.enabled && crate::providers::url_origin(&log.web.callback_url).is_none() {
-            problems.push(
-                "log.web.callback_url: not an http(s) URL with a host (the value is not shown: it may hold credentials); set the receiver's URL or disable log.web".into(),
-            );
+            let with_userinfo = log
+                .web
+                .callback_url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
+                .unwrap_or(false);
+            problems.push(if with_userinfo {
+                "log.web.callback_url: a user or password in the URL is not supported (the value is not shown); receivers authenticate the relay by log.web.secret's X-RelayAPI-Signature, or put a token in the URL's path or query".into()
+            } else {
+                "log.web.callback_url: not an http(s) URL with a host (the value is not shown: it may hold credentials); set the receiver's URL or disable log.web".into()
+            });
         }
         if log.web.enabled {
             check_ca_file("log.web.ca_file", log.web.ca_file.as_deref(), problems);
@@ -1355,6 +1364,17 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("batch_max_records"), "{msg}");
+    }
+
+    #[test]
+    fn a_webhook_url_with_a_password_is_refused_saying_why_without_it() {
+        let text = r#"{"log": {"web": {"enabled": true, "callback_url": "https://hook:Sekr1t@logs.example/in"}}}"#;
+        let msg = load_str("c.json", text, &vec![]).unwrap_err().to_string();
+        assert!(
+            msg.contains("log.web.callback_url: a user or password"),
+            "{msg}"
+        );
+        assert!(!msg.contains("Sekr1t") && !msg.contains("hook:"), "{msg}");
     }
 
     #[test]
