@@ -100,9 +100,15 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
             // SDK glued it on without one (`rai_hash=<64 hex>chat/completions`).
             let head = &value[..value.find('/').unwrap_or(value.len())];
             let (end, glued_start) = glued_cut(param, head);
-            if glued_start < value.len() {
-                glued_path = Some(value[glued_start..].to_string());
-                value = &value[..end];
+            // `get`, not indexing: were a cut ever off a character
+            // boundary, the value would stay whole (and fail as a token)
+            // instead of panicking — an abort in release, on a request no
+            // limit has counted yet.
+            if let (Some(glued), Some(cut)) = (value.get(glued_start..), value.get(..end)) {
+                if !glued.is_empty() {
+                    glued_path = Some(glued.to_string());
+                    value = cut;
+                }
             }
         }
         let decoded = percent_encoding::percent_decode_str(value.trim_end_matches('='))
@@ -150,10 +156,30 @@ pub fn locate(rest: &str, query: Option<&str>, headers: &HeaderMap) -> Located {
 /// blocks (those lengths are ≥ 21 characters apart, longer than any first
 /// path segment an SDK appends); a v2 token (JWE) ends 22 characters (the
 /// 16-byte tag) after its last `.`.
+///
+/// Both offsets are character boundaries of `head`. The shapes count ASCII
+/// characters, but `head` may hold others (a decoded `%C3%A9`, or `é` sent
+/// raw): a cut that would fall inside one means the value is no credential
+/// of that shape, so nothing is glued and the value stays whole, to fail
+/// later like any other garbage (`token_invalid`, nothing said about why).
 fn glued_cut(param: &str, head: &str) -> (usize, usize) {
+    let (end, glued_start) = cut_by_shape(param, head);
+    if head.is_char_boundary(end) && head.is_char_boundary(glued_start) {
+        (end, glued_start)
+    } else {
+        (head.len(), head.len())
+    }
+}
+
+/// [`glued_cut`] by byte arithmetic alone (offsets may fall inside a
+/// character).
+fn cut_by_shape(param: &str, head: &str) -> (usize, usize) {
     let whole = (head.len(), head.len());
     let after_padding = |end: usize| {
-        let pad = head[end..].bytes().take_while(|b| *b == b'=').count();
+        let pad = head.as_bytes()[end..]
+            .iter()
+            .take_while(|b| **b == b'=')
+            .count();
         (end, end + pad)
     };
     match param {
@@ -199,8 +225,12 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim().to_string());
+        // Checked: `to_str` admits only visible ASCII, but the split should
+        // not depend on that to stay panic-free.
+        if let Some((scheme, rest)) = v.split_at_checked(7) {
+            if scheme.eq_ignore_ascii_case("bearer ") && !rest.is_empty() {
+                return Some(rest.trim().to_string());
+            }
         }
     }
     CREDENTIAL_HEADERS[1..]
@@ -419,6 +449,137 @@ mod tests {
             let l = locate("", Some(&format!("token={token}embeddings")), &h);
             assert_eq!(l.token.as_deref(), Some(token.as_str()), "{blocks} blocks");
             assert_eq!(l.rest, "embeddings");
+        }
+    }
+
+    /// The audit's two requests: a decoded `%C3%A9` put a multi-byte
+    /// character where `glued_cut`'s arithmetic (22 tag characters after
+    /// the last `.`; whole AES blocks of base64) cut, and slicing there
+    /// panicked — an abort in release, before any limit ran. The raw
+    /// character (hyper passes UTF-8 in a query through) did the same.
+    #[test]
+    fn a_cut_inside_a_multibyte_character_is_no_glued_path() {
+        let h = HeaderMap::new();
+        let keys = Keys::default();
+        let (a21, a42) = ("A".repeat(21), "A".repeat(42));
+        for (query, want_token) in [
+            (format!("token=a.{a21}%C3%A9%2Fx"), format!("a.{a21}é")),
+            (format!("token={a42}%C3%A9%2Fx"), format!("{a42}é")),
+            (format!("token=a.{a21}é/x"), format!("a.{a21}é")),
+            (format!("token={a42}é/x"), format!("{a42}é")),
+        ] {
+            let l = locate("", Some(&query), &h);
+            // Not a token in the shape the cut assumed: nothing is split
+            // off before the `/`, and the value fails like any garbage.
+            assert_eq!(l.token.as_deref(), Some(want_token.as_str()), "{query}");
+            assert_eq!(l.rest, "x", "{query}");
+            for legacy in [true, false] {
+                assert_eq!(
+                    authenticate(&keys, &l, legacy.then(Default::default), 0).unwrap_err(),
+                    ApiError::TokenInvalid,
+                    "{query}"
+                );
+            }
+        }
+    }
+
+    /// splitmix64: a fixed seed, so a failure replays exactly.
+    fn prng(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    /// Random strings of what the cuts count (token characters, runs of
+    /// them near the cut lengths, `.`, `=`) mixed with what shifts bytes
+    /// against characters (escaped and raw multi-byte UTF-8) and what
+    /// splits (`/`, `%2F`, `?`, `&`).
+    fn random_text(next: &mut impl FnMut() -> u64, max_pieces: u64) -> String {
+        const PIECES: [&str; 22] = [
+            "A",
+            "z",
+            "0",
+            "-",
+            "_",
+            "=",
+            ".",
+            "/",
+            "?",
+            "&",
+            "%",
+            "%2F",
+            "%2f",
+            "%3F",
+            "%C3%A9",
+            "%F0%9F%98%80",
+            "%C3",
+            "é",
+            "😀",
+            "token=",
+            "rai_hash=",
+            "eyJ",
+        ];
+        let mut out = String::new();
+        for _ in 0..next() % max_pieces {
+            match next() % 8 {
+                // A run of token characters: the cuts fall 22 (tag) or
+                // 43, 64, 86, … (AES blocks) characters in.
+                0 => out.push_str(&"A".repeat((next() % 90) as usize)),
+                1 => out.push_str(&"a1b2c3d4e5f6".repeat((next() % 7) as usize)),
+                _ => out.push_str(PIECES[(next() % PIECES.len() as u64) as usize]),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_query_or_path_makes_locate_panic() {
+        let mut next = prng(0x5EED_2024_0A11_C0DE);
+        let keys = Keys::default();
+        let h = HeaderMap::new();
+        let forced = Claims::new("openai", "sk-x", 600, 0).with_model("m");
+        let listed = Claims::new("openai", "sk-x", 600, 0).with_models(["m"]);
+        for _ in 0..20_000 {
+            let param = ["token=", "rai_hash=", "key=", "x="][(next() % 4) as usize];
+            let mut query = format!("{param}{}", random_text(&mut next, 12));
+            if next().is_multiple_of(3) {
+                let param = ["&token=", "&rai_hash="][(next() % 2) as usize];
+                query.push_str(param);
+                query.push_str(&random_text(&mut next, 12));
+            }
+            let rest = match next() % 3 {
+                0 => String::new(),
+                1 => "models".into(),
+                _ => random_text(&mut next, 6),
+            };
+            let l = locate(&rest, Some(&query), &h);
+            for legacy in [true, false] {
+                let _ = authenticate(&keys, &l, legacy.then(Default::default), 0);
+            }
+            let _ = crate::proxy::path_model(&l.rest);
+            let normalised = crate::policy::path::normalise(&l.rest);
+            let rest = normalised.as_deref().unwrap_or(&l.rest);
+            for claims in [&forced, &listed] {
+                let _ = crate::proxy::apply_model_policy(
+                    claims,
+                    &http::Method::POST,
+                    rest,
+                    &l.query,
+                    br#"{"model":"m"}"#,
+                );
+            }
+            // `glued_cut` itself, on any text (not only a value's head).
+            let head = random_text(&mut next, 12);
+            for param in ["token", "rai_hash", "key"] {
+                let (end, glued_start) = glued_cut(param, &head);
+                assert!(end <= glued_start && glued_start <= head.len(), "{head:?}");
+                assert!(head.is_char_boundary(end), "{param} {head:?}");
+                assert!(head.is_char_boundary(glued_start), "{param} {head:?}");
+            }
         }
     }
 

@@ -294,6 +294,55 @@ async fn health_says_degraded_while_the_usage_store_cannot_write() {
     assert_eq!(h["usage"]["write_errors"], 1, "{h}");
 }
 
+/// One request over a fresh connection, `target` sent byte for byte (no
+/// client library re-encodes it); the answer's status line and body, or
+/// `None` when the connection closed without one.
+fn raw_get(relay: &Relay, target: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let addr = relay.url.strip_prefix("http://").unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    // A reset (the task serving the connection died) counts as no answer.
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// A `token` query value holding a multi-byte character (percent-encoded
+/// next to a `%2F`, or raw) where the glued-path cut counted ASCII
+/// characters made the relay panic before any limit: in release
+/// (`panic = "abort"`) one request ended the process. Each must get the
+/// answer any garbage token gets, and the relay must still be there.
+#[test]
+fn a_multibyte_character_in_a_query_token_is_invalid_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"server": {"port": 0}, "usage": {"store": "memory"}});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let relay = Relay::start(dir.path(), &[]);
+    let garbage = raw_get(&relay, "/relayapi/x?token=garbage").expect("no answer to garbage");
+    assert!(garbage.0.starts_with("HTTP/1.1 401"), "{garbage:?}");
+    assert!(garbage.1.contains("token_invalid"), "{garbage:?}");
+    let (a21, a42) = ("A".repeat(21), "A".repeat(42));
+    for target in [
+        format!("/relayapi/?token=a.{a21}%C3%A9%2Fx"),
+        format!("/relayapi/?token={a42}%C3%A9%2Fx"),
+        format!("/relayapi/?token=a.{a21}\u{e9}/x"),
+        format!("/relayapi/?token={a42}\u{e9}/x"),
+    ] {
+        let answer = raw_get(&relay, &target);
+        let stderr = std::fs::read_to_string(&relay.stderr).unwrap_or_default();
+        assert_eq!(answer.as_ref(), Some(&garbage), "{target}\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{target}\n{stderr}");
+    }
+    let health = raw_get(&relay, "/health").expect("the relay is gone");
+    assert!(health.0.starts_with("HTTP/1.1 200"), "{health:?}");
+}
+
 #[test]
 fn a_taken_admin_port_stops_the_relay_before_it_says_listening() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
