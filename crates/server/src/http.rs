@@ -576,7 +576,7 @@ async fn relay(
 
     // 7. forward (a key_ref call with a replayable body may try two keys)
     if let Some(log) = log.as_mut() {
-        log.forwarding(claims.effective_model());
+        log.forwarding(claims.effective_model().as_deref());
     }
     let mut attempt_key = Some((first_index, first_key));
     let mut retried = false;

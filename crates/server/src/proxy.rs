@@ -215,6 +215,7 @@ pub fn apply_model_policy(
     body: &[u8],
 ) -> Result<(String, Option<Bytes>), ApiError> {
     let forced = claims.effective_model();
+    let forced = forced.as_deref();
     let query_models = query_models(query);
     if let Some(model) = forced {
         if query_models.iter().any(|m| m != model) {
@@ -820,6 +821,32 @@ mod tests {
         assert!(String::from_utf8(body.unwrap().to_vec())
             .unwrap()
             .contains("legacy"));
+    }
+
+    /// A `rep_m` written with JSON escapes (PHP's `\/`, Python's `\u00e8`)
+    /// or named twice was no model to the relay, which then let the token
+    /// call any model while every SDK reported one.
+    #[test]
+    fn an_escaped_or_repeated_rep_m_still_forces_the_model() {
+        for (ext, want) in [
+            (r#"{"rep_m":"meta-llama\/Llama-3"}"#, "meta-llama/Llama-3"),
+            (r#"{"rep_m": "mod\u00e8le"}"#, "modèle"),
+            (r#"{"rep_m":"first","rep_m":"last"}"#, "last"),
+        ] {
+            let c = Claims::new("openai", "sk-x", 600, 0).with_ext_info(ext);
+            assert!(needs_model_policy(&c), "{ext}");
+            let (_, body) = post(&c, "chat/completions", br#"{"model":"other"}"#).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
+            assert_eq!(v["model"], want, "{ext}");
+            let (path, _) = post(&c, "v1beta/models/other:generateContent", b"{}").unwrap();
+            assert_eq!(path, format!("v1beta/models/{want}:generateContent"));
+            assert_eq!(
+                apply_model_policy(&c, &http::Method::GET, "realtime", "model=other", b"")
+                    .unwrap_err(),
+                ApiError::ModelNotAllowed,
+                "{ext}"
+            );
+        }
     }
 
     #[test]

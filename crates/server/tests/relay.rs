@@ -313,6 +313,29 @@ async fn models_policy_and_forced_model() {
     assert_eq!(v["model"], "forced-model");
 }
 
+/// `ext_info`'s `rep_m` written with JSON escapes (PHP's `\/`, Python's
+/// `\u00e8`) or named twice was no model to the relay: the token could call
+/// any model, though every SDK reported the forced one.
+#[tokio::test]
+async fn an_escaped_or_repeated_rep_m_forces_the_model() {
+    let env = Env::start().await;
+    for (ext_info, want) in [
+        (r#"{"rep_m":"meta-llama\/Llama-3"}"#, "meta-llama/Llama-3"),
+        (r#"{"uid": 7, "rep_m": "mod\u00e8le"}"#, "modèle"),
+        (r#"{"rep_m":"first","rep_m":"last"}"#, "last"),
+    ] {
+        let mut claims = env.claims("openai");
+        claims.ext_info = Some(ext_info.into());
+        let url = format!("{}{}/chat/completions", env.base(), env.mint(&claims));
+        let mut body = chat_body(false);
+        body["model"] = "gpt-5-expensive".into();
+        let resp = env.http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{ext_info}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["model"], want, "{ext_info}");
+    }
+}
+
 #[tokio::test]
 async fn parsed_body_is_capped() {
     let env = Env::start_with(

@@ -16,6 +16,7 @@
 //! itself (`api_key`) or the name of a key held by the relay (`key_ref`):
 //! [`Credential`] makes "exactly one of the two" a property of the type.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,7 +24,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::error::TokenError;
-use crate::json::{write_string, write_value, UniqueObject};
+use crate::json::{last_string_member, write_string, write_value, UniqueObject};
 use crate::rai::random_bytes;
 use crate::scope::{self, IpNetwork, OriginPattern};
 use crate::secret::SecretString;
@@ -474,18 +475,26 @@ impl Claims {
         Ok(())
     }
 
-    /// `model` if set; otherwise the string `rep_m` of `ext_info` when
-    /// `ext_info` is a JSON object (legacy convention). A `rep_m` written
-    /// with JSON escapes is not recognised (model names never need them).
-    pub fn effective_model(&self) -> Option<&str> {
+    /// The one model the token allows: `model` if set; otherwise the
+    /// `rep_m` of `ext_info` (legacy convention), read as the SDKs'
+    /// `JSON.parse` / `json.loads` read it (`docs/token-format.md` §4):
+    /// `ext_info` is one JSON object; the last top-level `rep_m` counts,
+    /// its escapes decoded (`\/`, `\u00e8`), if it is a string. Anything
+    /// else (not JSON, not an object, a last `rep_m` that is no string)
+    /// names no model. Borrowed unless the model was escaped.
+    pub fn effective_model(&self) -> Option<Cow<'_, str>> {
         if let Some(m) = &self.model {
-            return Some(m);
+            return Some(Cow::Borrowed(m));
         }
         let ext = self.ext_info.as_deref()?;
-        if !ext.trim_start().starts_with('{') {
+        // Most `ext_info` is no JSON object: skip the parse.
+        if !ext
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
             return None;
         }
-        serde_json::from_str::<RepM<'_>>(ext).ok()?.rep_m
+        last_string_member(ext, "rep_m")
     }
 
     /// The canonical claims JSON (see `docs/token-format.md`): compact, keys
@@ -576,13 +585,6 @@ impl Claims {
         out.push('}');
         out
     }
-}
-
-/// The legacy `ext_info` shape `{"rep_m": "<model>", ...}`.
-#[derive(serde::Deserialize)]
-struct RepM<'a> {
-    #[serde(borrow, default)]
-    rep_m: Option<&'a str>,
 }
 
 fn int(v: &Value) -> Result<i64, TokenError> {
@@ -982,19 +984,89 @@ mod tests {
         let c = Claims::new("p", "k", 10, NOW);
         assert_eq!(c.effective_model(), None);
         let c = c.with_ext_info(r#"{"other":1,"rep_m":"gpt-4o-mini"}"#);
-        assert_eq!(c.effective_model(), Some("gpt-4o-mini"));
-        assert_eq!(c.clone().with_model("o3").effective_model(), Some("o3"));
+        assert_eq!(c.effective_model().as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(
+            c.clone().with_model("o3").effective_model().as_deref(),
+            Some("o3")
+        );
         for ext in [
             r#"["gpt"]"#,
             r#"{"rep_m":1}"#,
+            r#"{"rep_m":null}"#,
+            r#"{"rep_m":["m"]}"#,
+            r#"{"x":{"rep_m":"nested"}}"#,
+            r#"{"REP_M":"other case"}"#,
             "not json",
-            r#"{"rep_m":"a\u0062"}"#,
+            "{not json",
+            "",
         ] {
             assert_eq!(
                 c.clone().with_ext_info(ext).effective_model(),
                 None,
                 "{ext}"
             );
+        }
+    }
+
+    /// What JSON.parse, Python's json.loads and Go's encoding/json read,
+    /// the relay must read too: a `rep_m` it missed left the token free to
+    /// use any model while the SDKs reported one.
+    #[test]
+    fn rep_m_is_read_as_json_parsers_read_it() {
+        let c = Claims::new("p", "k", 10, NOW);
+        let model = |ext: &str| {
+            c.clone()
+                .with_ext_info(ext)
+                .effective_model()
+                .map(String::from)
+        };
+        for (ext, want) in [
+            // PHP's json_encode escapes '/'.
+            (r#"{"rep_m":"meta-llama\/Llama-3"}"#, "meta-llama/Llama-3"),
+            // Python's json.dumps (ensure_ascii, default separators).
+            (r#"{"rep_m": "mod\u00e8le-\ud83d\ude80"}"#, "modèle-🚀"),
+            (r#"{"rep_m":"a\u0062"}"#, "ab"),
+            // A member name may be escaped too.
+            (r#"{"rep\u005fm":"escaped-name"}"#, "escaped-name"),
+            // Named twice: the last one wins.
+            (r#"{"rep_m":"first","rep_m":"last"}"#, "last"),
+            (r#"{"rep_m":1,"x":0,"rep_m":"last"}"#, "last"),
+            // JSON whitespace around the object.
+            (" \t\r\n{ \"rep_m\" : \"m\" }\n", "m"),
+            // What serde_json's strings cannot hold elsewhere in the object
+            // (a lone surrogate), or nesting past its recursion limit, does
+            // not hide the model.
+            (r#"{"note":"\ud800","rep_m":"m"}"#, "m"),
+            (r#"{"\udc00":1,"rep_m":"m"}"#, "m"),
+            (r#"{"big":1e400,"rep_m":"m"}"#, "m"),
+        ] {
+            assert_eq!(model(ext).as_deref(), Some(want), "{ext}");
+        }
+        let deep = format!(
+            r#"{{"x":{}{},"rep_m":"m"}}"#,
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        assert_eq!(model(&deep).as_deref(), Some("m"));
+        // A lone surrogate in `rep_m` itself (JSON.parse keeps it; a Rust
+        // string cannot): still a model, one no provider serves.
+        let lone = model(r#"{"rep_m":"gpt\ud800"}"#).unwrap();
+        assert!(
+            lone.starts_with("gpt") && lone.contains('\u{fffd}'),
+            "{lone:?}"
+        );
+        // The last `rep_m` decides even when it is no string.
+        for ext in [
+            r#"{"rep_m":"first","rep_m":null}"#,
+            r#"{"rep_m":"first","rep_m":2}"#,
+            // Not JSON (as in every SDK): no model.
+            r#"{"rep_m":"m","x":NaN}"#,
+            r#"{"rep_m":"m",}"#,
+            r#"{"rep_m":"m"} trailing"#,
+            r#"{"rep_m":"m""#,
+            "\u{feff}{\"rep_m\":\"m\"}",
+        ] {
+            assert_eq!(model(ext), None, "{ext}");
         }
     }
 

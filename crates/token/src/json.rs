@@ -1,10 +1,15 @@
-//! Private JSON helpers: a duplicate-rejecting object parser and the
-//! canonical string/value writer used for minting.
+//! Private JSON helpers: a duplicate-rejecting object parser, a reader of
+//! one string member as `JSON.parse` reads it, and the canonical
+//! string/value writer used for minting.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, Visitor};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor,
+};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A top-level JSON object in document order. Parsing fails when the
@@ -49,6 +54,120 @@ impl<'de> Visitor<'de> for UniqueObjectVisitor {
             members.push((key, value));
         }
         Ok(UniqueObject(members))
+    }
+}
+
+/// The string value of the top-level member `name` of `text`, read as
+/// `JSON.parse` (and Python's `json.loads`, `NaN` refused) reads it: `text`
+/// must be one JSON object (RFC 8259, nothing but whitespace after it);
+/// names and strings have their escapes decoded; when `name` appears more
+/// than once the last one wins; and that last value counts only if it is
+/// a string. `None` otherwise.
+///
+/// Everything but the wanted values is skipped by serde_json's iterative
+/// skipper, so what a Rust string cannot hold (a lone surrogate escape) or
+/// nesting past serde_json's recursion limit elsewhere in the object does
+/// not hide the member, as it would not from those parsers. A lone
+/// surrogate in the wanted string itself becomes U+FFFD.
+pub(crate) fn last_string_member<'a>(text: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    let LastMember(raw) = LastMember::parse(text, name)?;
+    let mut de = serde_json::Deserializer::from_str(raw?.get());
+    // (`deserialize_bytes` fails on anything but a string.)
+    let value = de.deserialize_bytes(StringBytes).ok()?;
+    de.end().ok()?;
+    Some(value)
+}
+
+/// The raw text of the last top-level member with a given name.
+struct LastMember<'a>(Option<&'a RawValue>);
+
+impl<'a> LastMember<'a> {
+    fn parse(text: &'a str, name: &str) -> Option<LastMember<'a>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let found = de.deserialize_map(LastMemberVisitor { name }).ok()?;
+        de.end().ok()?;
+        Some(found)
+    }
+}
+
+struct LastMemberVisitor<'n> {
+    name: &'n str,
+}
+
+impl<'de> Visitor<'de> for LastMemberVisitor<'_> {
+    type Value = LastMember<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LastMember<'de>, A::Error> {
+        let mut last = None;
+        while let Some(is_wanted) = map.next_key_seed(NameIs(self.name))? {
+            if is_wanted {
+                last = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(LastMember(last))
+    }
+}
+
+/// Whether a member name, escapes decoded, is the wanted one. Read as
+/// bytes: serde_json then keeps a lone surrogate (as WTF-8, never equal
+/// to a real name) instead of failing the whole object.
+struct NameIs<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for NameIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_bytes(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<bool, E> {
+        Ok(v == self.0.as_bytes())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes; bytes that are not
+/// UTF-8 (a lone surrogate escape, as WTF-8) become U+FFFD.
+struct StringBytes;
+
+impl<'de> Visitor<'de> for StringBytes {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON string")
+    }
+
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+        Ok(String::from_utf8_lossy(v))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(String::from_utf8_lossy(v).into_owned()))
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 

@@ -254,8 +254,10 @@ export function canonicalClaimsJson(claims: TokenClaims): string {
 }
 
 /**
- * The model a token enforces: `model` if set; otherwise the string `rep_m`
- * of `ext_info` when `ext_info` is a JSON object; otherwise `null`.
+ * The model a token enforces: `model` if set; otherwise the `rep_m` of
+ * `ext_info` as JSON.parse reads it (escapes decoded, the last `rep_m` when
+ * named twice), if `ext_info` is a JSON object and that `rep_m` a string;
+ * otherwise `null`. The relay reads it the same (docs/token-format.md §4).
  */
 export function effectiveModel(claims: Pick<TokenClaims, 'model' | 'ext_info'>): string | null {
   if (typeof claims.model === 'string') return claims.model;

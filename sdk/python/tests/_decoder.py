@@ -105,11 +105,15 @@ def _open(token: str, aes_key_hex: str) -> Dict[str, Any]:
 
 
 def effective_model(claims: Dict[str, Any]) -> Optional[str]:
+    """``model``, else the string value of ``ext_info``'s last top-level
+    ``rep_m`` (docs/token-format.md §4). ``ext_info`` must be standard JSON:
+    ``json.loads`` alone would also take ``NaN``/``Infinity``, which
+    ``JSON.parse`` and the relay refuse (no model then)."""
     if "model" in claims:
         return claims["model"]
     try:
-        ext = json.loads(claims.get("ext_info", ""))
-    except ValueError:
+        ext = json.loads(claims.get("ext_info", ""), parse_constant=_no_constants)
+    except (ValueError, Invalid):
         return None
     if isinstance(ext, dict) and isinstance(ext.get("rep_m"), str):
         return ext["rep_m"]
