@@ -643,6 +643,7 @@ impl Config {
                 .callback_url
                 .parse::<http::Uri>()
                 .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")))
                 .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
                 .unwrap_or(false);
             problems.push(if with_userinfo {
