@@ -19,7 +19,9 @@
 //! 8. **respond** — provider status and headers, body streamed with a
 //!    finish hook; our `x-request-id` and CORS headers on every answer;
 //! 9. **finish** — the hook settles the budget, releases the concurrency
-//!    slot, records usage statistics and writes the log record.
+//!    slot, records usage statistics and writes the log record; a request
+//!    dropped before any answer (client gone, shutdown) is logged by
+//!    `PendingLog`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,7 +79,8 @@ pub struct Stats {
     pub completed: AtomicU64,
     /// Relayed responses cut because the provider failed or fell silent mid-body.
     pub upstream_aborted: AtomicU64,
-    /// Relayed responses the client stopped reading before the end.
+    /// Requests the client left before the end: relayed responses it
+    /// stopped reading, and requests it hung up on before any answer.
     pub client_aborted: AtomicU64,
 }
 
@@ -235,7 +238,7 @@ pub async fn handle(
         health(&state)
     } else {
         let ip = client_ip(peer, req.headers(), &state.trusted_proxies);
-        let mut log = state.logger.as_ref().map(|logger| {
+        let log = state.logger.as_ref().map(|logger| {
             let mut log = RequestLog::begin(
                 request_id.to_str().unwrap_or(""),
                 req.method().as_str(),
@@ -249,9 +252,25 @@ pub async fn handle(
             }
             log
         });
+        // Holds the record until one of the paths below writes it; if this
+        // future is dropped before `relay` returns, the guard writes it.
+        let mut pending = PendingLog {
+            log,
+            state: &state,
+            answered: false,
+        };
         let mut refusal_headers = HeaderMap::new();
         let body_may_be_unread = has_http1_body(&req);
-        match relay(state.clone(), ip, req, &mut log, &mut refusal_headers).await {
+        let relayed = relay(
+            state.clone(),
+            ip,
+            req,
+            &mut pending.log,
+            &mut refusal_headers,
+        )
+        .await;
+        pending.answered = true;
+        match relayed {
             Ok(r) => r,
             Err(e) => {
                 state.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -271,7 +290,7 @@ pub async fn handle(
                 }
                 // A refusal is one record, written now (relay() handed the
                 // log to the response body only on success).
-                if let (Some(mut log), Some(logger)) = (log, &state.logger) {
+                if let (Some(mut log), Some(logger)) = (pending.log.take(), &state.logger) {
                     log.record().error_code = Some(e.code().to_string());
                     log.answered(&logger.records, resp.headers(), &body);
                     logger.pipeline.push(Arc::new(log.finish(
@@ -293,6 +312,52 @@ pub async fn handle(
         state.cors.decorate(origin.as_ref(), headers);
     }
     Ok(resp)
+}
+
+/// A request whose answer is not made yet. `handle`'s future is dropped
+/// unfinished when hyper sees the client hang up (or the shutdown grace
+/// ends) while `relay` still waits (for the provider's head, the request
+/// body, the usage store): then no path wrote the record or counted the
+/// outcome, and this guard does, as an answer never sent. Once `relay`
+/// returns, its paths own the record (they `take()` it) and the outcome.
+/// With logging off this is a flag and a branch.
+struct PendingLog<'a> {
+    log: Option<RequestLog>,
+    state: &'a AppState,
+    /// `relay` returned: the record (if any) is written by the answer.
+    answered: bool,
+}
+
+/// The record's `status` for a request the client left before any answer
+/// was sent (nginx's "client closed request"; no client saw it).
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
+
+impl Drop for PendingLog<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let shutdown = self.state.grace_over.load(Ordering::Relaxed);
+        if !shutdown {
+            self.state
+                .stats
+                .client_aborted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let (Some(mut log), Some(logger)) = (self.log.take(), &self.state.logger) else {
+            return;
+        };
+        let status = if shutdown {
+            // The relay gave up on it: what it answers when it cannot serve.
+            log.record().error_code = Some(SHUTDOWN_CUT.to_string());
+            StatusCode::SERVICE_UNAVAILABLE.as_u16()
+        } else {
+            CLIENT_CLOSED_STATUS
+        };
+        logger
+            .pipeline
+            .push(Arc::new(log.finish(status, None, 0, !shutdown)));
+    }
 }
 
 /// Steps 4–8 for a request under the base path. `log` (when logging is on)

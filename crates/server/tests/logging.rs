@@ -310,3 +310,122 @@ async fn webhook_outage_loses_no_record() {
     let stats = env.relay.state.logger.as_ref().unwrap().pipeline.stats();
     assert_eq!(stats[0].dropped, 0, "{stats:?}");
 }
+
+/// A client that hangs up while the relay waits for the provider's head
+/// still gets its one record, and `/health` counts it; the token's slot and
+/// budget reservation are given back.
+#[tokio::test]
+async fn a_client_gone_before_the_answer_head_still_gets_one_record() {
+    let (env, records) = logged_env(false).await;
+    let mut claims = env.claims("openai");
+    claims.concurrency = Some(1);
+    claims.max_tokens = Some(100_000);
+    let token = env.mint(&claims);
+    let url = format!("{}{token}/chat/completions", env.base());
+    let mut body = chat_body(false);
+    body["max_tokens"] = 50.into();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = impatient
+        .post(&url)
+        .header("x-request-id", "gone-early")
+        .header("x-mock-delay-ms", "3000")
+        .json(&body)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+
+    let all = wait_records(&records, 1).await;
+    let r = by_id(&all, "gone-early");
+    assert_eq!(r["client_aborted"], true, "{r}");
+    assert_eq!(r["status"], 499, "{r}");
+    assert_eq!(r["bytes_out"], 0);
+    assert!(r["bytes_in"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["upstream_status"].is_null() && r["ttfb_ms"].is_null(),
+        "{r}"
+    );
+    assert!(r["error_code"].is_null(), "{r}");
+    assert_eq!(r["model_sent"], "gpt-4o-mini", "it went upstream: {r}");
+    assert!(r["duration_ms"].as_u64().unwrap() >= 150, "{r}");
+
+    let health: Value = env
+        .http
+        .get(format!("http://{}/health", env.relay.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["requests"]["client_aborted"], 1, "{health}");
+    assert_eq!(health["requests"]["in_flight"], 0, "{health}");
+    assert_eq!(health["requests"]["rejected"], 0, "{health}");
+
+    // The concurrency slot (limit 1) and the reservation were released: the
+    // next call goes through, and the whole budget is still there.
+    let resp = env
+        .http
+        .post(&url)
+        .header("x-request-id", "after-gone")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let left: u64 = resp.headers()["x-relayapi-tokens-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    resp.text().await.unwrap();
+    assert_eq!(left, 100_000 - 50, "only this call's reservation is held");
+    let all = wait_records(&records, 2).await;
+    assert_eq!(by_id(&all, "after-gone")["status"], 200);
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+/// A request still waiting for the provider's head when the shutdown grace
+/// ends is dropped by the relay: one record, blaming the shutdown, not the
+/// client.
+#[tokio::test]
+async fn a_request_waiting_for_its_head_at_the_end_of_the_grace_gets_one_record() {
+    let (url, records) = receiver().await;
+    let env = Env::start_with(
+        move |c| {
+            trust_loopback(c);
+            c.server.shutdown_grace = Duration::from_secs(1);
+            c.log.web.enabled = true;
+            c.log.web.callback_url = url;
+            c.log.batch_max_delay = Duration::from_millis(20);
+        },
+        UsageStore::memory(),
+    )
+    .await;
+    let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
+    let waiting = env
+        .http
+        .post(&url)
+        .header("x-request-id", "head-at-shutdown")
+        .header("x-mock-delay-ms", "10000")
+        .json(&chat_body(false));
+    let waiting = tokio::spawn(async move { waiting.send().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = env.relay.state.clone();
+    env.relay.stop().await;
+    assert!(waiting.await.unwrap().is_err(), "no answer was sent");
+    let all = records.lock().unwrap().clone();
+    let r = by_id(&all, "head-at-shutdown");
+    assert_eq!(r["client_aborted"], false, "{r}");
+    assert_eq!(r["error_code"], "shutdown", "{r}");
+    assert_eq!(r["status"], 503, "{r}");
+    assert!(r["upstream_status"].is_null(), "{r}");
+    let aborted = stats
+        .stats
+        .client_aborted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(aborted, 0, "not the client's doing");
+}

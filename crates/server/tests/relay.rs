@@ -720,6 +720,34 @@ async fn every_relayed_response_finishes_exactly_once_with_the_right_outcome() {
     drop(stream);
     wait_until_idle(&env).await;
     assert_eq!(outcomes(&env), (2, 1, 1));
+    // Client hangs up before the provider's head (logging off: no record,
+    // still counted).
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = impatient
+        .post(&url)
+        .header("x-mock-delay-ms", "3000")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    for _ in 0..100 {
+        if outcomes(&env).2 == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(outcomes(&env), (2, 1, 2));
+    let in_flight = env
+        .relay
+        .state
+        .stats
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(in_flight, 0);
 }
 
 async fn wait_until_idle(env: &Env) {

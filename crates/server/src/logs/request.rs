@@ -3,7 +3,9 @@
 //! [`RequestLog`] is started when a request arrives and filled in step by
 //! step (token, provider, statuses); it ends in exactly one record, either
 //! at once (the relay answered itself) or from the response body's finish
-//! hook (success, provider error mid-stream, or client gone). Bodies are
+//! hook (success, provider error mid-stream, or client gone), or from the
+//! request path's drop guard (`http::PendingLog`: the request was dropped
+//! before any answer). Bodies are
 //! observed by [`Tapped`] wrappers that feed a [`BodyTap`] frame by frame.
 //! Secrets (the token, the provider key) are scrubbed from everything text
 //! before the record leaves this module.
