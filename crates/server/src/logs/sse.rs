@@ -201,6 +201,9 @@ pub struct SseDigest {
     pub text: String,
     pub raw: Vec<String>,
     raw_bytes: usize,
+    /// A raw line was cut: no more are kept (the cap is reached, give or
+    /// take a character).
+    raw_full: bool,
     pub truncated: bool,
     pub usage: UsageAccumulator,
     pub model: Option<String>,
@@ -215,15 +218,16 @@ impl SseDigest {
             text: String::new(),
             raw: Vec::new(),
             raw_bytes: 0,
+            raw_full: false,
             truncated: false,
             usage: UsageAccumulator::new(),
             model: None,
         }
     }
 
-    /// Bytes held (text and raw lines).
+    /// Bytes held (text and raw lines, with each line's own size).
     pub fn buffered(&self) -> usize {
-        self.text.capacity() + self.raw_bytes
+        self.text.capacity() + self.raw_bytes + self.raw.capacity() * std::mem::size_of::<String>()
     }
 
     pub fn on_event(&mut self, ev: SseEvent<'_>) {
@@ -273,19 +277,26 @@ impl SseDigest {
     }
 
     fn push_raw(&mut self, s: &str) {
-        let room = self.max_capture.saturating_sub(self.raw_bytes);
-        if room == 0 {
+        if self.raw_full {
             self.truncated = true;
             return;
         }
-        let piece = if s.len() <= room {
-            s
-        } else {
-            self.truncated = true;
-            cut_at_char(s, room)
-        };
-        self.raw_bytes += piece.len();
-        self.raw.push(piece.to_owned());
+        let room = self.max_capture.saturating_sub(self.raw_bytes);
+        if s.len() <= room {
+            self.raw_bytes += s.len();
+            self.raw.push(s.to_owned());
+            return;
+        }
+        // The first line that does not fit ends the raw capture: without
+        // that, a room smaller than the next character (a cut yielding "")
+        // would keep an empty line per event, without bound.
+        self.truncated = true;
+        self.raw_full = true;
+        let piece = cut_at_char(s, room);
+        if !piece.is_empty() {
+            self.raw_bytes += piece.len();
+            self.raw.push(piece.to_owned());
+        }
     }
 }
 
@@ -454,6 +465,34 @@ mod tests {
         p.finish(&mut f);
         assert_eq!(got, vec!["ok".to_owned()]);
         assert_eq!(p.dropped_lines(), 1);
+    }
+
+    #[test]
+    fn raw_lines_stay_bounded_when_the_room_left_is_inside_a_character() {
+        // 1 to 3 bytes left, then events starting with multi-byte
+        // characters: each cut is empty, and must not be kept (or counted).
+        for left in 1..=3 {
+            let mut d = SseDigest::new(true, 64);
+            d.on_event(SseEvent {
+                event: None,
+                data: &"a".repeat(64 - left),
+            });
+            for i in 0..10_000 {
+                let data = if i % 2 == 0 {
+                    "日本語 not json"
+                } else {
+                    "🙂 nope"
+                };
+                d.on_event(SseEvent { event: None, data });
+            }
+            // The long line, and at most the one cut piece ("日" fits in 3).
+            assert!(d.raw.len() <= 2, "left {left}: {} lines kept", d.raw.len());
+            assert!(d.raw.iter().all(|l| !l.is_empty()));
+            assert!(d.raw.iter().map(String::len).sum::<usize>() <= 64);
+            assert!(d.buffered() < 1024, "left {left}: {} bytes", d.buffered());
+            assert!(d.truncated);
+            assert_eq!(d.events, 10_001);
+        }
     }
 
     #[test]
