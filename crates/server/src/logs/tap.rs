@@ -113,6 +113,7 @@ impl Kind {
         } else if is("application/json")
             || ends("+json")
             || is("application/x-ndjson")
+            || is("application/ndjson")
             || is("application/jsonl")
         {
             Kind::Json
@@ -343,8 +344,12 @@ impl BodyTap {
         };
         let text: Option<String> = match valid {
             Some(t) => Some(t.to_owned()),
-            // Declared text that is not UTF-8: kept lossily.
-            None if matches!(self.kind, Kind::Json | Kind::Text) => {
+            // Declared text that is not UTF-8: kept lossily. So is a request
+            // body that looks like JSON whatever its type says: as base64 it
+            // would escape the field redaction below.
+            None if matches!(self.kind, Kind::Json | Kind::Text)
+                || (self.dir == Direction::Request && looks_like_json(head)) =>
+            {
                 Some(String::from_utf8_lossy(head).into_owned())
             }
             None => None,
@@ -912,6 +917,45 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
             t.starts_with(r#"{"model":"claude-x","apiKey":"[REDACTED]""#),
             "{t}"
         );
+    }
+
+    #[test]
+    fn json_request_bodies_are_redacted_whatever_their_type_says() {
+        // One invalid byte would make these base64, past the field redaction.
+        let body = b"{\"api_key\":\"third-party-key\",\"model\":\"m\"}\xff";
+        for ct in [None, Some("application/octet-stream"), Some("image/png")] {
+            let o = run(Direction::Request, ct, None, cfg(true), &[body]);
+            assert_eq!(o.model.as_deref(), Some("m"), "{ct:?}");
+            let b = o.body.unwrap();
+            assert!(b.base64.is_none(), "{ct:?}: {b:?}");
+            let t = b.text.unwrap();
+            assert!(!t.contains("third-party-key"), "{ct:?}: {t}");
+            assert_eq!(t, "{\"api_key\":\"[REDACTED]\",\"model\":\"m\"}\u{fffd}");
+        }
+        // A response is not field-redacted: its bytes stay exact.
+        let o = run(Direction::Response, None, None, cfg(true), &[body]);
+        assert!(o.body.unwrap().base64.is_some());
+        // Not JSON-looking: still base64.
+        let o = run(Direction::Request, None, None, cfg(true), &[b"x\xff{"]);
+        assert!(o.body.unwrap().base64.is_some());
+        // NDJSON (whatever its first line) and `+json` types are JSON.
+        for ct in [
+            "application/ndjson",
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/merge-patch+json",
+        ] {
+            assert_eq!(Kind::parse(Some(ct)), Kind::Json, "{ct}");
+            let o = run(
+                Direction::Request,
+                Some(ct),
+                None,
+                cfg(true),
+                &[b"\"first\"\n{\"token\":\"t0k\"}\n"],
+            );
+            let t = o.body.unwrap().text.unwrap();
+            assert_eq!(t, "\"first\"\n{\"token\":\"[REDACTED]\"}\n", "{ct}");
+        }
     }
 
     #[test]
