@@ -284,7 +284,7 @@ pub struct LogSettings {
     pub max_body_bytes: usize,
     /// More header names whose values are masked (credentials always are).
     pub redact_headers: Vec<String>,
-    /// More JSON body field names whose values are masked.
+    /// More JSON (and form) request body field names whose values are masked.
     pub redact_json_fields: Vec<String>,
     /// Where records wait while a sink is down and its queue is full
     /// (`relayapi-spool` in the working directory, like the usage store's

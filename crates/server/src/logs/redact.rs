@@ -6,6 +6,7 @@
 //!   Works on the text itself (a small scanner), so the body keeps its layout
 //!   and key order; [`redact_json_lenient`] applies the same scanner to JSON
 //!   cut by the capture cap, which does not parse.
+//! - [`redact_form_fields`]: the same names in a form-urlencoded body.
 //! - [`scrub`]: last line of defence, replaces known secret strings anywhere.
 
 use http::HeaderMap;
@@ -172,6 +173,57 @@ pub fn redact_json_lenient(text: &str, fields: &[String]) -> String {
     out
 }
 
+/// Masks the values of `application/x-www-form-urlencoded` fields named
+/// like the JSON fields of [`redact_json_body`] (same list, same
+/// comparison). A name is compared percent-decoded (`+` as a space), and so
+/// is its last `[…]` part (`user[password]`, `a[b][token]`). The value
+/// becomes `[REDACTED]`, names and order stay; a pair cut by the capture cap
+/// is masked to the end.
+pub fn redact_form_fields(text: &str, fields: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, pair) in text.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if form_name_matches(name, fields) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
+}
+
+/// A form field's name as sent, percent-decoded (`+` as a space), or its
+/// last `[…]` part, is one of the redacted fields.
+fn form_name_matches(raw: &str, fields: &[String]) -> bool {
+    let spaced;
+    let raw = if raw.contains('+') {
+        spaced = raw.replace('+', " ");
+        spaced.as_str()
+    } else {
+        raw
+    };
+    let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    if field_matches(&name, fields) {
+        return true;
+    }
+    match name.strip_suffix(']').and_then(|n| n.rsplit_once('[')) {
+        Some((_, last)) => field_matches(last, fields),
+        None => false,
+    }
+}
+
+fn field_matches(key: &str, fields: &[String]) -> bool {
+    ALWAYS_REDACTED_JSON_FIELDS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(key))
+        || fields.iter().any(|f| f.eq_ignore_ascii_case(key))
+}
+
 fn key_matches(raw_with_quotes: &str, fields: &[String]) -> bool {
     let inner = raw_with_quotes
         .strip_prefix('"')
@@ -185,10 +237,7 @@ fn key_matches(raw_with_quotes: &str, fields: &[String]) -> bool {
     } else {
         inner.into()
     };
-    ALWAYS_REDACTED_JSON_FIELDS
-        .iter()
-        .any(|f| f.eq_ignore_ascii_case(&key))
-        || fields.iter().any(|f| f.eq_ignore_ascii_case(&key))
+    field_matches(&key, fields)
 }
 
 /// Index just past the closing quote of the string starting at `start`
@@ -467,6 +516,31 @@ mod tests {
         let out = redact_json_lenient(cut, &[]);
         assert!(!out.contains("sk-abc"), "{out}");
         assert!(out.ends_with(r#""api_key":"[REDACTED]""#));
+    }
+
+    #[test]
+    fn form_fields_are_masked_by_the_same_names() {
+        let extra = vec!["user_secret".to_owned()];
+        for (form, want) in [
+            (
+                "grant_type=password&password=hunter2&scope=a+b",
+                "grant_type=password&password=[REDACTED]&scope=a+b",
+            ),
+            ("API_KEY=sk-1&x=1", "API_KEY=[REDACTED]&x=1"),
+            ("api%5Fkey=sk-1&api+key=2", "api%5Fkey=[REDACTED]&api+key=2"),
+            (
+                "user[password]=p&a[b][token]=t&user[name]=n",
+                "user[password]=[REDACTED]&a[b][token]=[REDACTED]&user[name]=n",
+            ),
+            ("user%5Bsecret%5D=s", "user%5Bsecret%5D=[REDACTED]"),
+            ("user_secret=s3&token", "user_secret=[REDACTED]&token"),
+            // cut by the cap inside the value
+            ("model=m&token=sk-abc", "model=m&token=[REDACTED]"),
+            ("", ""),
+            ("&&key=&", "&&key=[REDACTED]&"),
+        ] {
+            assert_eq!(redact_form_fields(form, &extra), want, "{form}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use base64::Engine as _;
 
 use super::decode::{Decoder, Encoding, Stop};
 use super::record::{CapturedBody, Usage};
-use super::redact::redact_json_lenient;
+use super::redact::{redact_form_fields, redact_json_lenient};
 use super::sse::{cut_at_char, SseDigest, SseParser};
 use super::usage::probe_response;
 
@@ -83,6 +83,9 @@ enum Kind {
     Sse,
     Json,
     Text,
+    /// `application/x-www-form-urlencoded`: text, and request bodies have
+    /// their fields redacted like JSON's.
+    Form,
     /// No content type: text if the bytes are UTF-8; scanned for usage.
     Unknown,
     /// Another declared type (`image/png`, `audio/mpeg`, octet-stream…):
@@ -121,9 +124,10 @@ impl Kind {
             || ends("+xml")
             || is("application/xml")
             || is("application/javascript")
-            || is("application/x-www-form-urlencoded")
         {
             Kind::Text
+        } else if is("application/x-www-form-urlencoded") {
+            Kind::Form
         } else {
             Kind::Other
         }
@@ -301,7 +305,11 @@ impl BodyTap {
         // Only the few keys the record needs are read; the rest of the JSON
         // is skipped, never built.
         let (usage, model) = match self.dir {
-            Direction::Response if complete && self.kind != Kind::Text && looks_like_json(head) => {
+            Direction::Response
+                if complete
+                    && !matches!(self.kind, Kind::Text | Kind::Form)
+                    && looks_like_json(head) =>
+            {
                 probe_response(head)
             }
             Direction::Request if !undecodable && looks_like_json(head) => {
@@ -347,7 +355,7 @@ impl BodyTap {
             // Declared text that is not UTF-8: kept lossily. So is a request
             // body that looks like JSON whatever its type says: as base64 it
             // would escape the field redaction below.
-            None if matches!(self.kind, Kind::Json | Kind::Text)
+            None if matches!(self.kind, Kind::Json | Kind::Text | Kind::Form)
                 || (self.dir == Direction::Request && looks_like_json(head)) =>
             {
                 Some(String::from_utf8_lossy(head).into_owned())
@@ -356,12 +364,15 @@ impl BodyTap {
         };
         match text {
             Some(mut t) => {
-                if self.dir == Direction::Request
-                    && (self.kind == Kind::Json || looks_like_json(t.as_bytes()))
-                {
-                    // Redact the whole head first (a secret straddling the
-                    // cap is masked to its end), then cut.
-                    t = redact_json_lenient(&t, &self.cfg.redact_json_fields);
+                // Redact the whole head first (a secret straddling the cap
+                // is masked to its end), then cut.
+                let fields = &self.cfg.redact_json_fields;
+                if self.dir == Direction::Request {
+                    if self.kind == Kind::Json || looks_like_json(t.as_bytes()) {
+                        t = redact_json_lenient(&t, fields);
+                    } else if self.kind == Kind::Form {
+                        t = redact_form_fields(&t, fields);
+                    }
                 }
                 let cut = cut_at_char(&t, cap);
                 let truncated = truncated || cut.len() < t.len();
@@ -567,6 +578,7 @@ data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" there\"},{\"text\":
             (Some(" TEXT/EVENT-STREAM "), Kind::Sse),
             (Some("Text/Plain"), Kind::Text),
             (Some("application/atom+XML"), Kind::Text),
+            (Some("Application/X-WWW-Form-Urlencoded"), Kind::Form),
             (Some("image/png"), Kind::Other),
             (Some("json"), Kind::Other),
             (None, Kind::Unknown),
@@ -956,6 +968,28 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
             let t = o.body.unwrap().text.unwrap();
             assert_eq!(t, "\"first\"\n{\"token\":\"[REDACTED]\"}\n", "{ct}");
         }
+    }
+
+    #[test]
+    fn form_request_bodies_are_field_redacted() {
+        let c = Arc::new(TapConfig {
+            capture_bodies: true,
+            max_capture_bytes: 40,
+            ..TapConfig::default()
+        });
+        let body = b"model=m&password=hunter2&note=hi&token=sk-canary-0123456789";
+        let ct = Some("application/x-www-form-urlencoded; charset=utf-8");
+        let o = run(Direction::Request, ct, None, c.clone(), &[body]);
+        let b = o.body.unwrap();
+        let t = b.text.unwrap();
+        assert!(b.truncated);
+        assert_eq!(t, "model=m&password=[REDACTED]&note=hi&toke", "{t}");
+        assert!(!t.contains("hunter2") && !t.contains("sk-canary"));
+        // A response is not field-redacted; other text is left as is.
+        let o = run(Direction::Response, ct, None, c.clone(), &[body]);
+        assert!(o.body.unwrap().text.unwrap().contains("hunter2"));
+        let o = run(Direction::Request, Some("text/plain"), None, c, &[body]);
+        assert!(o.body.unwrap().text.unwrap().contains("hunter2"));
     }
 
     #[test]
