@@ -122,8 +122,9 @@ impl Default for BatchSettings {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SinkStats {
     pub name: String,
-    /// Records waiting in memory now: the queue, plus every record the
-    /// sink's task holds (the batch being built, written or retried).
+    /// Records waiting in memory now: the queue, the spool channel and
+    /// what the spool writer holds, plus every record the sink's task holds
+    /// (the batch being built, written or retried).
     pub queued: u64,
     /// Records the sink accepted (a retried batch counts once per success).
     pub delivered: u64,
@@ -210,6 +211,11 @@ struct Counters {
     /// delivered, spooled or dropped (the batch being built, the one being
     /// written or retried); counted in `queued`.
     held: AtomicU64,
+    /// Records the spool writer has taken from its channel and not yet
+    /// spooled or dropped; counted in `queued`. (Not in `held`: the
+    /// batcher resets that at shutdown while the writer may still hold
+    /// some.)
+    spool_held: AtomicU64,
     /// Drops not yet reported in a log line.
     drops_unlogged: AtomicU64,
     drop_log: RateLimit,
@@ -230,6 +236,7 @@ impl Counters {
             in_spool: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             held: AtomicU64::new(0),
+            spool_held: AtomicU64::new(0),
             drops_unlogged: AtomicU64::new(0),
             drop_log: RateLimit::new(),
             error_log: RateLimit::new(),
@@ -287,7 +294,9 @@ impl Counters {
         let last_error = self.last_error.lock().ok().and_then(|g| g.clone());
         SinkStats {
             name: self.name.clone(),
-            queued: queued + self.held.load(Ordering::Relaxed),
+            queued: queued
+                + self.held.load(Ordering::Relaxed)
+                + self.spool_held.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             spooled: self.spooled.load(Ordering::Relaxed),
@@ -312,8 +321,17 @@ struct Lane {
     queue: mpsc::Sender<Arc<LogRecord>>,
     /// To the spool writer; `None` without a spool.
     overflow: Option<mpsc::Sender<Arc<LogRecord>>>,
-    capacity: usize,
     counters: Arc<Counters>,
+}
+
+impl Lane {
+    /// Records waiting in the sink's queue and in its spool channel.
+    fn in_channels(&self) -> u64 {
+        let waiting = |tx: &mpsc::Sender<Arc<LogRecord>>| {
+            tx.max_capacity().saturating_sub(tx.capacity()) as u64
+        };
+        waiting(&self.queue) + self.overflow.as_ref().map_or(0, waiting)
+    }
 }
 
 struct Inner {
@@ -394,7 +412,6 @@ impl LogPipeline {
             lanes.push(Lane {
                 queue,
                 overflow,
-                capacity: settings.queue_capacity,
                 counters,
             });
         }
@@ -434,10 +451,7 @@ impl LogPipeline {
         self.inner
             .lanes
             .iter()
-            .map(|l| {
-                l.counters
-                    .snapshot(l.capacity.saturating_sub(l.queue.capacity()) as u64)
-            })
+            .map(|l| l.counters.snapshot(l.in_channels()))
             .collect()
     }
 
@@ -470,8 +484,9 @@ impl LogPipeline {
             if timed_out {
                 // An aborted task took what it held (and its queue) with it:
                 // lost, so counted.
-                let queued = lane.capacity.saturating_sub(lane.queue.capacity()) as u64;
-                let lost = lane.counters.held.swap(0, Ordering::Relaxed) + queued;
+                let lost = lane.counters.held.swap(0, Ordering::Relaxed)
+                    + lane.counters.spool_held.swap(0, Ordering::Relaxed)
+                    + lane.in_channels();
                 lane.counters.add_dropped(lost);
             }
             lane.counters.log_drops(true);
@@ -545,6 +560,7 @@ async fn spool_writer(
         if n == 0 {
             break;
         }
+        counters.spool_held.fetch_add(n as u64, Ordering::Relaxed);
         let mut guard = spool.lock().await;
         let out = match guard.as_mut() {
             Some(s) => {
@@ -560,6 +576,7 @@ async fn spool_writer(
             },
         };
         drop(guard);
+        counters.spool_held.fetch_sub(n as u64, Ordering::Relaxed);
         counters.spooled.fetch_add(out.written, Ordering::Relaxed);
         counters.add_dropped(out.dropped);
         buf.clear();
@@ -1185,6 +1202,39 @@ mod tests {
         assert!(!report.timed_out, "{report:?}");
         let st = &report.sinks[0];
         assert_eq!((st.in_spool, st.dropped, st.queued), (50, 0, 0), "{st:?}");
+    }
+
+    #[tokio::test]
+    async fn queued_counts_records_waiting_for_the_spool_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = memory(u64::MAX);
+        let p = LogPipeline::start(
+            vec![sink.clone() as Arc<dyn Sink>],
+            BatchSettings {
+                queue_capacity: 1,
+                max_delay: Duration::from_millis(10),
+                retry_initial: Duration::from_millis(10),
+                retry_max: Duration::from_millis(20),
+                spool_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            },
+        );
+        // No task has run yet (one thread): one record in the queue, the
+        // rest in the spool channel.
+        for _ in 0..20 {
+            p.push(Arc::new(LogRecord::default()));
+        }
+        let st = &p.stats()[0];
+        assert_eq!((st.queued, st.in_spool, st.dropped), (20, 0, 0), "{st:?}");
+        // Written to the spool: counted there, not twice.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = &p.stats()[0];
+        assert_eq!((st.queued, st.in_spool, st.dropped), (1, 19, 0), "{st:?}");
+        sink.fail.store(0, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = &p.stats()[0];
+        assert_eq!((st.queued, st.in_spool, st.delivered), (0, 0, 20), "{st:?}");
+        p.shutdown(Duration::from_millis(300)).await;
     }
 
     #[tokio::test]
