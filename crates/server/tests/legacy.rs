@@ -213,26 +213,12 @@ async fn rep_m_replaces_the_model_and_max_calls_count() {
         l.rai_hash
     );
     for remaining in ["1", "0"] {
-        let resp = l
-            .env
-            .http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = l.env.post_chat(&url, false).await;
         assert_eq!(resp.headers()["x-relayapi-calls-remaining"], remaining);
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["model"], "forced-by-rep_m");
     }
-    let resp = l
-        .env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = l.env.post_chat(&url, false).await;
     assert_eq!(error_code(resp).await, (429, "token_exhausted".to_string()));
 }
 

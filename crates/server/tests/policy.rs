@@ -176,13 +176,7 @@ async fn ips_use_the_same_client_ip_as_the_traffic_limits() {
         (403, "ip_not_allowed".into())
     );
     // Without a forwarded address the peer (127.0.0.1) is the client.
-    let direct = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let direct = env.post_chat(&url, false).await;
     assert_eq!(error_code(direct).await, (403, "ip_not_allowed".into()));
     assert_eq!(env.mock.journal().total(), before);
 }
@@ -408,13 +402,7 @@ async fn a_client_that_hangs_up_releases_its_concurrency_slot() {
     let mut stream = r.bytes_stream();
     stream.next().await.unwrap().unwrap();
     // While the first stream runs, a second request is refused.
-    let busy = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let busy = env.post_chat(&url, false).await;
     assert_eq!(error_code(busy).await, (429, "concurrency_exceeded".into()));
     drop(stream);
     assert!(
@@ -427,13 +415,7 @@ async fn a_client_that_hangs_up_releases_its_concurrency_slot() {
             == 0)
         .await
     );
-    let again = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let again = env.post_chat(&url, false).await;
     assert_eq!(again.status(), 200);
 }
 
@@ -447,16 +429,7 @@ async fn max_body_bytes_refuses_big_bodies_up_front_and_while_streaming() {
     let env = Env::start().await;
     let token = env.mint(&env.claims("openai").with_max_body_bytes(300));
     let url = format!("{}{token}/chat/completions", env.base());
-    assert_eq!(
-        env.http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(env.post_chat(&url, false).await.status(), 200);
     let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(400)}]});
     let r = env.http.post(&url).json(&big).send().await.unwrap();
     assert_eq!(error_code(r).await, (413, "payload_too_large".into()));
@@ -658,13 +631,7 @@ async fn default_reservation_applies_when_the_request_names_no_limit() {
     .await;
     let token = env.mint(&env.claims("openai").with_max_tokens(120));
     let url = format!("{}{token}/chat/completions", env.base());
-    let r = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = env.post_chat(&url, false).await;
     assert_eq!(r.headers()["x-relayapi-tokens-remaining"], "70");
     r.bytes().await.unwrap();
     // A reservation larger than what is left is refused before forwarding.
@@ -697,13 +664,7 @@ async fn only_a_post_reserves_budget() {
         r.bytes().await.unwrap();
     }
     let url = format!("{}{token}/chat/completions", env.base());
-    let r = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = env.post_chat(&url, false).await;
     assert_eq!(error_code(r).await, (429, "budget_exhausted".into()));
     assert_eq!(env.mock.journal().total(), 3);
 }
@@ -846,13 +807,7 @@ async fn key_ref_rotates_keys_and_retries_once_on_429() {
 
     let url = format!("{}{token}/chat/completions", env.base());
     for _ in 0..3 {
-        let r = env
-            .http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let r = env.post_chat(&url, false).await;
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }

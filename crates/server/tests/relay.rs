@@ -15,13 +15,7 @@ use relayapi_token::{Claims, SecretString};
 async fn chat_completion_through_path_token() {
     let env = Env::start().await;
     let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
-    let resp = env
-        .http
-        .post(url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.post_chat(url, false).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-request-id"));
     let v: serde_json::Value = resp.json().await.unwrap();
@@ -284,13 +278,7 @@ async fn models_policy_and_forced_model() {
     claims.models = Some(vec!["gpt-4o-mini".into()]);
     let t = env.mint(&claims);
     let url = format!("{}{t}/chat/completions", env.base());
-    let ok = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let ok = env.post_chat(&url, false).await;
     assert_eq!(ok.status(), 200);
     let mut body = chat_body(false);
     body["model"] = "gpt-5-expensive".into();
@@ -300,16 +288,7 @@ async fn models_policy_and_forced_model() {
     let mut claims = env.claims("openai");
     claims.model = Some("forced-model".into());
     let url = format!("{}{}/chat/completions", env.base(), env.mint(&claims));
-    let v: serde_json::Value = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = env.post_chat(&url, false).await.json().await.unwrap();
     assert_eq!(v["model"], "forced-model");
 }
 
@@ -548,13 +527,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     let url = format!("{}chat/completions", env.base());
     let mut codes = Vec::new();
     for _ in 0..3 {
-        let resp = env
-            .http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = env.post_chat(&url, false).await;
         if resp.status() == 429 {
             assert!(resp.headers().contains_key("retry-after"));
         }
@@ -605,15 +578,7 @@ async fn upstream_failures_map_to_502_and_504() {
     )
     .await;
     let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
-    let (s, c) = error_code(
-        env.http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, c) = error_code(env.post_chat(&url, false).await).await;
     assert_eq!((s, c.as_str()), (502, "upstream_unreachable"));
 
     let mut claims = env.claims("gemini");
@@ -669,27 +634,9 @@ async fn every_relayed_response_finishes_exactly_once_with_the_right_outcome() {
     let env = Env::start().await;
     let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
     // Content-Length body, then a chunked stream: both complete.
-    let text = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.post_chat(&url, false).await.text().await.unwrap();
     assert!(text.contains("chat.completion"));
-    let text = env
-        .http
-        .post(&url)
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.post_chat(&url, true).await.text().await.unwrap();
     assert!(text.contains("[DONE]"));
     wait_until_idle(&env).await;
     assert_eq!(outcomes(&env), (2, 0, 0));
@@ -954,13 +901,7 @@ async fn a_token_key_no_header_can_carry_spends_no_call() {
     let before = env.mock.journal().total();
     for _ in 0..3 {
         let url = format!("{}{}/chat/completions", env.base(), env.mint(&bad));
-        let resp = env
-            .http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = env.post_chat(&url, false).await;
         assert!(resp.headers().get("x-relayapi-calls-remaining").is_none());
         let (s, c) = error_code(resp).await;
         assert_eq!((s, c.as_str()), (401, "token_invalid"));
@@ -971,13 +912,7 @@ async fn a_token_key_no_header_can_carry_spends_no_call() {
         "nothing reached the provider"
     );
     let url = format!("{}{}/chat/completions", env.base(), env.mint(&good));
-    let resp = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.post_chat(&url, false).await;
     assert_eq!(resp.status(), 200, "the refusals spent the only call");
     assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "0");
 }
@@ -1004,13 +939,7 @@ async fn a_stalled_tls_handshake_ends_at_the_connect_timeout() {
     .await;
     let url = format!("{}{}/chat/completions", env.base(), env.token("openai"));
     let started = Instant::now();
-    let resp = env
-        .http
-        .post(&url)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.post_chat(&url, false).await;
     let (s, c) = error_code(resp).await;
     assert_eq!((s, c.as_str()), (504, "upstream_timeout"));
     let took = started.elapsed();
@@ -1089,13 +1018,7 @@ async fn a_base_path_the_sdk_repeats_is_the_same_endpoint() {
     let token = env.mint(&claims);
     for path in ["chat/completions", "v1/chat/completions"] {
         let url = format!("{}{token}/{path}", env.base());
-        let resp = env
-            .http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = env.post_chat(&url, false).await;
         assert_eq!(resp.status(), 200, "{path}");
     }
     let url = format!("{}{token}/v1/models", env.base());
@@ -1121,13 +1044,7 @@ async fn a_base_path_the_sdk_repeats_is_the_same_endpoint() {
         ),
     ] {
         let url = format!("{}{token}/{path}", env.base());
-        let resp = env
-            .http
-            .post(&url)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = env.post_chat(&url, false).await;
         assert_eq!(resp.status(), want, "{path}");
     }
 }

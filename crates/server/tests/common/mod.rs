@@ -105,6 +105,16 @@ impl Env {
     pub fn token(&self, provider: &str) -> String {
         self.mint(&self.claims(provider))
     }
+
+    /// POSTs [`chat_body`] to `url` (a full URL through the relay).
+    pub async fn post_chat(&self, url: impl reqwest::IntoUrl, stream: bool) -> reqwest::Response {
+        self.http
+            .post(url)
+            .json(&chat_body(stream))
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 pub fn now() -> i64 {
