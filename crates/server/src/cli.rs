@@ -29,6 +29,41 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+impl Cli {
+    /// The command to run, with the options given before it folded in:
+    /// `relayapi --config X check-config` checks X, as `relayapi
+    /// check-config --config X` does (the earlier server's `-config X -d
+    /// check-config` spelling comes out this way too). An option given on
+    /// both sides takes the subcommand's value.
+    pub fn into_command(self) -> Command {
+        let top = self.serve;
+        match self.command {
+            None => Command::Serve(top),
+            Some(Command::Serve(sub)) => Command::Serve(ServeArgs {
+                config: sub.config.or(top.config),
+                rai: sub.rai.or(top.rai),
+                log_format: if sub.log_format == LogFormat::default() {
+                    top.log_format
+                } else {
+                    sub.log_format
+                },
+                debug: sub.debug || top.debug,
+                allow_insecure_sample_key: sub.allow_insecure_sample_key
+                    || top.allow_insecure_sample_key,
+            }),
+            Some(Command::CheckConfig { config, rai }) => Command::CheckConfig {
+                config: config.or(top.config),
+                rai: rai.or(top.rai),
+            },
+            Some(Command::Token(mut t)) => {
+                t.rai = t.rai.or(top.rai);
+                Command::Token(t)
+            }
+            Some(other) => other,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the relay (the default when no command is given).
@@ -85,9 +120,9 @@ pub enum LogFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {
-    /// The .rai file whose key signs the token.
-    #[arg(long, default_value = "default.rai")]
-    pub rai: PathBuf,
+    /// The .rai file whose key signs the token. Default: ./default.rai.
+    #[arg(long, env = "RELAYAPI_RAI")]
+    pub rai: Option<PathBuf>,
     /// Provider id or alias (openai, anthropic, gemini, ...).
     #[arg(long)]
     pub provider: String,
@@ -431,7 +466,14 @@ pub fn gen_config(host: &str, port: u16) -> anyhow::Result<()> {
 }
 
 pub fn token(a: TokenArgs) -> anyhow::Result<()> {
-    let rai = keyfile::read_rai(&a.rai)?;
+    let rai_path = a.rai.unwrap_or_else(|| PathBuf::from("default.rai"));
+    if rai_path.is_dir() {
+        bail!(
+            "--rai (or RELAYAPI_RAI): {} is a directory; a token is signed by one key: name its .rai file",
+            rai_path.display()
+        );
+    }
+    let rai = keyfile::read_rai(&rai_path)?;
     let registry = Registry::new(&Default::default());
     if registry.get(&a.provider).is_none() {
         bail!(
@@ -769,6 +811,70 @@ mod tests {
             .to_string();
         assert!(msg.contains("environment variable RELAYAPI_LOG"), "{msg}");
         assert!(msg.contains("\"relayapi=debug,info\""), "{msg}");
+    }
+
+    #[test]
+    fn options_before_the_subcommand_are_not_lost() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let args = translate_legacy_args(args.iter().map(Into::into).collect());
+            Cli::try_parse_from(args).unwrap().into_command()
+        };
+        let path = |p: &str| Some(PathBuf::from(p));
+        match parse(&[
+            "relayapi",
+            "--config",
+            "c.json",
+            "--rai",
+            "k.rai",
+            "check-config",
+        ]) {
+            Command::CheckConfig { config, rai } => {
+                assert_eq!((config, rai), (path("c.json"), path("k.rai")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The earlier server's spelling.
+        match parse(&["relayapi", "-config", "c.json", "-d", "check-config"]) {
+            Command::CheckConfig { config, .. } => assert_eq!(config, path("c.json")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "relayapi", "--config", "c.json", "--debug", "serve", "--rai", "s.rai",
+        ]) {
+            Command::Serve(s) => {
+                assert_eq!(
+                    (s.config, s.rai, s.debug),
+                    (path("c.json"), path("s.rai"), true)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "relayapi",
+            "--rai",
+            "k.rai",
+            "token",
+            "--provider",
+            "openai",
+            "--api-key",
+            "k",
+        ]) {
+            Command::Token(t) => assert_eq!(t.rai, path("k.rai")),
+            other => panic!("{other:?}"),
+        }
+        // Given on both sides, the subcommand's wins.
+        match parse(&[
+            "relayapi",
+            "--config",
+            "top.json",
+            "check-config",
+            "--config",
+            "sub.json",
+        ]) {
+            Command::CheckConfig { config, .. } => assert_eq!(config, path("sub.json")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

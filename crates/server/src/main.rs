@@ -14,13 +14,12 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 async fn main() -> std::process::ExitCode {
     relayapi::alloc::tune();
     let args = Cli::parse_from(cli::translate_legacy_args(std::env::args_os().collect()));
-    let result = match args.command {
-        None => cli::serve(args.serve).await,
-        Some(Command::Serve(s)) => cli::serve(s).await,
-        Some(Command::GenConfig { host, port }) => cli::gen_config(&host, port),
-        Some(Command::Token(t)) => cli::token(*t),
-        Some(Command::Admin(a)) => cli::admin(a).await,
-        Some(Command::CheckConfig { config, rai }) => cli::check_config(config, rai),
+    let result = match args.into_command() {
+        Command::Serve(s) => cli::serve(s).await,
+        Command::GenConfig { host, port } => cli::gen_config(&host, port),
+        Command::Token(t) => cli::token(*t),
+        Command::Admin(a) => cli::admin(a).await,
+        Command::CheckConfig { config, rai } => cli::check_config(config, rai),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
