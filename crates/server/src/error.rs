@@ -31,6 +31,8 @@ pub enum ApiError {
     PathNotAllowed,
     /// `methods`: the HTTP method is not one the token allows.
     MethodNotAllowed,
+    /// A method the relay never forwards (TRACE, CONNECT, extensions).
+    MethodNotRelayed,
     /// `concurrency`: the token already has that many requests in flight.
     ConcurrencyExceeded,
     /// `max_tokens`: the call's reservation does not fit in what is left.
@@ -70,7 +72,9 @@ impl ApiError {
             | ApiError::OriginNotAllowed
             | ApiError::IpNotAllowed
             | ApiError::PathNotAllowed => StatusCode::FORBIDDEN,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed | ApiError::MethodNotRelayed => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             ApiError::ProviderUnknown | ApiError::CredentialUnknown | ApiError::InvalidBody => {
                 StatusCode::BAD_REQUEST
             }
@@ -97,7 +101,7 @@ impl ApiError {
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::IpNotAllowed => "ip_not_allowed",
             ApiError::PathNotAllowed => "path_not_allowed",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed | ApiError::MethodNotRelayed => "method_not_allowed",
             ApiError::ConcurrencyExceeded => "concurrency_exceeded",
             ApiError::BudgetExhausted { .. } => "budget_exhausted",
             ApiError::RateLimited(_) => "rate_limited",
@@ -136,6 +140,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge
             | ApiError::HeadersTooLarge
             | ApiError::InvalidBody
+            | ApiError::MethodNotRelayed
             | ApiError::NotFound => "invalid_request_error",
             ApiError::UpstreamUnreachable | ApiError::UpstreamTimeout => "upstream_error",
             ApiError::ServiceUnavailable | ApiError::Internal => "server_error",
@@ -155,6 +160,7 @@ impl ApiError {
             ApiError::IpNotAllowed => "This token may not be used from this network address.",
             ApiError::PathNotAllowed => "This token may not call this path.",
             ApiError::MethodNotAllowed => "This token may not use this HTTP method.",
+            ApiError::MethodNotRelayed => "The relay does not forward this HTTP method.",
             ApiError::ConcurrencyExceeded => "Too many requests of this token are in progress. Retry when one has finished.",
             ApiError::BudgetExhausted { .. } => "The RelayAPI token's LLM-token budget does not cover this request.",
             ApiError::RateLimited(_) => "Too many requests. Retry after the time given in the Retry-After header.",

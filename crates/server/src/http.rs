@@ -360,6 +360,24 @@ impl Drop for PendingLog<'_> {
     }
 }
 
+/// What `Allow` says when the relay refuses a method itself.
+const RELAYED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// The methods provider APIs use; anything else is refused before the
+/// token is read.
+fn is_relayed_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
 /// Steps 4–8 for a request under the base path. `log` (when logging is on)
 /// is filled in along the way; on success it moves into the response body's
 /// finish hook, on error the caller writes it. `refusal_headers` are added
@@ -404,6 +422,12 @@ async fn relay(
 
     if head_too_large {
         return Err(ApiError::HeadersTooLarge);
+    }
+    // TRACE would echo the injected credential back to the client; CONNECT
+    // and extension methods have no place in a provider's API.
+    if !is_relayed_method(req.method()) {
+        refusal_headers.insert(header::ALLOW, HeaderValue::from_static(RELAYED_METHODS));
+        return Err(ApiError::MethodNotRelayed);
     }
 
     // 4. traffic limits, before any crypto (one clock read for the request's

@@ -885,6 +885,34 @@ async fn a_head_over_max_header_bytes_is_refused_with_a_json_431() {
 }
 
 #[tokio::test]
+async fn trace_and_unknown_methods_are_refused_before_the_token() {
+    // TRACE would have the provider echo the injected Authorization back.
+    let env = Env::start().await;
+    let mut claims = env.claims("openai");
+    claims.max_calls = Some(1);
+    let url = format!("{}{}/models", env.base(), env.mint(&claims));
+    let before = env.mock.journal().total();
+    for method in ["TRACE", "PROPFIND", "FOO", "get"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = env.http.request(m, &url).send().await.unwrap();
+        assert_eq!(
+            resp.headers()["allow"],
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+            "{method}"
+        );
+        assert_eq!(
+            error_code(resp).await,
+            (405, "method_not_allowed".into()),
+            "{method}"
+        );
+    }
+    assert_eq!(env.mock.journal().total(), before, "nothing was forwarded");
+    let resp = env.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the refusals spent no call");
+    assert_eq!(resp.headers()["x-relayapi-calls-remaining"], "0");
+}
+
+#[tokio::test]
 async fn a_token_key_no_header_can_carry_spends_no_call() {
     let env = Env::start().await;
     // The same counter (jti) for both tokens: the first's key has a newline.
