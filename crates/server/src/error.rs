@@ -46,6 +46,9 @@ pub enum ApiError {
     /// for another provider).
     CredentialUnknown,
     PayloadTooLarge,
+    /// The client stopped sending its request body for longer than
+    /// `upstream.idle_timeout` (its fault, not the provider's).
+    RequestTimeout,
     /// The request line and headers are over `server.max_header_bytes`.
     HeadersTooLarge,
     InvalidBody,
@@ -79,6 +82,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::ProviderUnknown => "provider_unknown",
             ApiError::CredentialUnknown => "credential_unknown",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::InvalidBody => "invalid_body",
             ApiError::NotFound => "not_found",
@@ -138,6 +143,7 @@ impl ApiError {
             ApiError::ProviderUnknown
             | ApiError::CredentialUnknown
             | ApiError::PayloadTooLarge
+            | ApiError::RequestTimeout
             | ApiError::HeadersTooLarge
             | ApiError::InvalidBody
             | ApiError::MethodNotRelayed
@@ -167,6 +173,7 @@ impl ApiError {
             ApiError::ProviderUnknown => "The token names a provider this relay does not serve.",
             ApiError::CredentialUnknown => "The token names a provider credential (key_ref) this relay does not hold for its provider.",
             ApiError::PayloadTooLarge => "The request body is larger than this relay accepts.",
+            ApiError::RequestTimeout => "The request body stopped arriving before it was complete.",
             ApiError::HeadersTooLarge => "The request's headers are larger than this relay accepts.",
             ApiError::InvalidBody => "The request body is not the JSON object this token requires.",
             ApiError::NotFound => "No such route. Relayed requests start with the relay's base path.",

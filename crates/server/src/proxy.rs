@@ -363,7 +363,13 @@ pub async fn read_capped(mut body: RelayBody, cap: usize) -> Result<Bytes, ApiEr
     // conversion defeats `Send` inference for the request future.
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::InvalidBody)?;
+        let frame = frame.map_err(|e| {
+            if e.is::<IdleElapsed>() {
+                ApiError::RequestTimeout
+            } else {
+                ApiError::InvalidBody
+            }
+        })?;
         if let Some(data) = frame.data_ref() {
             if buf.len() + data.len() > cap {
                 return Err(ApiError::PayloadTooLarge);
@@ -378,10 +384,15 @@ pub fn full(bytes: Bytes) -> RelayBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// Maps a client error to our answer: timeouts are 504, everything else 502.
+/// Maps a client error to our answer: timeouts are 504, everything else 502
+/// — unless it was the request body, read from our own client, that went
+/// silent (408: the provider was waiting for it).
 pub fn classify_upstream_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
+        if s.is::<IdleElapsed>() {
+            return ApiError::RequestTimeout;
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return ApiError::UpstreamTimeout;

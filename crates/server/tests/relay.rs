@@ -760,6 +760,36 @@ async fn upstream_reset_mid_stream_reaches_the_client_as_an_error() {
 }
 
 #[tokio::test]
+async fn a_stalled_upload_is_the_clients_timeout_not_the_providers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start_with(
+        |c| c.upstream.idle_timeout = Duration::from_millis(300),
+        UsageStore::memory(),
+    )
+    .await;
+    // Streamed to the provider as it comes, and read whole for a model policy.
+    let forced = env.claims("openai").with_model("gpt-4o-mini");
+    for token in [env.token("openai"), env.mint(&forced)] {
+        let mut tcp = tokio::net::TcpStream::connect(env.relay.addr)
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /relayapi/{token}/chat/completions HTTP/1.1\r\nHost: relay\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\":"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut out))
+            .await
+            .expect("an answer after the idle timeout")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out[..n]);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn silent_stream_is_cut_by_the_idle_timeout_only() {
     let env = Env::start_with(
         |c| c.upstream.idle_timeout = Duration::from_millis(400),

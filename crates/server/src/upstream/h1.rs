@@ -65,7 +65,7 @@ pub enum H1Error {
     #[error("upstream response head larger than {MAX_BUFFER} bytes")]
     HeadTooLarge,
     #[error("request body: {0}")]
-    RequestBody(BoxError),
+    RequestBody(#[source] BoxError),
     #[error("request body does not match its Content-Length")]
     BodyLength,
 }
