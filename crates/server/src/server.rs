@@ -551,7 +551,12 @@ impl Builders {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+            // HPACK counts 32 bytes more per header than the relay's own
+            // (exact) check, which answers 431 in JSON; h2 itself can only
+            // reset the stream, so its limit sits above the relay's.
+            .max_header_list_size(
+                u32::try_from(server.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            );
         Self {
             http1,
             http2,

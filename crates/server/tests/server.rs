@@ -55,6 +55,35 @@ async fn h2c_with_prior_knowledge_and_http1_share_the_port() {
     env.relay.stop().await;
 }
 
+#[tokio::test]
+async fn an_oversized_h2_head_gets_the_json_431() {
+    let env = Env::start().await;
+    let tcp = tokio::net::TcpStream::connect(env.relay.addr)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // The default server.max_header_bytes is 64 KiB.
+    let req = http::Request::get(format!(
+        "http://{}/relayapi/{}/models",
+        env.relay.addr,
+        env.token("openai")
+    ))
+    .header("x-big", "a".repeat(70 * 1024))
+    .body(Full::new(bytes::Bytes::new()))
+    .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "headers_too_large");
+    drop(send);
+    env.relay.stop().await;
+}
+
 /// Reads until the relay closes `tcp`; how long that took (None: not
 /// within 10 s).
 async fn time_until_closed(tcp: &mut tokio::net::TcpStream) -> Option<Duration> {
