@@ -10,9 +10,11 @@ use crate::proxy::{full, RelayBody};
 
 /// Headers a browser script may read: request id, limits, retry hints.
 const EXPOSE: &str = "x-request-id, x-upstream-request-id, x-relayapi-calls-remaining, x-relayapi-tokens-remaining, \
-retry-after, x-should-retry, \
+retry-after, retry-after-ms, x-should-retry, \
 x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, \
-x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, openai-processing-ms, request-id";
+x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, openai-processing-ms, request-id, \
+anthropic-ratelimit-requests-limit, anthropic-ratelimit-requests-remaining, anthropic-ratelimit-requests-reset, \
+anthropic-ratelimit-tokens-limit, anthropic-ratelimit-tokens-remaining, anthropic-ratelimit-tokens-reset";
 /// [`EXPOSE`] as a header value, checked at compile time (`from_static` at
 /// run time validates all ~300 bytes on every response).
 const EXPOSE_VALUE: HeaderValue = HeaderValue::from_static(EXPOSE);

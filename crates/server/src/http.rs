@@ -228,7 +228,8 @@ pub async fn handle(
     // Preflights carry no token, so they are answered from the config alone;
     // the real request is then checked against the token's `origins`, and
     // refused without CORS headers (the browser hides the answer).
-    let mut cors_headers = !preflight;
+    let cors_headers = !preflight;
+    let mut cors_origin = origin.as_ref();
     let mut resp = if preflight {
         state.cors.preflight(req.headers())
     } else if req.method() == Method::GET
@@ -275,7 +276,9 @@ pub async fn handle(
             Err(e) => {
                 state.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if e == ApiError::OriginNotAllowed {
-                    cors_headers = false;
+                    // No CORS headers for the refused origin (the browser
+                    // hides the answer), but still `Vary: Origin`.
+                    cors_origin = None;
                 }
                 let body = e.body();
                 let mut resp = error_response_with(e, body.clone());
@@ -309,7 +312,7 @@ pub async fn handle(
     let headers = resp.headers_mut();
     headers.insert(X_REQUEST_ID, request_id);
     if cors_headers {
-        state.cors.decorate(origin.as_ref(), headers);
+        state.cors.decorate(cors_origin, headers);
     }
     Ok(resp)
 }

@@ -126,6 +126,7 @@ async fn origins_refuse_other_sites_and_cors_echoes_only_allowed_origins() {
             r.headers().get("access-control-allow-origin").is_none(),
             "{bad}"
         );
+        assert_eq!(r.headers()["vary"], "Origin", "{bad}");
         assert_eq!(
             error_code(r).await,
             (403, "origin_not_allowed".into()),
