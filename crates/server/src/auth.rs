@@ -220,13 +220,12 @@ fn cut_by_shape(param: &str, head: &str) -> (usize, usize) {
 const JWE_TAG_CHARS: usize = 22;
 
 fn header_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    // Read lossily: a value with bytes that are not visible ASCII is a token
+    // that fails to decode (`token_invalid`), not a missing one.
+    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    if let Some(v) = headers.get(http::header::AUTHORIZATION).map(text) {
         let v = v.trim();
-        // Checked: `to_str` admits only visible ASCII, but the split should
-        // not depend on that to stay panic-free.
+        // Checked: the split must not cut a character.
         if let Some((scheme, rest)) = v.split_at_checked(7) {
             if scheme.eq_ignore_ascii_case("bearer ") && !rest.is_empty() {
                 return Some(rest.trim().to_string());
@@ -235,7 +234,7 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
     }
     CREDENTIAL_HEADERS[1..]
         .iter()
-        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .find_map(|h| headers.get(*h).map(text))
         .map(|v| v.trim().to_string())
 }
 
@@ -588,6 +587,19 @@ mod tests {
         let l = locate("eyJhbGciOiJkaXIi/chat/completions", None, &HeaderMap::new());
         assert_eq!(l.token.as_deref(), Some("eyJhbGciOiJkaXIi"));
         assert_eq!(l.rest, "chat/completions");
+    }
+
+    #[test]
+    fn a_header_token_with_non_ascii_bytes_is_a_token_not_none() {
+        for (name, value) in [
+            ("authorization", &b"Bearer \xffabc"[..]),
+            ("x-api-key", &b"abc\xe9"[..]),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, http::HeaderValue::from_bytes(value).unwrap());
+            let l = locate("chat/completions", None, &h);
+            assert!(l.token.is_some_and(|t| t.contains("abc")), "{name}");
+        }
     }
 
     #[test]
