@@ -518,7 +518,7 @@ pub fn token(a: TokenArgs) -> anyhow::Result<()> {
         "--paths",
         a.paths,
         scope::is_path_prefix,
-        "a path prefix after the base path without a leading '/', like chat/completions",
+        "a path below the base path: segments of letters, digits and -._~!$&'()*+,;=:@ joined by '/', with no '/' at either end, no empty, '.' or '..' segment and no '%', like chat/completions",
     )?;
     claims.methods = scope_flag(
         "--methods",
