@@ -96,6 +96,25 @@ const isInt = (v: unknown): boolean => typeof v === 'number' && Number.isSafeInt
 const isStr = (v: unknown): v is string => typeof v === 'string' && isWellFormed(v);
 const isNonEmpty = (v: unknown): v is string => isStr(v) && v.length > 0;
 
+/**
+ * Why an `api_key` (a non-empty string) cannot be carried, or `null`: the
+ * relay refuses any control character (U+0000–U+001F, U+007F), since no
+ * request header can hold one. The text follows the claim or option name.
+ * @internal
+ */
+export function apiKeyProblem(apiKey: string): string | null {
+  const m = /[\u0000-\u001f\u007f]/.exec(apiKey);
+  if (!m) return null;
+  const c = m[0];
+  const where = apiKey.replace(/[\r\n]+$/, '') !== apiKey ? 'ends with' : 'contains';
+  const code = c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
+  return (
+    `${where} the control character ${JSON.stringify(c)} (U+${code}), which no request header can carry, ` +
+    'so the relay would refuse every call; a key read from a file usually keeps its trailing newline: ' +
+    'strip it (e.g. readFileSync(...).toString().trim())'
+  );
+}
+
 /** What is wrong with a claims set: the claim and a message that names it. */
 export interface ClaimsProblem {
   claim: string;
@@ -173,6 +192,10 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
   }
   for (const name of ['provider', credentials[0]!] as const) {
     if (!isNonEmpty(c[name])) return { claim: name, problem: 'must be a non-empty string' };
+  }
+  if (credentials[0] === 'api_key') {
+    const problem = apiKeyProblem(c.api_key as string);
+    if (problem) return { claim: 'api_key', problem };
   }
   if ('max_calls' in c) {
     const m = c.max_calls;

@@ -5,6 +5,7 @@
  */
 
 import {
+  apiKeyProblem,
   canonicalClaimsJson,
   effectiveModel,
   findClaimsProblem,
@@ -289,6 +290,9 @@ export class TokenGenerator {
         'apiKey',
         'apiKey must be a non-empty string (the provider API key), or pass keyRef naming a credential held by the relay so the token carries no key',
       );
+    } else {
+      const problem = apiKeyProblem(o.apiKey);
+      if (problem) throw new InvalidArgumentError('apiKey', `apiKey ${problem}`);
     }
     const provider = o.provider ?? DEFAULT_PROVIDER;
     if (typeof provider !== 'string' || provider.length === 0) {

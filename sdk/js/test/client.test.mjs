@@ -292,3 +292,19 @@ test('an unknown or snake_case option is refused, never minted without its limit
     methods: ['POST'], rps: 1, burst: 2, concurrency: 1, maxTokens: 10, maxBodyBytes: 100,
   });
 });
+
+test('an apiKey with a control character (a key read with its newline) is refused, at mint and decode', async () => {
+  const gen = new TokenGenerator(KEY);
+  const base = { jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p' };
+  for (const key of ['sk-mock\n', 'sk-mock\r\n', 'sk\u0000x', '\tsk', 'sk\u007f', 'sk\u001f']) {
+    await assert.rejects(gen.createToken({ apiKey: key }), (e) => {
+      assert.ok(e instanceof InvalidArgumentError, String(e));
+      assert.equal(e.argument, 'apiKey');
+      assert.ok(e.message.startsWith('apiKey ') && /trailing newline/.test(e.message), e.message);
+      return true;
+    });
+    await assert.rejects(gen.encryptToken({ ...base, api_key: key }), (e) => e.argument === 'api_key' && /trailing newline/.test(e.message));
+  }
+  const { claims } = await gen.decryptToken(await gen.createToken({ apiKey: 'sk-é 1' }));
+  assert.equal(claims.api_key, 'sk-é 1');
+});

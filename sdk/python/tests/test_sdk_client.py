@@ -321,3 +321,32 @@ async def test_async_client_maps_errors_and_urls(rai_dict):
         with pytest.raises(RateLimitError) as e:
             await c.embeddings(token, "x", "e")
         assert (e.value.status, e.value.code, e.value.request_id) == (429, "token_exhausted", "req-429")
+
+
+@pytest.mark.parametrize("key", ["sk-mock\n", "sk-mock\r\n", "sk\x00x", "\tsk", "sk\x7f", "sk\x1f"])
+def test_api_key_with_a_control_character_is_refused(client, key):
+    # The relay refuses such a token (token_invalid) at every call: no header can carry it.
+    with pytest.raises(InvalidArgumentError) as e:
+        client.create_token(key)
+    assert e.value.argument == "api_key"
+    assert str(e.value).startswith("api_key ") and "trailing newline" in str(e.value)
+    claims = {"jti": "A" * 22, "iat": 1, "exp": 2, "provider": "openai", "api_key": key}
+    with pytest.raises(InvalidArgumentError) as e:
+        client.token_generator.encrypt_token(claims)
+    assert e.value.argument == "api_key" and "trailing newline" in str(e.value)
+    # The test decoder refuses it too, as the relay does.
+    token = _raw_mint(claims)
+    assert decode(token, KEY_A, 1) == ("token_invalid", None)
+
+
+def test_api_key_with_spaces_or_non_ascii_is_fine(client):
+    assert decode(client.create_token("sk-é 1", _now=1), KEY_A, 1)[1]["api_key"] == "sk-é 1"
+
+
+def _raw_mint(claims):
+    """A token sealed without the SDK's checks (what a careless minter writes)."""
+    from relayapi._token import _encrypt, derive_content_key, key_id
+
+    content_key = derive_content_key(bytes.fromhex(KEY_A))
+    plaintext = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _encrypt(content_key, key_id(content_key), plaintext, b"\0" * 12)

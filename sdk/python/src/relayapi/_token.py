@@ -99,6 +99,25 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _control_char(s: str) -> Optional[str]:
+    """The first control character (U+0000–U+001F, U+007F) in ``s``, if any."""
+    return next((c for c in s if c < "\x20" or c == "\x7f"), None)
+
+
+def _api_key_problem(api_key: str) -> Optional[str]:
+    """Why a (non-empty string) ``api_key`` cannot be carried, or ``None``: the
+    relay refuses any control character, since no request header can hold one."""
+    c = _control_char(api_key)
+    if c is None:
+        return None
+    where = "ends with" if api_key.rstrip("\r\n") != api_key else "contains"
+    return (
+        f"{where} the control character {c!r} (U+{ord(c):04X}), which no request header can carry, "
+        "so the relay would refuse every call; a key read from a file usually keeps its trailing "
+        "newline: strip it (e.g. open(...).read().strip())"
+    )
+
+
 def _non_empty_str(name: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise _bad(name, "must be a non-empty string")
@@ -187,6 +206,10 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
     for name in ("provider", "api_key", "key_ref", "model"):
         if claims.get(name) is not None:
             _non_empty_str(name, claims[name])
+    if claims.get("api_key") is not None:
+        problem = _api_key_problem(claims["api_key"])
+        if problem:
+            raise _bad("api_key", problem)
     models = claims.get("models")
     if models is not None:
         if (
@@ -300,12 +323,16 @@ def _check_credential(api_key: Any, key_ref: Any) -> None:
                 "key_ref must be the name of a credential in the relay's config (a non-empty string)",
                 argument="key_ref",
             )
-    elif not isinstance(api_key, str) or not api_key:
-        raise InvalidArgumentError(
-            "api_key must be the provider's API key (a non-empty string), or pass key_ref= "
-            "naming a credential held by the relay so the token carries no key",
-            argument="api_key",
-        )
+    else:
+        if not isinstance(api_key, str) or not api_key:
+            raise InvalidArgumentError(
+                "api_key must be the provider's API key (a non-empty string), or pass key_ref= "
+                "naming a credential held by the relay so the token carries no key",
+                argument="api_key",
+            )
+        problem = _api_key_problem(api_key)
+        if problem:
+            raise InvalidArgumentError(f"api_key {problem}", argument="api_key")
 
 
 def _check_args(
