@@ -36,6 +36,27 @@ export function normaliseBasePath(s: string): string {
   return trimmed === '' ? '/' : `/${trimmed}/`;
 }
 
+/**
+ * Why `host` is not a `server.host` the relay accepts, or `null`: `http://`
+ * or `https://` (any case) and a host, an optional `:port` and trailing
+ * `/`, nothing else — the relay's `check_host` (crates/token/src/rai.rs),
+ * worded as it words it.
+ */
+export function hostProblem(host: string): string | null {
+  const lower = host.slice(0, 8).replace(/[A-Z]/g, (c) => c.toLowerCase());
+  const scheme = ['http://', 'https://'].find((sc) => lower.startsWith(sc));
+  if (scheme === undefined) {
+    return 'must start with http:// or https://, e.g. "https://relay.example.com" or "http://localhost"';
+  }
+  let authority = host.slice(scheme.length);
+  if (authority.endsWith('/')) authority = authority.slice(0, -1);
+  if (authority === '') return 'must name a host after the scheme, e.g. "http://localhost"';
+  if (/[/?#@\\\u0000-\u0020\u007f]/.test(authority)) {
+    return 'must be a scheme and a host only (no path, query, fragment, user or spaces), e.g. "https://relay.example.com"';
+  }
+  return null;
+}
+
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && !Array.isArray(v);
 
@@ -78,7 +99,8 @@ export function parseRaiConfig(value: unknown): RaiConfig {
   let basePath: string | undefined;
   if (server) {
     host = str(server, 'host', 'server.host', 'must be a string such as "http://localhost"');
-    if (host === '') add('server.host', 'must not be empty; use e.g. "http://localhost"');
+    const problem = host === undefined ? null : hostProblem(host);
+    if (problem) add('server.host', problem);
     const p = server.port;
     if (p === undefined) add('server.port', 'is missing; add e.g. "port": 8840');
     else if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) {

@@ -308,3 +308,35 @@ test('an apiKey with a control character (a key read with its newline) is refuse
   const { claims } = await gen.decryptToken(await gen.createToken({ apiKey: 'sk-é 1' }));
   assert.equal(claims.api_key, 'sk-é 1');
 });
+
+test('.rai server.host follows the relay check_host: http(s)://host[:port][/] only', () => {
+  const good = ['http://localhost', 'https://relay.example.com', 'HTTPS://relay.example.com/', 'http://localhost:9000', 'http://[::1]:8840', 'Http://127.0.0.1'];
+  for (const host of good) assert.equal(new RelayAPIClient(rai({ server: { host } })).server.host, host);
+  const bad = {
+    '': 'must start with http:// or https://',
+    localhost: 'must start with http:// or https://',
+    'relay.example.com:443': 'must start with http:// or https://',
+    'ftp://a.example': 'must start with http:// or https://',
+    ' http://127.0.0.1': 'must start with http:// or https://',
+    'http://': 'must name a host after the scheme',
+    'https:///': 'must name a host after the scheme',
+    'http://a.example/x': 'must be a scheme and a host only',
+    'http://127.0.0.1/relay': 'must be a scheme and a host only',
+    'http://a.example//': 'must be a scheme and a host only',
+    'http://a.example?x=1': 'must be a scheme and a host only',
+    'http://a.example#f': 'must be a scheme and a host only',
+    'http://u@a.example': 'must be a scheme and a host only',
+    'http://a .example': 'must be a scheme and a host only',
+    'http://a.example\n': 'must be a scheme and a host only',
+    'http://a\\b': 'must be a scheme and a host only',
+    'http://a\u007f': 'must be a scheme and a host only',
+  };
+  for (const [host, problem] of Object.entries(bad)) {
+    assert.throws(() => new RelayAPIClient(rai({ server: { host } })), (e) => {
+      assert.ok(e instanceof ConfigError, String(e));
+      assert.deepEqual(e.problems.map((p) => p.field), ['server.host'], host);
+      assert.ok(e.problems[0].problem.startsWith(problem), `${JSON.stringify(host)}: ${e.problems[0].problem}`);
+      return true;
+    });
+  }
+});

@@ -151,3 +151,49 @@ def test_repr_never_contains_key_material(rai_dict):
     assert "redacted" in repr(objects[0])
     assert "b613e3848ba80c89" in repr(objects[2])  # the public kid is fine
     assert KEY_A not in repr(vars(objects[2]))
+
+
+# The relay's check_host cases (crates/token/src/rai.rs), plus the audit's.
+GOOD_HOSTS = [
+    "http://localhost",
+    "https://relay.example.com",
+    "HTTPS://relay.example.com/",
+    "http://localhost:9000",
+    "http://[::1]:8840",
+    "Http://127.0.0.1",
+]
+BAD_HOSTS = {
+    "": "must start with http:// or https://",
+    "localhost": "must start with http:// or https://",
+    "relay.example.com:443": "must start with http:// or https://",
+    "ftp://a.example": "must start with http:// or https://",
+    " http://127.0.0.1": "must start with http:// or https://",
+    "http://": "must name a host after the scheme",
+    "https:///": "must name a host after the scheme",
+    "http://a.example/x": "must be a scheme and a host only",
+    "http://127.0.0.1/relay": "must be a scheme and a host only",
+    "http://a.example//": "must be a scheme and a host only",
+    "http://a.example?x=1": "must be a scheme and a host only",
+    "http://a.example#f": "must be a scheme and a host only",
+    "http://u@a.example": "must be a scheme and a host only",
+    "http://a .example": "must be a scheme and a host only",
+    "http://a.example\n": "must be a scheme and a host only",
+    "http://a\\b": "must be a scheme and a host only",
+    "http://a\x7f": "must be a scheme and a host only",
+}
+
+
+@pytest.mark.parametrize("host", GOOD_HOSTS)
+def test_server_host_the_relay_accepts(rai_dict, host):
+    rai_dict["server"]["host"] = host
+    assert RelayConfig.load(rai_dict).host == host
+
+
+@pytest.mark.parametrize("host, problem", list(BAD_HOSTS.items()))
+def test_server_host_the_relay_refuses(rai_dict, host, problem):
+    rai_dict["server"]["host"] = host
+    with pytest.raises(ConfigError) as e:
+        RelayConfig.load(rai_dict)
+    assert len(e.value.problems) == 1
+    assert e.value.problems[0].startswith(f"server.host {problem}")
+    assert "http://localhost" in e.value.problems[0] or "relay.example.com" in e.value.problems[0]

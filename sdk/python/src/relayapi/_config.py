@@ -19,6 +19,7 @@ from ._exceptions import ConfigError
 __all__ = ["RelayConfig", "ConfigSource"]
 
 _HEX = re.compile(r"\A[0-9a-fA-F]*\Z")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 ConfigSource = Union[str, "os.PathLike[str]", Mapping[str, Any], "RelayConfig"]
 
@@ -27,6 +28,30 @@ def normalise_base_path(base_path: str) -> str:
     """Leading and trailing ``/``: ``""`` → ``/``, ``relayapi`` → ``/relayapi/``."""
     trimmed = base_path.strip("/")
     return "/" if not trimmed else f"/{trimmed}/"
+
+
+def host_problem(host: str) -> Optional[str]:
+    """Why ``host`` is not a ``server.host`` the relay accepts, or ``None``:
+    ``http://`` or ``https://`` (any case) and a host, an optional ``:port``
+    and trailing ``/``, nothing else — the relay's ``check_host``
+    (crates/token/src/rai.rs), worded as it words it."""
+    lower = host[:8].translate(_ASCII_LOWER)
+    scheme = next((sc for sc in ("http://", "https://") if lower.startswith(sc)), None)
+    if scheme is None:
+        return (
+            'must start with http:// or https://, e.g. "https://relay.example.com" or "http://localhost"'
+        )
+    authority = host[len(scheme) :]
+    if authority.endswith("/"):
+        authority = authority[:-1]
+    if not authority:
+        return 'must name a host after the scheme, e.g. "http://localhost"'
+    if any(c in "/?#@\\" or c <= " " or c == "\x7f" for c in authority):
+        return (
+            "must be a scheme and a host only (no path, query, fragment, user or spaces), "
+            'e.g. "https://relay.example.com"'
+        )
+    return None
 
 
 class RelayConfig:
@@ -172,8 +197,9 @@ class RelayConfig:
         host = port = base_path = None
         if server is not None:
             host = string(server, "host", "server.host", 'must be a string such as "http://localhost"')
-            if host == "":
-                add('server.host must not be empty; use e.g. "http://localhost"')
+            problem = None if host is None else host_problem(host)
+            if problem:
+                add(f"server.host {problem}")
             if "port" not in server:
                 add('server.port is missing; add e.g. "port": 8840')
             else:
