@@ -5,6 +5,7 @@
 
 import { normaliseBasePath, parseRaiConfig, parseRaiJson, raiBaseUrl, raiOrigin, type RaiConfig } from './config.js';
 import { APIConnectionError, APIError, ConfigError, InvalidArgumentError } from './errors.js';
+import { fromUtf8 } from './encoding.js';
 import { TokenGenerator, type CreateTokenOptions, type TokenGeneratorHooks } from './token.js';
 
 /** `apiType` values of {@link RelayAPIClient.generateApiUrlWithToken} and the paths they map to. */
@@ -84,7 +85,7 @@ export class RelayAPIClient {
     if (typeof path !== 'string' || path.length === 0) {
       throw new InvalidArgumentError('path', 'path must be the path of a .rai file, e.g. "default.rai"');
     }
-    let fs: { readFile(p: string, enc: 'utf8'): Promise<string> };
+    let fs: { readFile(p: string): Promise<Uint8Array> };
     try {
       fs = await import('node:fs/promises');
     } catch (e) {
@@ -94,9 +95,9 @@ export class RelayAPIClient {
         { cause: e },
       );
     }
-    let text: string;
+    let bytes: Uint8Array;
     try {
-      text = await fs.readFile(path, 'utf8');
+      bytes = await fs.readFile(path);
     } catch (e) {
       const code = (e as { code?: string }).code;
       throw new ConfigError(
@@ -105,6 +106,9 @@ export class RelayAPIClient {
           : `cannot read .rai file ${path} (${code ?? 'I/O error'}); check the path and its permissions`,
       );
     }
+    // Strict UTF-8, as the relay reads it: no silent U+FFFD for a bad byte (a BOM is kept, and refused).
+    const text = fromUtf8(bytes);
+    if (text === null) throw new ConfigError(`${path}: not UTF-8 text; generate a fresh file with \`relayapi gen-config\``);
     return new RelayAPIClient(parseRaiJson(text, path), options);
   }
 

@@ -138,6 +138,12 @@ export function parseRaiConfig(value: unknown): RaiConfig {
 
 /** Parses `.rai` JSON text. A syntax error never echoes the content. */
 export function parseRaiJson(text: string, source = '.rai config'): RaiConfig {
+  if (text.startsWith('\ufeff')) {
+    // The relay's JSON reader refuses a byte order mark, so must we.
+    throw new ConfigError(
+      `${source}: starts with a UTF-8 byte order mark (BOM), which the relay refuses as not valid JSON; save it as UTF-8 without BOM, or ${FIX}`,
+    );
+  }
   let value: unknown;
   try {
     value = JSON.parse(text);

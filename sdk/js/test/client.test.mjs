@@ -340,3 +340,23 @@ test('.rai server.host follows the relay check_host: http(s)://host[:port][/] on
     });
   }
 });
+
+test('.rai bytes are read as the relay reads them: strict UTF-8, no byte order mark', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'relayapi-sdk-unit-'));
+  try {
+    const text = Buffer.from(JSON.stringify(rai()));
+    writeFileSync(join(dir, 'bom.rai'), Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), text]));
+    await assert.rejects(RelayAPIClient.fromFile(join(dir, 'bom.rai')), (e) => {
+      assert.ok(e instanceof ConfigError && /byte order mark/.test(e.message), String(e));
+      assert.ok(!e.message.includes(KEY));
+      return true;
+    });
+    assert.throws(() => RelayAPIClient.fromJSON('\ufeff' + text.toString()), /byte order mark/);
+    writeFileSync(join(dir, 'latin1.rai'), Buffer.from(text.toString().replace('"1.0.0"', '"1.0.\u00e9"'), 'latin1'));
+    await assert.rejects(RelayAPIClient.fromFile(join(dir, 'latin1.rai')), (e) => e instanceof ConfigError && /not UTF-8/.test(e.message));
+    writeFileSync(join(dir, 'ok.rai'), text.toString().replace('"1.0.0"', '"1.0.\u00e9"'));
+    await RelayAPIClient.fromFile(join(dir, 'ok.rai'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

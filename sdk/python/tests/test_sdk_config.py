@@ -197,3 +197,21 @@ def test_server_host_the_relay_refuses(rai_dict, host, problem):
     assert len(e.value.problems) == 1
     assert e.value.problems[0].startswith(f"server.host {problem}")
     assert "http://localhost" in e.value.problems[0] or "relay.example.com" in e.value.problems[0]
+
+
+def test_rai_bytes_are_read_as_the_relay_reads_them(tmp_path, rai_dict):
+    # The relay reads the file as strict UTF-8 and parses it with serde_json:
+    # a byte order mark is a syntax error, an invalid UTF-8 byte is refused.
+    text = json.dumps(rai_dict).encode("utf-8")
+    p = tmp_path / "bom.rai"
+    p.write_bytes(b"\xef\xbb\xbf" + text)
+    with pytest.raises(ConfigError, match="byte order mark") as e:
+        RelayConfig.from_file(p)
+    assert KEY_A not in str(e.value)
+    p = tmp_path / "latin1.rai"
+    p.write_bytes(text.replace(b'"1.0.0"', b'"1.0.\xe9"'))
+    with pytest.raises(ConfigError, match="not UTF-8") as e:
+        RelayConfig.from_file(p)
+    p = tmp_path / "ok.rai"
+    p.write_bytes(text.replace(b'"1.0.0"', '"1.0.é"'.encode("utf-8")))
+    assert RelayConfig.from_file(p).version == "1.0.é"

@@ -129,8 +129,16 @@ class RelayConfig:
                 "check the path and its permissions",
                 path=name,
             ) from None
+        if raw.startswith(b"\xef\xbb\xbf"):
+            # The relay's JSON reader refuses a byte order mark, so must we.
+            raise ConfigError(
+                f"RelayAPI config file {name!r} starts with a UTF-8 byte order mark (BOM), which "
+                "the relay refuses as not valid JSON; save the file as UTF-8 without BOM, or "
+                f"{RAI_FIX}",
+                path=name,
+            )
         try:
-            text = raw.decode("utf-8-sig")
+            text = raw.decode("utf-8")
             value = json.loads(text)
         except UnicodeDecodeError:
             raise ConfigError(
