@@ -28,7 +28,9 @@ export const DEFAULT_EXPIRE_SECONDS = 3600;
 
 /**
  * Options of `createToken` / `generateUrl` (same names and defaults as the
- * Python SDK, camelCased). `null` means the same as leaving an option out.
+ * Python SDK, camelCased). `null` means the same as leaving an option out
+ * (its default: `provider` `"openai"`, `expireSeconds` 3600, no limit for the
+ * others), as `None` does in Python.
  *
  * The policy options (`origins` … `maxBodyBytes`, docs/token-format.md §4.1)
  * need a relay that understands these claims; an older relay refuses such
@@ -45,10 +47,10 @@ export interface CreateTokenOptions {
    * (`credentials`). The token then carries no provider key at all.
    */
   keyRef?: string | null;
-  /** Provider id. Default `"openai"`. */
-  provider?: string;
-  /** Lifetime in seconds from now (UTC). Positive integer; default 3600. */
-  expireSeconds?: number;
+  /** Provider id. Default (also for `null`) `"openai"`. */
+  provider?: string | null;
+  /** Lifetime in seconds from now (UTC). Positive integer; default (also for `null`) 3600, never "no expiry". */
+  expireSeconds?: number | null;
   /** Maximum number of relayed calls (integer >= 1); omitted = unlimited. */
   maxCalls?: number | null;
   /** The only model the token may use. */

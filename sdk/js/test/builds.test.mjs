@@ -85,3 +85,9 @@ test('engines and README say Node >= 20; without global WebCrypto both builds sa
     assert.equal(o, 'RelayAPIError | relayapi_error | relayapi-sdk needs WebCrypto (globalThis.crypto): use Node >= 20, Deno, Bun, a browser or an edge runtime');
   }
 });
+
+test('types: test/types/usage.ts type-checks against the published declarations (and its @ts-expect-error lines fail)', () => {
+  const tsc = join(SDK_DIR, 'node_modules', 'typescript', 'bin', 'tsc');
+  const r = spawnSync(process.execPath, [tsc, '-p', join(SDK_DIR, 'test', 'types')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+});

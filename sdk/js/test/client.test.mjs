@@ -75,6 +75,9 @@ test('createToken defaults: provider openai, 1 hour, optional claims omitted; nu
   assert.deepEqual(Object.keys(claims), ['jti', 'iat', 'exp', 'provider', 'api_key']);
   assert.equal(claims.exp, 4600);
   assert.equal(claims.provider, 'openai');
+  // provider / expireSeconds: null is their default too (as None is in Python).
+  const nulls = gen.buildClaims({ apiKey: 'k', provider: null, expireSeconds: null });
+  assert.deepEqual([nulls.provider, nulls.exp - nulls.iat], ['openai', 3600]);
   assert.equal(gen.buildClaims({ apiKey: 'k', extInfo: { rep_m: 'm' } }).ext_info, '{"rep_m":"m"}');
 });
 

@@ -350,3 +350,12 @@ def _raw_mint(claims):
     content_key = derive_content_key(bytes.fromhex(KEY_A))
     plaintext = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return _encrypt(content_key, key_id(content_key), plaintext, b"\0" * 12)
+
+
+def test_none_means_not_set_for_every_argument_as_null_in_js(client):
+    # provider/expire_seconds=None take their defaults, like leaving them out.
+    same = dict(_now=1000, _jti="A" * 22, _iv=b"\0" * 12)
+    default = client.create_token("k", **same)
+    assert client.create_token("k", provider=None, expire_seconds=None, max_calls=None, **same) == default
+    claims = decode(client.create_token("k", provider=None, expire_seconds=None, _now=1000), KEY_A, 1000)[1]
+    assert claims["provider"] == "openai" and claims["exp"] - claims["iat"] == 3600

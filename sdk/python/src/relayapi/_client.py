@@ -77,8 +77,8 @@ class _BaseClient:
     def create_token(
         self,
         api_key: Optional[str] = None,
-        provider: str = DEFAULT_PROVIDER,
-        expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
+        provider: Optional[str] = DEFAULT_PROVIDER,
+        expire_seconds: Optional[int] = DEFAULT_EXPIRE_SECONDS,
         max_calls: Optional[int] = None,
         model: Optional[str] = None,
         models: Optional[Sequence[str]] = None,
@@ -97,8 +97,8 @@ class _BaseClient:
     def generate_url(
         self,
         api_key: Optional[str] = None,
-        provider: str = DEFAULT_PROVIDER,
-        expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
+        provider: Optional[str] = DEFAULT_PROVIDER,
+        expire_seconds: Optional[int] = DEFAULT_EXPIRE_SECONDS,
         max_calls: Optional[int] = None,
         model: Optional[str] = None,
         models: Optional[Sequence[str]] = None,

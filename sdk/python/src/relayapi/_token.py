@@ -415,8 +415,8 @@ class TokenGenerator:
     def create_token(
         self,
         api_key: Optional[str] = None,
-        provider: str = DEFAULT_PROVIDER,
-        expire_seconds: int = DEFAULT_EXPIRE_SECONDS,
+        provider: Optional[str] = DEFAULT_PROVIDER,
+        expire_seconds: Optional[int] = DEFAULT_EXPIRE_SECONDS,
         max_calls: Optional[int] = None,
         model: Optional[str] = None,
         models: Optional[Sequence[str]] = None,
@@ -459,8 +459,15 @@ class TokenGenerator:
         Lists keep their order in the token. A relay that predates these
         claims refuses such tokens as ``token_invalid``.
 
+        ``None`` means "not set" for every option: ``provider=None`` is
+        ``"openai"``, ``expire_seconds=None`` is 3600 (never "no expiry"),
+        ``max_calls=None`` and the policy options are "no limit".
+
         ``_now``/``_jti``/``_iv`` make the output deterministic, for tests only.
         """
+        # None means "not set" for every option, as in the JS SDK: the default.
+        provider = DEFAULT_PROVIDER if provider is None else provider
+        expire_seconds = DEFAULT_EXPIRE_SECONDS if expire_seconds is None else expire_seconds
         _check_credential(api_key, key_ref)
         ext = _check_args(provider, expire_seconds, max_calls, model, models, sub, ext_info)
         policy: Dict[str, Any] = {
