@@ -20,12 +20,14 @@ export type ApiType = '' | keyof typeof API_PATHS;
 
 /** Default HTTP timeout of the client's own requests, milliseconds. */
 export const DEFAULT_TIMEOUT_MS = 60_000;
+/** Longest `timeoutMs`: 2^31 - 1 ms, the longest delay `setTimeout` honours. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** Options of the client itself (not of the `.rai`). */
 export interface RelayAPIClientOptions {
   /** `fetch` implementation (default `globalThis.fetch`). */
   fetch?: typeof fetch;
-  /** Timeout of `healthCheck`/`chatCompletions`/… in ms (default 60000). */
+  /** Timeout of `healthCheck`/`chatCompletions`/… in ms (default 60000; positive, at most 2^31 - 1). */
   timeoutMs?: number;
   /** Extra headers sent with every request the client makes. */
   headers?: Record<string, string>;
@@ -70,8 +72,12 @@ export class RelayAPIClient {
     this.#generator = new TokenGenerator(this.#config.crypto.aes_key, options.hooks);
     this.#fetch = options.fetch;
     const t = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    if (typeof t !== 'number' || !(t > 0)) {
-      throw new InvalidArgumentError('timeoutMs', 'timeoutMs must be a positive number of milliseconds');
+    // Timers clamp a delay above 2^31 - 1 ms (or Infinity) to 1 ms: every call would time out at once.
+    if (typeof t !== 'number' || !Number.isFinite(t) || !(t > 0) || t > MAX_TIMEOUT_MS) {
+      throw new InvalidArgumentError(
+        'timeoutMs',
+        `timeoutMs must be a positive, finite number of milliseconds, at most ${MAX_TIMEOUT_MS} (2^31 - 1, about 24.8 days: the longest timer delay JavaScript runtimes honour; got ${String(t)})`,
+      );
     }
     this.#timeoutMs = t;
     this.#headers = { ...(options.headers ?? {}) };

@@ -363,3 +363,18 @@ test('.rai bytes are read as the relay reads them: strict UTF-8, no byte order m
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('timeoutMs above 2^31 - 1 or not finite is refused (timers would clamp it to 1 ms)', async () => {
+  for (const timeoutMs of [2 ** 31, Infinity, NaN, 0, -1, 1e300, '1000']) {
+    assert.throws(() => new RelayAPIClient(rai(), { timeoutMs }), (e) => {
+      assert.ok(e instanceof InvalidArgumentError, String(e));
+      assert.equal(e.argument, 'timeoutMs');
+      assert.match(e.message, /2147483647/);
+      return true;
+    });
+  }
+  const ok = async (input, init) => new Response('{"status":"ok"}', { status: 200 });
+  for (const timeoutMs of [1, 2 ** 31 - 1, 1.5]) {
+    assert.deepEqual(await new RelayAPIClient(rai(), { timeoutMs, fetch: ok }).healthCheck(), { status: 'ok' });
+  }
+});
