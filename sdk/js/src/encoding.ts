@@ -120,6 +120,12 @@ export function jsonString(s: string): string {
 const INT_MIN = -(2n ** 63n);
 const INT_MAX = 2n ** 64n - 1n;
 
+function checkRelayInteger(value: bigint): void {
+  if (value < INT_MIN || value > INT_MAX) {
+    throw new TypeError("integers must be within -2^63 … 2^64 - 1, the relay's range (write larger ones as strings)");
+  }
+}
+
 /**
  * A number as Python's `json.dumps` writes it, so that both SDKs mint the
  * same bytes: integers (JavaScript cannot tell `1.0` from `1`) in plain
@@ -156,11 +162,12 @@ export function canonicalJson(value: unknown, relayIntegers = false): string {
       if (!isWellFormed(value)) throw new TypeError('string contains a lone UTF-16 surrogate');
       return jsonString(value);
     case 'number':
+      // An integral number is an integer here (it is written as one, like a
+      // Python int), so it gets the same range check as a bigint.
+      if (relayIntegers && Number.isInteger(value)) checkRelayInteger(BigInt(value));
       return jsonNumber(value);
     case 'bigint':
-      if (relayIntegers && (value < INT_MIN || value > INT_MAX)) {
-        throw new TypeError("integers must be within -2^63 … 2^64 - 1, the relay's range (write larger ones as strings)");
-      }
+      if (relayIntegers) checkRelayInteger(value);
       return value.toString(10);
     case 'object': {
       if (Array.isArray(value)) {
