@@ -115,6 +115,13 @@ export function apiKeyProblem(apiKey: string): string | null {
   );
 }
 
+function stringProblem(v: unknown, nonEmpty: boolean): string | null {
+  const want = nonEmpty ? 'must be a non-empty string' : 'must be a string';
+  if (typeof v !== 'string') return want;
+  if (!isWellFormed(v)) return 'contains a lone UTF-16 surrogate (such as "\\ud800"), which UTF-8 cannot carry: fix the text';
+  return nonEmpty && v.length === 0 ? want : null;
+}
+
 /** What is wrong with a claims set: the claim and a message that names it. */
 export interface ClaimsProblem {
   claim: string;
@@ -191,7 +198,8 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
     if (name in c && !isInt(c[name])) return { claim: name, problem: 'must be an integer (UTC seconds)' };
   }
   for (const name of ['provider', credentials[0]!] as const) {
-    if (!isNonEmpty(c[name])) return { claim: name, problem: 'must be a non-empty string' };
+    const problem = stringProblem(c[name], true);
+    if (problem) return { claim: name, problem };
   }
   if (credentials[0] === 'api_key') {
     const problem = apiKeyProblem(c.api_key as string);
@@ -199,9 +207,13 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
   }
   if ('max_calls' in c) {
     const m = c.max_calls;
-    if (!isInt(m) || (m as number) < 1) return { claim: 'max_calls', problem: 'must be an integer >= 1' };
+    if (typeof m !== 'number' || !Number.isInteger(m) || m < 1) return { claim: 'max_calls', problem: 'must be an integer >= 1' };
+    if (!isInt(m)) return { claim: 'max_calls', problem: `must be at most ${Number.MAX_SAFE_INTEGER} (a safe integer)` };
   }
-  if ('model' in c && !isNonEmpty(c.model)) return { claim: 'model', problem: 'must be a non-empty string' };
+  if ('model' in c) {
+    const problem = stringProblem(c.model, true);
+    if (problem) return { claim: 'model', problem };
+  }
   if ('models' in c) {
     const ms = c.models;
     if (!Array.isArray(ms) || ms.length === 0 || !ms.every(isNonEmpty)) {
@@ -209,7 +221,8 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
     }
   }
   for (const name of ['sub', 'ext_info'] as const) {
-    if (name in c && !isStr(c[name])) return { claim: name, problem: 'must be a string' };
+    const problem = name in c ? stringProblem(c[name], false) : null;
+    if (problem) return { claim: name, problem };
   }
   const policy = findPolicyProblem(c);
   if (policy) return policy;

@@ -307,8 +307,14 @@ export class TokenGenerator {
         'expireSeconds must be a positive integer number of seconds (e.g. 600 for 10 minutes)',
       );
     }
-    if (present(o.maxCalls) && (typeof o.maxCalls !== 'number' || !Number.isSafeInteger(o.maxCalls) || o.maxCalls < 1)) {
+    if (present(o.maxCalls) && (typeof o.maxCalls !== 'number' || !Number.isInteger(o.maxCalls) || o.maxCalls < 1)) {
       throw new InvalidArgumentError('maxCalls', 'maxCalls must be an integer >= 1, or omitted for no limit');
+    }
+    if (present(o.maxCalls) && !Number.isSafeInteger(o.maxCalls)) {
+      throw new InvalidArgumentError(
+        'maxCalls',
+        `maxCalls must be at most ${Number.MAX_SAFE_INTEGER} (2^53 - 1, the largest integer a JavaScript number holds exactly), or omitted for no limit`,
+      );
     }
     if (present(o.model) && (typeof o.model !== 'string' || o.model.length === 0)) {
       throw new InvalidArgumentError('model', 'model must be a non-empty string, or omitted');
@@ -342,6 +348,12 @@ export class TokenGenerator {
     const problem = findPolicyProblem(policy, (claim) => POLICY_OPTIONS[claim] ?? claim);
     if (problem) throw new InvalidArgumentError(problem.claim, problem.message);
     const iat = this.#now();
+    if (!Number.isSafeInteger(iat + expireSeconds)) {
+      throw new InvalidArgumentError(
+        'expireSeconds',
+        `expireSeconds is too large: now + expireSeconds must be at most ${Number.MAX_SAFE_INTEGER} (2^53 - 1, the largest integer a JavaScript number holds exactly), i.e. expireSeconds <= ${Number.MAX_SAFE_INTEGER - iat}; tokens are meant to be short-lived, e.g. 600`,
+      );
+    }
     const claims: TokenClaims = {
       jti: b64url(this.#random(16)),
       iat,

@@ -380,3 +380,24 @@ test('timeoutMs above 2^31 - 1 or not finite is refused (timers would clamp it t
     assert.deepEqual(await new RelayAPIClient(rai(), { timeoutMs, fetch: ok }).healthCheck(), { status: 'ok' });
   }
 });
+
+test('argument errors name the option and the real problem (too large, not "must be >= 1"; expireSeconds, not exp)', async () => {
+  const gen = new TokenGenerator(KEY, { now: () => 1000 });
+  const cases = [
+    [{ apiKey: 'k', expireSeconds: 2 ** 53 - 1 }, 'expireSeconds', /too large/],
+    [{ apiKey: 'k', maxCalls: 2 ** 64 }, 'maxCalls', /at most 9007199254740991/],
+    [{ apiKey: 'k', maxCalls: 2 ** 53 }, 'maxCalls', /at most 9007199254740991/],
+  ];
+  for (const [opts, arg, words] of cases) {
+    assert.throws(() => gen.buildClaims(opts), (e) => {
+      assert.ok(e instanceof InvalidArgumentError, String(e));
+      assert.equal(e.argument, arg, JSON.stringify(opts));
+      assert.match(e.message, words);
+      return true;
+    });
+  }
+  assert.equal(gen.buildClaims({ apiKey: 'k', expireSeconds: 2 ** 53 - 1 - 1000 }).exp, 2 ** 53 - 1);
+  await assert.rejects(gen.createToken({ apiKey: 'k', sub: '\ud800' }), (e) => e.argument === 'sub' && /surrogate/.test(e.message));
+  const base = { jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p', api_key: 'k' };
+  await assert.rejects(gen.encryptToken({ ...base, max_calls: 2 ** 64 }), (e) => e.argument === 'max_calls' && /at most/.test(e.message));
+});

@@ -359,3 +359,38 @@ def test_none_means_not_set_for_every_argument_as_null_in_js(client):
     assert client.create_token("k", provider=None, expire_seconds=None, max_calls=None, **same) == default
     claims = decode(client.create_token("k", provider=None, expire_seconds=None, _now=1000), KEY_A, 1000)[1]
     assert claims["provider"] == "openai" and claims["exp"] - claims["iat"] == 3600
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument, words",
+    [
+        ({"models": {"b", "a"}}, "models", "not a set"),
+        ({"models": frozenset({"a"})}, "models", "not a set"),
+        ({"models": {"a": 1}}, "models", "got dict"),
+        ({"models": (m for m in ["a"])}, "models", "got generator"),
+        ({"extra": [("x_a", 1)]}, "extra", "must be a dict"),
+        ({"extra": "x_a"}, "extra", "must be a dict"),
+        ({"expire_seconds": 2**63}, "expire_seconds", "too large"),
+        ({"max_calls": 2**64}, "max_calls", "at most 2**64 - 1"),
+        ({"sub": "\ud800"}, "sub", "lone surrogate"),
+        ({"model": "m\udc00"}, "model", "lone surrogate"),
+        ({"ext_info": {"a": "\ud800"}}, "ext_info", "lone surrogate"),
+    ],
+)
+def test_argument_errors_name_the_parameter_and_the_real_problem(client, kwargs, argument, words):
+    with pytest.raises(InvalidArgumentError) as e:
+        client.create_token("k", **kwargs)
+    assert e.value.argument == argument
+    assert words in str(e.value)
+    assert "must be an integer >= 1" not in str(e.value)
+
+
+def test_models_tuple_still_minted_and_limits_at_the_ends_of_the_range(client):
+    claims = decode(client.create_token("k", models=("a", "b"), max_calls=2**64 - 1, _now=1), KEY_A, 1)[1]
+    assert claims["models"] == ["a", "b"] and claims["max_calls"] == 2**64 - 1
+    token = client.create_token("k", expire_seconds=2**63 - 2, _now=1)
+    assert decode(token, KEY_A, 1)[1]["exp"] == 2**63 - 1
+    gen = client.token_generator
+    with pytest.raises(InvalidArgumentError, match="at most 2") as e:
+        gen.encrypt_token({"jti": "A" * 22, "iat": 1, "exp": 2, "provider": "p", "api_key": "k", "max_calls": 2**64})
+    assert e.value.argument == "max_calls"

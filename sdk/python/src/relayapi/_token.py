@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -201,8 +201,10 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
     if claims.get("nbf") is not None and claims["nbf"] >= claims["exp"]:
         raise _bad("nbf", "must be earlier than 'exp'")
     mc = claims.get("max_calls")
-    if mc is not None and (not _is_int(mc) or not 1 <= mc <= _U64_MAX):
+    if mc is not None and (not _is_int(mc) or mc < 1):
         raise _bad("max_calls", "must be an integer >= 1")
+    if mc is not None and mc > _U64_MAX:
+        raise _bad("max_calls", "must be at most 2**64 - 1 (the relay's integer range)")
     for name in ("provider", "api_key", "key_ref", "model"):
         if claims.get(name) is not None:
             _non_empty_str(name, claims[name])
@@ -231,7 +233,20 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
             out[name] = list(v) if isinstance(v, tuple) else v
     for name in sorted(n for n in claims if n.startswith(EXTRA_CLAIM_PREFIX)):
         out[name] = _sorted_json(claims[name], name, relay_ints=True)
+    for name, v in out.items():
+        _check_utf8(name, v)
     return out
+
+
+def _check_utf8(name: str, value: Any) -> None:
+    """Refuses a lone surrogate (``'\\ud800'``) anywhere in claim ``name``:
+    UTF-8, and so the token, cannot carry it."""
+    try:
+        (name + _dumps(value, name)).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(
+            name, "contains a lone surrogate (such as '\\ud800'), which is not valid UTF-8: fix the text"
+        ) from None
 
 
 def _check_policy(values: Mapping[str, Any]) -> None:
@@ -366,12 +381,24 @@ def _check_args(
             f"max_calls must be None (unlimited) or an integer >= 1 (got {max_calls!r})",
             argument="max_calls",
         )
+    if max_calls is not None and max_calls > _U64_MAX:
+        raise InvalidArgumentError(
+            "max_calls must be at most 2**64 - 1 (the relay's integer range); use None for unlimited",
+            argument="max_calls",
+        )
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidArgumentError("model must be None or a non-empty string", argument="model")
     if models is not None:
-        if isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+        if isinstance(models, (set, frozenset)):
             raise InvalidArgumentError(
-                "models must be a list of model names, e.g. ['gpt-4o-mini', 'gpt-4o']",
+                "models must be a list (or tuple), not a set: the order is part of the token, "
+                "e.g. ['gpt-4o-mini', 'gpt-4o']",
+                argument="models",
+            )
+        if not isinstance(models, (list, tuple)):
+            raise InvalidArgumentError(
+                "models must be a list (or tuple) of model names, e.g. ['gpt-4o-mini', 'gpt-4o'] "
+                f"(got {type(models).__name__})",
                 argument="models",
             )
         items = list(models)
@@ -482,7 +509,20 @@ class TokenGenerator:
             "max_body_bytes": max_body_bytes,
         }
         _check_policy(policy)
+        if extra is not None and not isinstance(extra, Mapping):
+            raise InvalidArgumentError(
+                "extra must be a dict of x_* metadata claims, e.g. {'x_tier': 2} "
+                f"(got {type(extra).__name__})",
+                argument="extra",
+            )
         now = int(time.time()) if _now is None else _now
+        if now + expire_seconds > _I64_MAX:
+            raise InvalidArgumentError(
+                f"expire_seconds is too large: now + expire_seconds must be at most 2**63 - 1 "
+                f"(the relay's 64-bit time), i.e. expire_seconds <= {_I64_MAX - now}; "
+                "tokens are meant to be short-lived, e.g. 600",
+                argument="expire_seconds",
+            )
         claims: Dict[str, Any] = {
             "jti": new_jti() if _jti is None else _jti,
             "iat": now,
