@@ -183,7 +183,10 @@ export class RelayAPIClient {
     return (await this.#request('GET', `${raiOrigin(this.#config)}/health`)) as Record<string, unknown>;
   }
 
-  /** POST `chat/completions` through the relay (non-streaming); returns the parsed JSON. */
+  /**
+   * POST `chat/completions` through the relay (non-streaming); returns the parsed JSON.
+   * @throws {InvalidArgumentError} for `stream: true` (stream with the official SDK and `generateUrl`).
+   */
   async chatCompletions(
     token: string,
     messages: ChatMessage[],
@@ -222,7 +225,14 @@ export class RelayAPIClient {
     return this.#request('POST', this.generateApiUrlWithToken(token, 'embeddings'), { ...extra, model, input });
   }
 
-  async #request(method: 'GET' | 'POST', url: string, body?: unknown): Promise<unknown> {
+  async #request(method: 'GET' | 'POST', url: string, body?: Record<string, unknown>): Promise<unknown> {
+    if (body?.stream) {
+      // The helpers parse one JSON answer; a stream would come back as raw SSE text.
+      throw new InvalidArgumentError(
+        'stream',
+        "stream: true is not supported by the SDK's helpers: give generateUrl(...) to the official openai SDK as baseURL and stream there",
+      );
+    }
     const doFetch = this.#fetch ?? globalThis.fetch;
     if (typeof doFetch !== 'function') {
       throw new APIConnectionError('no fetch available; pass options.fetch', 'connection_error');

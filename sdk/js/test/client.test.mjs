@@ -401,3 +401,19 @@ test('argument errors name the option and the real problem (too large, not "must
   const base = { jti: 'x'.repeat(22), iat: 1, exp: 2, provider: 'p', api_key: 'k' };
   await assert.rejects(gen.encryptToken({ ...base, max_calls: 2 ** 64 }), (e) => e.argument === 'max_calls' && /at most/.test(e.message));
 });
+
+test('stream: true is refused by the helpers (as stream=True is in Python), before any request', async () => {
+  let calls = 0;
+  const c = new RelayAPIClient(rai(), { fetch: async () => (calls++, new Response('{}')) });
+  const token = await c.createToken({ apiKey: 'k' });
+  for (const call of [
+    () => c.chatCompletions(token, [{ role: 'user', content: 'hi' }], 'm', { stream: true }),
+    () => c.imagesGenerations(token, 'a cat', { stream: true }),
+    () => c.embeddings(token, 'x', 'm', { stream: true }),
+  ]) {
+    await assert.rejects(call(), (e) => e instanceof InvalidArgumentError && e.argument === 'stream' && /generateUrl/.test(e.message));
+  }
+  assert.equal(calls, 0);
+  await c.chatCompletions(token, [{ role: 'user', content: 'hi' }], 'm', { stream: false });
+  assert.equal(calls, 1);
+});
