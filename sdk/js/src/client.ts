@@ -161,7 +161,7 @@ export class RelayAPIClient {
    * `images/generations`, `embeddings` → `embeddings`, `""` → nothing.
    * @throws {InvalidArgumentError} for an empty token or an unknown apiType.
    */
-  generateApiUrlWithToken(token: string, apiType: ApiType | string = ''): string {
+  generateApiUrlWithToken(token: string, apiType: ApiType = ''): string {
     if (typeof token !== 'string' || token.length === 0 || /[/?#\s]/.test(token)) {
       throw new InvalidArgumentError('token', 'token must be a token string from createToken');
     }

@@ -39,7 +39,11 @@ export const DEFAULT_EXPIRE_SECONDS = 3600;
 export interface CreateTokenOptions {
   /**
    * The provider API key the relay will inject (carried encrypted in the
-   * token). Exactly one of `apiKey` and `keyRef` is required.
+   * token). Exactly one of `apiKey` and `keyRef` is required; that rule is
+   * checked at run time (InvalidArgumentError), not by these types, so that
+   * `apiKey: process.env.OPENAI_API_KEY` (`string | undefined`) and
+   * `{ apiKey: useRef ? undefined : key, keyRef: useRef ? name : undefined }`
+   * keep type-checking.
    */
   apiKey?: string | null;
   /**
@@ -56,19 +60,19 @@ export interface CreateTokenOptions {
   /** The only model the token may use. */
   model?: string | null;
   /** Models the token may use (non-empty array of non-empty strings). */
-  models?: string[] | null;
+  models?: readonly string[] | null;
   /** End user the token is minted for (shows up in usage logs). */
   sub?: string | null;
   /** Opaque application data; a plain object is JSON-encoded (`{"rep_m": "gpt-4o"}` sets the effective model). */
   extInfo?: string | Record<string, unknown> | null;
   /** Allowed browser `Origin`s: exact (`https://app.example.com`) or subdomain wildcards (`*.example.com`, `https://*.example.com`). */
-  origins?: string[] | null;
+  origins?: readonly string[] | null;
   /** Allowed client networks: IPv4/IPv6 addresses or CIDR networks (`192.0.2.0/24`, `2001:db8::/32`). */
-  ips?: string[] | null;
+  ips?: readonly string[] | null;
   /** Allowed path prefixes after the base path, matched on whole segments (`["chat/completions"]`). */
-  paths?: string[] | null;
+  paths?: readonly string[] | null;
   /** Allowed HTTP methods, upper-case (`["POST"]`). */
-  methods?: string[] | null;
+  methods?: readonly string[] | null;
   /** Per-token rate limit in requests per second (integer >= 1). */
   rps?: number | null;
   /** Burst of the `rps` limit (integer >= 1; needs `rps`; default `rps`). */
