@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import * as esm from 'relayapi-sdk';
 import { SDK_DIR, VECTORS } from './harness.mjs';
 
@@ -90,4 +90,10 @@ test('types: test/types/usage.ts type-checks against the published declarations 
   const tsc = join(SDK_DIR, 'node_modules', 'typescript', 'bin', 'tsc');
   const r = spawnSync(process.execPath, [tsc, '-p', join(SDK_DIR, 'test', 'types')], { encoding: 'utf8' });
   assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+});
+
+test('examples/.env.example: RELAYAPI_RAI, resolved from sdk/js (where the README runs them), is the repo root default.rai', () => {
+  const text = readFileSync(join(SDK_DIR, 'examples', '.env.example'), 'utf8');
+  const rai = /^RELAYAPI_RAI=(.*)$/m.exec(text)?.[1];
+  assert.equal(resolve(SDK_DIR, rai), resolve(SDK_DIR, '..', '..', 'default.rai'));
 });
