@@ -137,10 +137,11 @@ export interface ClaimsProblem {
 export function findPolicyProblem(
   values: Record<string, unknown>,
   names: (claim: string) => string = (c) => c,
+  minting = true,
 ): ClaimsProblem | null {
   for (const claim of Object.keys(LIST_CLAIMS) as ListClaim[]) {
     const v = values[names(claim)];
-    const message = v === undefined ? null : listProblem(claim, names(claim), v, isWellFormed);
+    const message = v === undefined ? null : listProblem(claim, names(claim), v, isWellFormed, minting);
     if (message) return { claim: names(claim), message };
   }
   for (const claim of LIMIT_CLAIMS) {
@@ -158,16 +159,17 @@ export function findPolicyProblem(
 /**
  * Checks a claims object against §4 and the clock-free time rule of §5
  * (`exp > iat`, `exp > nbf`). Returns the first bad claim and a message
- * naming it, or `null` if the claims are well formed.
+ * naming it, or `null` if the claims are well formed. `minting` (default) also
+ * refuses what the relay accepts but never matches; the decoder passes `false`.
  * @internal
  */
-export function findClaimsProblem(claims: unknown): ClaimsProblem | null {
-  const p = claimsProblem(claims);
+export function findClaimsProblem(claims: unknown, minting = true): ClaimsProblem | null {
+  const p = claimsProblem(claims, minting);
   if (p === null) return null;
   return 'message' in p ? p : { claim: p.claim, message: `claim ${p.claim} ${p.problem}` };
 }
 
-function claimsProblem(claims: unknown): { claim: string; problem: string } | ClaimsProblem | null {
+function claimsProblem(claims: unknown, minting: boolean): { claim: string; problem: string } | ClaimsProblem | null {
   if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) {
     return { claim: '(claims)', problem: 'must be a JSON object' };
   }
@@ -224,7 +226,7 @@ function claimsProblem(claims: unknown): { claim: string; problem: string } | Cl
     const problem = name in c ? stringProblem(c[name], false) : null;
     if (problem) return { claim: name, problem };
   }
-  const policy = findPolicyProblem(c);
+  const policy = findPolicyProblem(c, (n) => n, minting);
   if (policy) return policy;
   for (const name of Object.keys(c)) {
     if (name.startsWith('x_')) {

@@ -195,6 +195,27 @@ export function ipProblem(s: string): string | null {
   return null;
 }
 
+/**
+ * A valid `ips` item that can never match, or `null`: an IPv4-mapped IPv6
+ * network (`::ffff:a.b.c.d`, prefix 96 or more). The relay accepts it in a
+ * token, but matches a client reported as `::ffff:a.b.c.d` as the IPv4
+ * address (docs/token-format.md §4.1), so such an item matches nothing.
+ * Checked when minting only; the decoder, like the relay, accepts it.
+ */
+export function mappedIpv4Problem(s: string): string | null {
+  const slash = s.indexOf('/');
+  const parsed = parseIp(slash < 0 ? s : s.slice(0, slash));
+  if (!parsed || parsed.bits !== 128) return null;
+  const prefix = slash < 0 ? 128 : Number(s.slice(slash + 1));
+  if (prefix < 96 || parsed.value >> 32n !== 0xffffn) return null;
+  const v4 = formatIp({ value: parsed.value & 0xffffffffn, bits: 32 });
+  const fixed = prefix === 128 ? v4 : `${v4}/${prefix - 96}`;
+  return (
+    "is an IPv4-mapped IPv6 address, which never matches: the relay matches IPv4 clients " +
+    `(also those reported as '::ffff:a.b.c.d') as IPv4, so write ${q(fixed)}`
+  );
+}
+
 // ---- origins ---------------------------------------------------------------
 
 function isScheme(s: string): boolean {
@@ -317,13 +338,16 @@ const describe = (v: unknown): string =>
 /**
  * Checks one list claim `claim` (wire name); `label` is how the caller calls
  * it (`origins`, or an option name) and starts the message.
- * `isWellFormed` rejects strings with lone UTF-16 surrogates.
+ * `isWellFormed` rejects strings with lone UTF-16 surrogates. `minting`
+ * also refuses items the relay accepts but that never match
+ * ({@link mappedIpv4Problem}); decoders pass `false`.
  */
 export function listProblem(
   claim: ListClaim,
   label: string,
   value: unknown,
   isWellFormed: (s: string) => boolean,
+  minting = true,
 ): string | null {
   const [check, example] = LIST_CLAIMS[claim];
   if (value instanceof Set) return `${label} must be an array, not a Set: the order is part of the token, e.g. ${example}`;
@@ -338,6 +362,8 @@ export function listProblem(
     }
     const problem = check(item);
     if (problem !== null) return `${label}[${i}] ${q(item)} is invalid: ${problem}`;
+    const never = minting && claim === 'ips' ? mappedIpv4Problem(item) : null;
+    if (never !== null) return `${label}[${i}] ${q(item)} ${never}`;
     const first = seen.get(item);
     if (first !== undefined) return `${label}[${i}] ${q(item)} repeats ${label}[${first}]: remove the duplicate`;
     seen.set(item, i);

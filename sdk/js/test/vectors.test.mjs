@@ -138,7 +138,7 @@ test('Python SDK create_token and JS createToken mint the same bytes with every 
   const aesKey = '3c'.repeat(32);
   const policy = {
     origins: ['https://app.example.com', '*.example.org', 'http://[::1]:5173'],
-    ips: ['192.0.2.0/24', '2001:db8::/32', '::ffff:198.51.100.7'],
+    ips: ['192.0.2.0/24', '2001:db8::/32', '198.51.100.7', '::fffe:0:0/95'],
     paths: ['chat/completions', 'v1beta/models/gemini-1.5-flash:streamGenerateContent'],
     methods: ['POST', 'GET'],
     rps: 5,
@@ -166,6 +166,14 @@ test('Python SDK create_token and JS createToken mint the same bytes with every 
     assert.equal(js, r.stdout.trim(), `case ${i}`);
     const { claims } = await new TokenGenerator(aesKey).decryptToken(js, { now });
     if (kwargs.key_ref) assert.ok(!('api_key' in claims), 'no provider key in a key_ref token');
+  }
+  // Both refuse what would differ or never work: an IPv4-mapped ips item, an api_key with a newline.
+  for (const [kwargs, words] of [[{ api_key: 'k', ips: ['::ffff:198.51.100.7'] }, 'IPv4-mapped'], [{ api_key: 'k\n' }, 'trailing newline']]) {
+    const req = { aes_key: aesKey, kwargs, now: 1, jti: 'A'.repeat(22), iv: '00'.repeat(12) };
+    const r = spawnSync(SDK_PY.python, ['-c', PY_SDK], { input: JSON.stringify(req), encoding: 'utf8' });
+    assert.ok(r.status !== 0 && r.stderr.includes('InvalidArgumentError') && r.stderr.includes(words), r.stderr);
+    const options = { apiKey: kwargs.api_key, ips: kwargs.ips };
+    await assert.rejects(new TokenGenerator(aesKey).createToken(options), (e) => e instanceof InvalidArgumentError && e.message.includes(words));
   }
 });
 

@@ -40,9 +40,15 @@ def test_corpus_has_every_list_claim():
         assert len(CORPUS[claim]["valid"]) >= 9 and len(CORPUS[claim]["invalid"]) >= 10, claim
 
 
+def _never_matches(claim, item):
+    """Valid to the relay, but an IPv4-mapped ``ips`` item matches no client
+    (the relay matches IPv4 clients as IPv4), so the SDKs refuse to mint it."""
+    return claim == "ips" and item.lower().startswith("::ffff:") and "." in item
+
+
 @pytest.mark.parametrize("claim", LISTS)
 def test_corpus_valid_items_are_minted_in_the_order_given(gen, claim):
-    items = CORPUS[claim]["valid"]
+    items = [i for i in CORPUS[claim]["valid"] if not _never_matches(claim, i)]
     for item in items:
         assert claims_of(gen.create_token("sk", **{claim: [item]}))[claim] == [item]
     assert claims_of(gen.create_token("sk", **{claim: items}))[claim] == items
@@ -183,3 +189,39 @@ def test_none_means_absent(gen):
     limits = ("rps", "burst", "concurrency", "max_tokens", "max_body_bytes")
     none = {name: None for name in ("key_ref", *LISTS, *limits)}
     assert gen.create_token("sk", **none, **args) == gen.create_token("sk", **args)
+
+
+def test_corpus_has_ipv4_mapped_items_the_relay_accepts():
+    assert [i for i in CORPUS["ips"]["valid"] if _never_matches("ips", i)]
+
+
+@pytest.mark.parametrize(
+    "item, fixed",
+    [
+        ("::ffff:1.2.3.4", "'1.2.3.4'"),
+        ("::FFFF:192.0.2.1", "'192.0.2.1'"),
+        ("::ffff:10.0.0.0/104", "'10.0.0.0/8'"),
+        ("::ffff:0:0/96", "'0.0.0.0/0'"),
+        ("0:0:0:0:0:ffff:c000:201", "'192.0.2.1'"),
+    ],
+)
+def test_ipv4_mapped_ips_are_refused_with_the_ipv4_form(gen, item, fixed):
+    # The relay accepts these but matches IPv4 clients (even when a dual-stack
+    # socket reports them as ::ffff:a.b.c.d) as IPv4: the item never matches.
+    for mint in (
+        lambda: gen.create_token("sk", ips=[item]),
+        lambda: gen.encrypt_token({**BASE, "ips": ["10.0.0.0/8", item]}),
+    ):
+        with pytest.raises(InvalidArgumentError) as e:
+            mint()
+        assert e.value.argument == "ips"
+        assert "IPv4-mapped" in str(e.value) and f"write {fixed}" in str(e.value)
+    # ...and the decoder still accepts such a token, as the relay does.
+    from relayapi._token import _normalise_claims
+
+    assert _normalise_claims({**BASE, "ips": [item]}, minting=False)["ips"] == [item]
+
+
+@pytest.mark.parametrize("item", ["::fffe:0:0/95", "::/96", "::/0", "::1", "::ffff", "64:ff9b::1.2.3.4", "::1.2.3.4"])
+def test_ipv6_networks_that_are_not_ipv4_mapped_are_still_minted(gen, item):
+    assert claims_of(gen.create_token("sk", ips=[item]))["ips"] == [item]

@@ -179,6 +179,28 @@ def ip_problem(s: str) -> Optional[str]:
     return None
 
 
+def mapped_ipv4_problem(s: str) -> Optional[str]:
+    """A valid ``ips`` item that can never match, or ``None``: an IPv4-mapped
+    IPv6 network (``::ffff:a.b.c.d``, prefix 96 or more). The relay accepts it
+    in a token, but matches a client reported as ``::ffff:a.b.c.d`` as the
+    IPv4 address (docs/token-format.md §4.1), so such an item matches
+    nothing. Checked when minting only; the decoder, like the relay, accepts it."""
+    addr, slash, prefix_text = s.partition("/")
+    parsed = parse_ip(addr)
+    if parsed is None or parsed[1] != 128:
+        return None
+    value = parsed[0]
+    prefix = int(prefix_text) if slash else 128
+    if prefix < 96 or value >> 32 != 0xFFFF:
+        return None
+    v4 = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    fixed = f"{v4}" if prefix == 128 else f"{v4}/{prefix - 96}"
+    return (
+        f"is an IPv4-mapped IPv6 address, which never matches: the relay matches IPv4 clients "
+        f"(also those reported as '::ffff:a.b.c.d') as IPv4, so write {fixed!r}"
+    )
+
+
 # -- origins ------------------------------------------------------------------
 
 
@@ -312,8 +334,10 @@ LIST_CLAIMS: Dict[str, Tuple[Callable[[str], Optional[str]], str]] = {
 LIMIT_CLAIMS = ("rps", "burst", "concurrency", "max_tokens", "max_body_bytes")
 
 
-def list_problem(name: str, value: Any) -> Optional[str]:
-    """Checks one list claim; the message starts with ``name``."""
+def list_problem(name: str, value: Any, minting: bool = True) -> Optional[str]:
+    """Checks one list claim; the message starts with ``name``. ``minting``
+    adds the checks of items the relay accepts but that can never match
+    (:func:`mapped_ipv4_problem`)."""
     check, example = LIST_CLAIMS[name]
     if isinstance(value, (set, frozenset)):
         return f"{name} must be a list, not a set: the order is part of the token, e.g. {example}"
@@ -328,6 +352,10 @@ def list_problem(name: str, value: Any) -> Optional[str]:
         problem = check(item)
         if problem is not None:
             return f"{name}[{i}] {item!r} is invalid: {problem}"
+        if minting and name == "ips":
+            problem = mapped_ipv4_problem(item)
+            if problem is not None:
+                return f"{name}[{i}] {item!r} {problem}"
         if item in seen:
             return f"{name}[{i}] {item!r} repeats {name}[{seen[item]}]: remove the duplicate"
         seen[item] = i

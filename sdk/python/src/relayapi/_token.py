@@ -153,10 +153,11 @@ def _key(k: Any, where: str) -> str:
     return k
 
 
-def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
+def _normalise_claims(claims: Mapping[str, Any], minting: bool = True) -> Dict[str, Any]:
     """Checks ``claims`` exactly like the relay's decoder (minus the clock) and
     returns them in canonical member order. Optional claims set to ``None`` are
-    treated as absent."""
+    treated as absent. ``minting`` also refuses what the relay accepts but can
+    never match (an IPv4-mapped ``ips`` item); decoders pass ``False``."""
     if not isinstance(claims, Mapping):
         raise InvalidArgumentError("claims must be a dict", argument="claims")
     for name in claims:
@@ -225,7 +226,7 @@ def _normalise_claims(claims: Mapping[str, Any]) -> Dict[str, Any]:
         v = claims.get(name)
         if v is not None and not isinstance(v, str):
             raise _bad(name, "must be a string")
-    _check_policy(claims)
+    _check_policy(claims, minting)
 
     for name in CLAIM_ORDER:
         v = claims.get(name)
@@ -249,12 +250,12 @@ def _check_utf8(name: str, value: Any) -> None:
         ) from None
 
 
-def _check_policy(values: Mapping[str, Any]) -> None:
+def _check_policy(values: Mapping[str, Any], minting: bool = True) -> None:
     """The policy claims of §4.1 (``None`` = absent); the parameters of
     ``create_token`` have the same names, so the messages fit both."""
     for name in LIST_CLAIMS:
         if values.get(name) is not None:
-            problem = list_problem(name, values[name])
+            problem = list_problem(name, values[name], minting)
             if problem:
                 raise InvalidArgumentError(problem, argument=name)
     for name in LIMIT_CLAIMS:
