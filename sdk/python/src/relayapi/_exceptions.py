@@ -9,14 +9,17 @@
         ├── APIConnectionError         no HTTP response at all
         │   └── APITimeoutError
         ├── APIResponseValidationError 2xx response that is not JSON
-        └── APIStatusError             non-2xx response, keyed by status
+        └── APIStatusError             non-2xx response, keyed by status (itself
+            │                              for 405 method_not_allowed, 408
+            │                              request_timeout, 431 headers_too_large)
             ├── BadRequestError            400
             ├── AuthenticationError        401 (token_invalid, token_expired, …)
-            ├── PermissionDeniedError      403 (model_not_allowed)
+            ├── PermissionDeniedError      403 (model/origin/ip/path_not_allowed)
             ├── NotFoundError              404
             ├── PayloadTooLargeError       413
             ├── UnprocessableEntityError   422
-            ├── RateLimitError             429 (token_exhausted, rate_limited)
+            ├── RateLimitError             429 (token_exhausted, rate_limited,
+            │                              concurrency_exceeded, budget_exhausted)
             └── InternalServerError        >= 500
 
 Every exception has ``status``, ``code`` and ``request_id`` attributes
@@ -159,11 +162,13 @@ class BadRequestError(APIStatusError):
 
 
 class AuthenticationError(APIStatusError):
-    """401: ``token_missing``, ``token_invalid``, ``token_expired``, ``token_not_yet_valid``."""
+    """401: ``token_missing``, ``token_invalid``, ``token_expired``,
+    ``token_not_yet_valid``, ``token_revoked``."""
 
 
 class PermissionDeniedError(APIStatusError):
-    """403: ``model_not_allowed``."""
+    """403: ``model_not_allowed``, ``origin_not_allowed``, ``ip_not_allowed``,
+    ``path_not_allowed`` (the token's ``models``/``origins``/``ips``/``paths``)."""
 
 
 class NotFoundError(APIStatusError):
@@ -179,7 +184,8 @@ class UnprocessableEntityError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: ``token_exhausted`` (max_calls used up) or ``rate_limited``."""
+    """429: ``token_exhausted`` (max_calls used up), ``rate_limited``,
+    ``concurrency_exceeded`` or ``budget_exhausted`` (max_tokens used up)."""
 
 
 class InternalServerError(APIStatusError):
