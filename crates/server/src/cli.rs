@@ -508,6 +508,12 @@ pub fn token(a: TokenArgs) -> anyhow::Result<()> {
         |s| scope::OriginPattern::parse(s).is_some(),
         "an origin like https://app.example.com or a wildcard like *.example.com",
     )?;
+    if let Some((item, v4)) = a.ips.iter().find_map(|s| {
+        let v4 = scope::IpNetwork::parse(s.trim())?.ipv4_equivalent()?;
+        Some((s, v4))
+    }) {
+        bail!("--ips: {item:?} is an IPv4-mapped IPv6 network, which never matches (clients are matched as IPv4); write {v4}");
+    }
     claims.ips = scope_flag(
         "--ips",
         a.ips,

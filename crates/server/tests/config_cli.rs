@@ -222,3 +222,53 @@ fn check_config_never_prints_a_secret_given_as_a_whole_section() {
     assert!(!ok && err.contains("RELAYAPI_LOG_DATABASE"), "{out}{err}");
     assert!(!out.contains(canary) && !err.contains(canary), "{out}{err}");
 }
+
+#[test]
+fn the_rai_and_config_given_before_the_command_are_the_ones_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, rai, _) = run(dir.path(), &["gen-config"], &[]);
+    assert!(ok);
+    std::fs::write(dir.path().join("k.rai"), rai).unwrap();
+    // Before the fix: top-level options were dropped, and token looked for
+    // ./default.rai, check-config checked the built-in defaults.
+    let (ok, out, err) = run(
+        dir.path(),
+        &[
+            "--rai",
+            "k.rai",
+            "token",
+            "--provider",
+            "openai",
+            "--api-key",
+            "sk-x",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("eyJ"), "{out}");
+    let (ok, _, err) = run(
+        dir.path(),
+        &["--config", "missing.json", "check-config"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("missing.json"), "{err}");
+    // An IPv4-mapped network never matches: the IPv4 form is asked for.
+    let (ok, _, err) = run(
+        dir.path(),
+        &[
+            "token",
+            "--rai",
+            "k.rai",
+            "--provider",
+            "openai",
+            "--api-key",
+            "sk-x",
+            "--ips",
+            "::ffff:10.0.0.0/104",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("write 10.0.0.0/8"), "{err}");
+}

@@ -218,6 +218,18 @@ impl IpNetwork {
         }
     }
 
+    /// The IPv4 network this one stands for, when it lies inside the
+    /// IPv4-mapped range (`::ffff:0:0/96`, prefix ≥ 96). Such an item never
+    /// matches (clients are matched as the IPv4 address they carry), so
+    /// minters ask for this form instead.
+    pub fn ipv4_equivalent(&self) -> Option<String> {
+        let IpAddr::V6(v6) = self.addr else {
+            return None;
+        };
+        let v4 = v6.to_ipv4_mapped().filter(|_| self.prefix >= 96)?;
+        Some(format!("{v4}/{}", self.prefix - 96))
+    }
+
     /// True when `ip` is inside this network. An IPv4-mapped IPv6 address
     /// (`::ffff:a.b.c.d`, what a dual-stack socket reports) is matched as
     /// the IPv4 address it carries.
@@ -439,6 +451,23 @@ mod tests {
         assert!(ip_allowed(&["0.0.0.0/0"], ip("203.0.113.9")));
         assert!(!ip_allowed(&["0.0.0.0/0"], ip("2001:db8::1")));
         assert!(ip_allowed(&["::/0"], ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn mapped_networks_name_their_ipv4_form() {
+        let v4 = |s: &str| IpNetwork::parse(s).unwrap().ipv4_equivalent();
+        assert_eq!(v4("::ffff:10.0.0.0/104").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(v4("::ffff:1.2.3.4").as_deref(), Some("1.2.3.4/32"));
+        assert_eq!(v4("::ffff:0.0.0.0/96").as_deref(), Some("0.0.0.0/0"));
+        for none in [
+            "::/0",
+            "::/96",
+            "::fffe:0:0/95",
+            "2001:db8::/32",
+            "10.0.0.0/8",
+        ] {
+            assert_eq!(v4(none), None, "{none}");
+        }
     }
 
     #[test]
