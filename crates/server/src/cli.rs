@@ -856,19 +856,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match parse(&[
-            "relayapi",
-            "--rai",
-            "k.rai",
-            "token",
-            "--provider",
-            "openai",
-            "--api-key",
-            "k",
-        ]) {
-            Command::Token(t) => assert_eq!(t.rai, path("k.rai")),
-            other => panic!("{other:?}"),
-        }
+        // (`token` with a top-level --rai: tests/config_cli.rs.)
         // Given on both sides, the subcommand's wins.
         match parse(&[
             "relayapi",

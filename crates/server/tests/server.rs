@@ -11,17 +11,25 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn h2c_with_prior_knowledge_and_http1_share_the_port() {
-    let env = Env::start().await;
+/// An HTTP/2 (prior knowledge, cleartext) connection to the relay.
+async fn h2_prior_knowledge(
+    env: &Env,
+) -> hyper::client::conn::http2::SendRequest<Full<bytes::Bytes>> {
     let tcp = tokio::net::TcpStream::connect(env.relay.addr)
         .await
         .unwrap();
-    let (mut send, conn) =
+    let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .unwrap();
     tokio::spawn(conn);
+    send
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_and_http1_share_the_port() {
+    let env = Env::start().await;
+    let mut send = h2_prior_knowledge(&env).await;
     let body = chat_body(false).to_string();
     let req = http::Request::post(format!(
         "http://{}/relayapi/{}/chat/completions",
@@ -58,14 +66,7 @@ async fn h2c_with_prior_knowledge_and_http1_share_the_port() {
 #[tokio::test]
 async fn an_oversized_h2_head_gets_the_json_431() {
     let env = Env::start().await;
-    let tcp = tokio::net::TcpStream::connect(env.relay.addr)
-        .await
-        .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2_prior_knowledge(&env).await;
     // The default server.max_header_bytes is 64 KiB.
     let req = http::Request::get(format!(
         "http://{}/relayapi/{}/models",
