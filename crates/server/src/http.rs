@@ -232,11 +232,16 @@ pub async fn handle(
     let mut cors_origin = origin.as_ref();
     let mut resp = if preflight {
         state.cors.preflight(req.headers())
-    } else if req.method() == Method::GET
-        && is_health_path(req.uri().path(), &state.config.server.base_path)
-    {
+    } else if is_health_path(req.uri().path(), &state.config.server.base_path) {
         // 3. the unauthenticated routes
-        health(&state)
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            health(&state)
+        } else {
+            let mut resp = error_response(ApiError::MethodNotRelayed);
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            resp
+        }
     } else {
         let ip = client_ip(peer, req.headers(), &state.trusted_proxies);
         let log = state.logger.as_ref().map(|logger| {

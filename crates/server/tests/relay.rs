@@ -617,6 +617,14 @@ async fn health_reports_counters_without_secrets() {
     assert_eq!(v["usage"]["write_errors"], 0, "{v}");
     assert!(v["requests"]["total"].as_u64().unwrap() >= 1);
     assert!(!v.to_string().contains(env.rai.crypto.aes_key.expose()));
+    for path in ["/health", "/relayapi/health"] {
+        let url = format!("http://{}{path}", env.relay.addr);
+        let head = env.http.head(&url).send().await.unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        let post = env.http.post(&url).send().await.unwrap();
+        assert_eq!(post.headers()["allow"], "GET, HEAD", "{path}");
+        assert_eq!(error_code(post).await, (405, "method_not_allowed".into()));
+    }
 }
 
 fn outcomes(env: &Env) -> (u64, u64, u64) {
