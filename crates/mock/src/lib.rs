@@ -162,7 +162,11 @@ pub fn router(cfg: MockConfig) -> Router {
         // split a segment on `:`). Google serves both API versions; recent
         // google-genai SDKs call `v1` when given a custom base URL.
         .route("/v1beta/models/{*rest}", post(gemini::models_action))
-        .route("/v1/models/{*rest}", post(gemini::models_action))
+        // GET is OpenAI's model lookup (`client.models.retrieve`).
+        .route(
+            "/v1/models/{*rest}",
+            get(openai::model).post(gemini::models_action),
+        )
         // Debugging aids for the relay's tests and benchmarks.
         .route("/echo", any(echo::echo))
         .route("/echo/{*path}", any(echo::echo))

@@ -533,6 +533,32 @@ pub(crate) async fn models(State(cfg): State<AppState>, headers: HeaderMap) -> R
     reply::json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
+/// `GET /v1/models/{model}`: one model of [`MODELS`], else OpenAI's 404.
+pub(crate) async fn model(
+    State(cfg): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !auth::openai(&headers, &cfg) {
+        return unauthorized();
+    }
+    if let Some(resp) = Knobs::from_headers(&headers).before_response().await {
+        return resp;
+    }
+    if !MODELS.contains(&id.as_str()) {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            &format!("The model '{id}' does not exist"),
+            "invalid_request_error",
+            "model_not_found",
+        );
+    }
+    reply::json_response(
+        StatusCode::OK,
+        &json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "relayapi-mock"}),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used)]

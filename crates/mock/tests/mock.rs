@@ -851,3 +851,37 @@ async fn journal_records_keys_faults_and_in_flight_streams() {
         .unwrap();
     assert_eq!(m.journal().total(), 0);
 }
+
+#[tokio::test]
+async fn one_model_is_looked_up_by_get_and_an_unknown_one_is_openais_404() {
+    let m = start().await;
+    let get = |id: &str| {
+        client()
+            .get(format!("{}/v1/models/{id}", m.url()))
+            .bearer_auth(KEY)
+            .send()
+    };
+    let r = get("gpt-4o").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["object"].as_str()),
+        (Some("gpt-4o"), Some("model"))
+    );
+    let r = get("no-such-model").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    // Gemini's POST on the same path still works.
+    let r = client()
+        .post(format!(
+            "{}/v1/models/gemini-2.0-flash:generateContent",
+            m.url()
+        ))
+        .header("x-goog-api-key", KEY)
+        .json(&serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
