@@ -222,7 +222,10 @@ const JWE_TAG_CHARS: usize = 22;
 fn header_token(headers: &HeaderMap) -> Option<String> {
     // Read lossily: a value with bytes that are not visible ASCII is a token
     // that fails to decode (`token_invalid`), not a missing one.
-    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    // Borrowed (no allocation) for the usual visible-ASCII value.
+    fn text(v: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(v.as_bytes())
+    }
     if let Some(v) = headers.get(http::header::AUTHORIZATION).map(text) {
         let v = v.trim();
         // Checked: the split must not cut a character.
