@@ -526,10 +526,7 @@ pub(crate) async fn models(State(cfg): State<AppState>, headers: HeaderMap) -> R
     if let Some(resp) = Knobs::from_headers(&headers).before_response().await {
         return resp;
     }
-    let data: Vec<Value> = MODELS
-        .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "relayapi-mock"}))
-        .collect();
+    let data: Vec<Value> = MODELS.iter().map(|id| model_object(id)).collect();
     reply::json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
@@ -553,10 +550,12 @@ pub(crate) async fn model(
             "model_not_found",
         );
     }
-    reply::json_response(
-        StatusCode::OK,
-        &json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "relayapi-mock"}),
-    )
+    reply::json_response(StatusCode::OK, &model_object(&id))
+}
+
+/// One entry of the model list, as OpenAI writes it.
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "relayapi-mock"})
 }
 
 #[cfg(test)]
