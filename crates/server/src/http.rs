@@ -228,7 +228,6 @@ pub async fn handle(
     // Preflights carry no token, so they are answered from the config alone;
     // the real request is then checked against the token's `origins`, and
     // refused without CORS headers (the browser hides the answer).
-    let cors_headers = !preflight;
     let mut cors_origin = origin.as_ref();
     let mut resp = if preflight {
         state.cors.preflight(req.headers())
@@ -316,7 +315,7 @@ pub async fn handle(
     // 8. what every answer carries
     let headers = resp.headers_mut();
     headers.insert(X_REQUEST_ID, request_id);
-    if cors_headers {
+    if !preflight {
         state.cors.decorate(cors_origin, headers);
     }
     Ok(resp)
