@@ -24,6 +24,13 @@ struct Relay {
 impl Relay {
     /// Starts `relayapi serve` in `dir` and reads the first stdout line.
     fn start(dir: &Path, extra: &[&str]) -> Relay {
+        let mut command = Command::new(BIN);
+        command.arg("serve").args(extra);
+        Self::spawn(dir, command)
+    }
+
+    /// Runs `command` (which ends up running `relayapi serve`) in `dir`.
+    fn spawn(dir: &Path, mut command: Command) -> Relay {
         let stderr = dir.join(format!(
             "stderr-{}.log",
             std::time::SystemTime::now()
@@ -31,9 +38,7 @@ impl Relay {
                 .unwrap()
                 .as_nanos()
         ));
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(extra)
+        let mut child = command
             .current_dir(dir)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
@@ -264,7 +269,17 @@ async fn health_says_degraded_while_the_usage_store_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &mock.url(), "sqlite");
     let http = reqwest::Client::new();
-    let relay = Relay::start(dir.path(), &[]);
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    // Past a file size limit the kernel sends SIGXFSZ, which kills unless
+    // ignored; ignored, the write fails with EFBIG (as on a full disk).
+    // An ignored signal stays ignored across exec.
+    let mut command = Command::new("sh");
+    command.args(["-c", "trap '' XFSZ; exec \"$0\" serve", BIN]);
+    let relay = Relay::spawn(dir.path(), command);
+    let wal = dir.path().join("usage.db-wal");
     let limited = format!(
         "{}models",
         retarget(&mint_url(dir.path(), &["--max-calls", "9"]), &relay)
@@ -273,10 +288,9 @@ async fn health_says_degraded_while_the_usage_store_cannot_write() {
     assert_eq!(http.get(&limited).send().await.unwrap().status(), 200);
     assert_eq!(health(&http, &relay).await["status"], "ok");
 
-    // Something else (a backup, an admin's sqlite3 shell) holds the write
-    // lock longer than the store waits for it.
-    let other = rusqlite::Connection::open(dir.path().join("usage.db")).unwrap();
-    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // The disk is full: the relay's files may not grow any more (its WAL
+    // must, for the next commit).
+    set_file_size_limit(&relay, &std::fs::metadata(&wal).unwrap().len().to_string());
     let resp = http.get(&limited).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let v: serde_json::Value = resp.json().await.unwrap();
@@ -287,11 +301,24 @@ async fn health_says_degraded_while_the_usage_store_cannot_write() {
     assert_eq!(h["usage"]["status"], "failing", "{h}");
     assert!(h["usage"]["last_error"].as_str().is_some(), "{h}");
 
-    other.execute_batch("COMMIT").unwrap();
+    set_file_size_limit(&relay, "unlimited");
     assert_eq!(http.get(&limited).send().await.unwrap().status(), 200);
     let h = health(&http, &relay).await;
     assert_eq!(h["status"], "ok", "{h}");
     assert_eq!(h["usage"]["write_errors"], 1, "{h}");
+}
+
+/// Sets the soft `RLIMIT_FSIZE` of the running relay (`unlimited` or bytes).
+fn set_file_size_limit(relay: &Relay, limit: &str) {
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &relay.child.id().to_string(),
+            &format!("--fsize={limit}:"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit --fsize={limit}: failed");
 }
 
 /// One request over a fresh connection, `target` sent byte for byte (no
