@@ -62,6 +62,7 @@ mod gemini;
 pub mod journal;
 mod openai;
 mod reply;
+mod responses;
 
 use std::future::Future;
 use std::io;
@@ -144,6 +145,7 @@ pub fn router(cfg: MockConfig) -> Router {
         .route("/health", get(health))
         // OpenAI
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::models))

@@ -29,7 +29,7 @@ pub(crate) fn error_response(
     )
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     error_response(
         StatusCode::UNAUTHORIZED,
         "Incorrect API key provided",
@@ -38,7 +38,7 @@ fn unauthorized() -> Response {
     )
 }
 
-fn bad_request(message: &str, code: &str) -> Response {
+pub(crate) fn bad_request(message: &str, code: &str) -> Response {
     error_response(
         StatusCode::BAD_REQUEST,
         message,

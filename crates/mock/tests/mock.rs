@@ -885,3 +885,268 @@ async fn one_model_is_looked_up_by_get_and_an_unknown_one_is_openais_404() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+fn responses_body(stream: bool) -> Value {
+    json!({
+        "model": "gpt-4.1-mini",
+        "instructions": "be brief",
+        "input": [
+            {"role": "user", "content": "earlier"},
+            {"role": "assistant", "content": "ok"},
+            {"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "hello "}, {"type": "input_text", "text": "responses"}]}
+        ],
+        "stream": stream
+    })
+}
+
+/// `usage` as the Responses API writes it, checked for consistency.
+fn assert_responses_usage(u: &Value) -> (u64, u64) {
+    let (input, output) = (
+        u["input_tokens"].as_u64().unwrap(),
+        u["output_tokens"].as_u64().unwrap(),
+    );
+    assert!(input > 0 && output > 0, "{u}");
+    assert_eq!(u["total_tokens"].as_u64().unwrap(), input + output, "{u}");
+    assert_eq!(u["input_tokens_details"], json!({"cached_tokens": 0}));
+    assert_eq!(u["output_tokens_details"], json!({"reasoning_tokens": 0}));
+    (input, output)
+}
+
+#[tokio::test]
+async fn responses_non_stream_has_the_openai_shape() {
+    let m = start().await;
+    let r = client()
+        .post(format!("{}/v1/responses", m.url()))
+        .bearer_auth(KEY)
+        .json(&responses_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(r.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    let v: Value = r.json().await.unwrap();
+    assert!(v["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(v["object"], "response");
+    assert!(v["created_at"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["model"], "gpt-4.1-mini");
+    assert_eq!(v["instructions"], "be brief");
+    assert_eq!(v["error"], Value::Null);
+    // Required by the SDKs' types.
+    assert_eq!(v["tools"], json!([]));
+    assert_eq!(v["tool_choice"], "auto");
+    assert_eq!(v["parallel_tool_calls"], true);
+    let output = v["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    let msg = &output[0];
+    assert!(msg["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(
+        (&msg["type"], &msg["status"], &msg["role"]),
+        (&json!("message"), &json!("completed"), &json!("assistant"))
+    );
+    assert_eq!(
+        msg["content"],
+        json!([{"type": "output_text", "text": "mock reply to: hello responses", "annotations": [], "logprobs": []}])
+    );
+    let (input, output) = assert_responses_usage(&v["usage"]);
+    // Instructions and every item count: 8 + 7 + 2 + 15 bytes.
+    assert_eq!(input, 32 / 4);
+    assert_eq!(
+        output,
+        "mock reply to: hello responses".len().div_ceil(4) as u64
+    );
+
+    // A plain string input is one user message.
+    let r = client()
+        .post(format!("{}/v1/responses", m.url()))
+        .bearer_auth(KEY)
+        .header("x-mock-response-bytes", "4096")
+        .json(&json!({"model": "m", "input": "just this"}))
+        .send()
+        .await
+        .unwrap();
+    let body = r.bytes().await.unwrap();
+    assert!((4000..=4100).contains(&body.len()), "{}", body.len());
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["instructions"], Value::Null);
+    let text = v["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("mock reply to: just this mock"), "{text}");
+    let (_, output) = assert_responses_usage(&v["usage"]);
+    assert_eq!(output, text.len().div_ceil(4) as u64);
+}
+
+#[tokio::test]
+async fn responses_stream_sends_openais_events_in_order() {
+    let m = start().await;
+    let r = client()
+        .post(format!("{}/v1/responses", m.url()))
+        .bearer_auth(KEY)
+        .header("x-mock-chunks", "7")
+        .json(&responses_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let events: Vec<(String, Value)> = sse_events(&text)
+        .into_iter()
+        .map(|(name, data)| (name.unwrap(), serde_json::from_str(&data).unwrap()))
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let mut want = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    want.extend(["response.output_text.delta"; 7]);
+    want.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(names, want, "{text}");
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], name.as_str());
+        assert_eq!(data["sequence_number"], i, "{name}");
+    }
+    let created = &events[0].1["response"];
+    assert_eq!(created["status"], "in_progress");
+    assert_eq!(created["output"], json!([]));
+    let item_id = events[2].1["item"]["id"].as_str().unwrap();
+    assert_eq!(events[2].1["item"]["status"], "in_progress");
+    assert_eq!(events[3].1["part"]["text"], "");
+    let deltas: String = events[4..11]
+        .iter()
+        .map(|(_, d)| {
+            assert_eq!(
+                (&d["item_id"], &d["output_index"], &d["content_index"]),
+                (&json!(item_id), &json!(0), &json!(0))
+            );
+            d["delta"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(deltas, "mock reply to: hello responses");
+    assert_eq!(events[11].1["text"], deltas.as_str());
+    assert_eq!(events[12].1["part"]["text"], deltas.as_str());
+    assert_eq!(events[13].1["item"]["status"], "completed");
+    assert_eq!(events[13].1["item"]["content"][0]["text"], deltas.as_str());
+    let done = &events[14].1["response"];
+    assert_eq!(done["id"], created["id"]);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["output"][0]["id"], item_id);
+    assert_eq!(done["output"][0]["content"][0]["text"], deltas.as_str());
+    let (input, output) = assert_responses_usage(&done["usage"]);
+    assert_eq!(input, 8);
+    assert_eq!(output, deltas.len().div_ceil(4) as u64);
+}
+
+#[tokio::test]
+async fn responses_stream_knobs_shape_the_deltas() {
+    let m = start().await;
+    let mut body = responses_body(true);
+    body["mock"] = json!({"chunks": 3, "chunk_bytes": 50, "chunk_delay_ms": 1});
+    let r = client()
+        .post(format!("{}/v1/responses", m.url()))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(&r.text().await.unwrap());
+    assert_eq!(events.len(), 4 + 3 + 4);
+    let deltas: Vec<Value> = events[4..7]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(deltas
+        .iter()
+        .all(|d| d["delta"].as_str().unwrap().len() == 50));
+    let done: Value = serde_json::from_str(&events[10].1).unwrap();
+    assert_eq!(
+        done["response"]["usage"]["output_tokens"],
+        150u64.div_ceil(4)
+    );
+
+    // Reset after the opening events: the body breaks before the end.
+    let r = client()
+        .post(format!("{}/v1/responses", m.url()))
+        .bearer_auth(KEY)
+        .header("x-mock-reset-after", "4")
+        .json(&responses_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err());
+}
+
+#[tokio::test]
+async fn responses_errors_are_openai_shaped() {
+    let m = start().await;
+    let c = client();
+    let url = format!("{}/v1/responses", m.url());
+    let r = c
+        .post(&url)
+        .bearer_auth("sk-wrong")
+        .json(&responses_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_api_key"
+    );
+    for (body, code) in [
+        (json!({"input": "hi"}), "missing_model"),
+        (json!({"model": "m"}), "missing_input"),
+        (json!({"model": "m", "input": null}), "missing_input"),
+        (json!({"model": "m", "input": 3}), "invalid_type"),
+    ] {
+        let r = c
+            .post(&url)
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(v["error"]["code"], code, "{body}");
+    }
+    let r = c
+        .post(&url)
+        .bearer_auth(KEY)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("x-mock-status", "429")
+        .json(&responses_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "mock_status_429"
+    );
+    let r = c.get(&url).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let paths: Vec<String> = m.journal().entries().into_iter().map(|e| e.path).collect();
+    assert!(paths.iter().all(|p| p == "/v1/responses"), "{paths:?}");
+    assert_eq!(paths.len(), 8);
+}
