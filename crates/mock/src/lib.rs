@@ -11,7 +11,8 @@
 //!   it on a listener, [`MockServer::start`] spawns it on `127.0.0.1:0` for
 //!   in-process tests of other crates.
 //! - `auth`: where each provider expects the API key and the constant-time check.
-//! - `openai`, `anthropic`, `gemini`: one module per wire format.
+//! - `openai`, `responses` (OpenAI's Responses API), `anthropic`, `gemini`:
+//!   one module per wire format.
 //! - `faults`: the per-request fault knobs and the event-stream body that
 //!   applies chunk delays, resets and stalls.
 //! - `reply`: the deterministic reply text, token estimates, ids and SSE framing.
@@ -23,7 +24,7 @@
 //! | Route | Auth |
 //! |---|---|
 //! | `GET /health` | none |
-//! | `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/images/generations`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
+//! | `POST /v1/chat/completions`, `POST /v1/responses`, `POST /v1/embeddings`, `POST /v1/images/generations`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
 //! | `POST /openai/deployments/{deployment}/chat/completions`, `.../embeddings` (Azure) | same as OpenAI |
 //! | `POST /v1/messages` (Anthropic; also needs `anthropic-version`) | `x-api-key: KEY` |
 //! | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent[?alt=sse]` (also under `/v1/`) | `x-goog-api-key: KEY` or `?key=KEY` |
@@ -32,7 +33,7 @@
 //! Every other path answers 404 with an OpenAI-style error body.
 //!
 //! # Fault injection
-//! Request headers (or, on the chat/messages/gemini routes, the same names
+//! Request headers (or, on the chat/responses/messages/gemini routes, the same names
 //! without the `x-mock-` prefix and with `_` in a `"mock": {...}` object of the
 //! JSON body; headers win):
 //! - `x-mock-delay-ms: N`: wait N ms before sending the response headers.
