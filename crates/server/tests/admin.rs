@@ -213,6 +213,58 @@ async fn revoke_token_report_and_usage_per_sub() {
 }
 
 #[tokio::test]
+async fn responses_usage_is_counted_per_token_json_and_stream() {
+    let env = Env::start_with(with_admin, UsageStore::memory()).await;
+    let claims = env.claims("openai").with_sub("carol");
+    let token = env.mint(&claims);
+    let url = format!("{}{token}/responses", env.base());
+    let body = serde_json::json!({"model": "gpt-4o-mini", "input": "count me"});
+    let v: Value = env
+        .http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut expected = v["usage"]["total_tokens"].as_u64().unwrap();
+    let mut stream = body.clone();
+    stream["stream"] = serde_json::json!(true);
+    let text = env
+        .http
+        .post(&url)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The `response.completed` event (the last one) carries the usage.
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: response.completed\n"), "{text}");
+    let data: Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    expected += data["response"]["usage"]["total_tokens"].as_u64().unwrap();
+    let report = loop {
+        let (s, v) = admin(
+            &env,
+            reqwest::Method::GET,
+            &format!("/admin/tokens/{}", claims.jti),
+            Some(ADMIN_KEY),
+        )
+        .await;
+        assert_eq!(s, 200);
+        if v["calls"] == 2 && v["llm_tokens"] == expected {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(report["sub"], "carol");
+}
+
+#[tokio::test]
 async fn revocations_and_usage_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("usage.db");

@@ -521,6 +521,52 @@ async fn budget_reserves_settles_and_reports_tokens_remaining() {
     }
 }
 
+/// `usage.total_tokens` of a Responses stream's `response.completed` event.
+fn responses_stream_usage(body: &str) -> Option<u64> {
+    body.split("\n\n")
+        .filter(|e| e.starts_with("event: response.completed\n"))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v["response"]["usage"]["total_tokens"].as_u64())
+}
+
+#[tokio::test]
+async fn budget_settles_from_responses_usage_json_and_stream() {
+    let env = Env::start().await;
+    let token = env.mint(&env.claims("openai").with_max_tokens(1000));
+    let url = format!("{}{token}/responses", env.base());
+    // The Responses API names its output limit `max_output_tokens`.
+    let body =
+        json!({"model": "gpt-4o-mini", "input": "hello responses", "max_output_tokens": 100});
+    let r = env.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-relayapi-tokens-remaining"], "900");
+    let v: Value = r.json().await.unwrap();
+    let used = v["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used > 0 && used < 100, "{v}");
+
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let r = env.http.post(&url).json(&stream).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    // Relayed as the provider sent it: nothing added, nothing stripped.
+    assert!(text.starts_with("event: response.created\n"), "{text}");
+    let streamed = responses_stream_usage(&text).expect("response.completed has usage");
+    // Both calls were settled to the usage they reported, not their reservations.
+    let expected = used + streamed;
+    loop {
+        let r = usage_of(&env, &token).await;
+        if r["used"]["tokens"] == expected {
+            assert_eq!(r["remaining"]["tokens"], 1000 - expected);
+            break;
+        }
+        assert!(r["used"]["tokens"].as_u64().unwrap() < 200, "{r}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(paths_seen(&env), ["/v1/responses", "/v1/responses"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_is_exact_under_concurrent_streams() {
     let env = Env::start().await;
