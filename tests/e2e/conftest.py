@@ -184,6 +184,7 @@ class Relay:
         model: str | None = None,
         models: list[str] | None = None,
         sub: str | None = None,
+        max_tokens: int | None = None,
         url: bool = False,
     ) -> str:
         """Mint a token with `relayapi token` (the real CLI)."""
@@ -203,6 +204,8 @@ class Relay:
             argv += ["--models", ",".join(models)]
         if sub is not None:
             argv += ["--sub", sub]
+        if max_tokens is not None:
+            argv += ["--max-tokens", str(max_tokens)]
         if url:
             argv.append("--url")
         out = subprocess.run(

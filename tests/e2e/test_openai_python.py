@@ -302,3 +302,83 @@ def test_upstream_error_status_passes_through(client):
             extra_headers={"x-mock-status": "503"},
         )
     assert ei.value.status_code == 503
+
+
+def test_responses_create(client):
+    """The Responses API (`client.responses.create`), relayed to the mock's `/v1/responses`."""
+    prompt = f"hello responses {uuid.uuid4().hex[:8]}"
+    resp = client.responses.create(model=MODEL, input=prompt, instructions="be brief")
+    assert resp.object == "response" and resp.status == "completed", resp
+    assert resp.id.startswith("resp_"), resp.id
+    assert resp.model == MODEL
+    assert resp.output_text == f"mock reply to: {prompt}"
+    assert resp.usage is not None and resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
+    # Input items with content parts: the last user message is answered.
+    resp = client.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "first"},
+            {"role": "user", "content": [{"type": "input_text", "text": "second"}]},
+        ],
+    )
+    assert resp.output_text == "mock reply to: second"
+
+
+def test_responses_streaming(client):
+    prompt = "stream a response"
+    stream = client.responses.create(
+        model=MODEL, input=prompt, stream=True, extra_headers={"x-mock-chunks": "6"}
+    )
+    events = list(stream)
+    types = [e.type for e in events]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ], types
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ], types
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 6, types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    completed = events[-1].response
+    assert "".join(deltas) == completed.output_text == f"mock reply to: {prompt}"
+    assert events[-4].text == completed.output_text
+    assert completed.usage is not None and completed.usage.output_tokens > 0
+    assert completed.usage.total_tokens == completed.usage.input_tokens + completed.usage.output_tokens
+
+
+def test_responses_usage_settles_the_token_budget(relay):
+    """A `max_tokens` budget is charged what the Responses answers reported
+    (`usage` in the JSON, `response.completed` in the stream), not the
+    reservation (`max_output_tokens`)."""
+    import time
+
+    import httpx
+
+    token = relay.mint(max_tokens=1000)
+    c = path_client(relay, token)
+    raw = c.responses.with_raw_response.create(model=MODEL, input="budget me", max_output_tokens=100)
+    assert raw.headers["x-relayapi-tokens-remaining"] == "900"
+    used = raw.parse().usage.total_tokens
+    events = list(c.responses.create(model=MODEL, input="budget me", max_output_tokens=100, stream=True))
+    completed = [e for e in events if e.type == "response.completed"]
+    assert len(completed) == 1, [e.type for e in events]
+    used += completed[0].response.usage.total_tokens
+
+    deadline = time.monotonic() + 10
+    while True:
+        report = httpx.get(
+            f"{relay.base_url}_relayapi/usage", headers={"authorization": f"Bearer {token}"}, timeout=10
+        ).json()
+        if report["used"]["tokens"] == used:
+            break
+        assert time.monotonic() < deadline, (report, used)
+        time.sleep(0.05)  # the settle runs just after the body was read
+    assert report["remaining"]["tokens"] == 1000 - used
