@@ -187,6 +187,35 @@ test('streaming chat (for await)', async () => {
   assert.ok(usage && usage.total_tokens > 0, 'usage chunk');
 });
 
+test('responses.create: output_text, and a stream whose deltas make the final text', async () => {
+  const client = pathClient(mint());
+  const resp = await client.responses.create({ model: MODEL, input: 'hello responses from node' });
+  assert.equal(resp.object, 'response');
+  assert.equal(resp.status, 'completed');
+  assert.equal(resp.output_text, 'mock reply to: hello responses from node');
+  assert.equal(resp.usage.total_tokens, resp.usage.input_tokens + resp.usage.output_tokens);
+
+  const stream = await client.responses.create({
+    model: MODEL,
+    input: [{ role: 'user', content: [{ type: 'input_text', text: 'stream responses' }] }],
+    stream: true,
+  });
+  const types = [];
+  let text = '';
+  let completed = null;
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === 'response.output_text.delta') text += event.delta;
+    if (event.type === 'response.completed') completed = event.response;
+  }
+  assert.equal(types[0], 'response.created');
+  assert.equal(types.at(-1), 'response.completed');
+  assert.ok(types.filter((t) => t === 'response.output_text.delta').length >= 3, types.join(','));
+  assert.equal(text, 'mock reply to: stream responses');
+  assert.equal(completed.output[0].content[0].text, text);
+  assert.ok(completed.usage.output_tokens > 0 && completed.usage.total_tokens > completed.usage.output_tokens);
+});
+
 test('token as apiKey with the relay base URL', async () => {
   const client = new OpenAI({ baseURL: relayBase(), apiKey: mint(), maxRetries: 0 });
   const resp = await client.chat.completions.create({
