@@ -139,7 +139,7 @@ impl Head {
     fn usage(&self, output_tokens: u64) -> Value {
         json!({
             "input_tokens": self.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": self.input_tokens + output_tokens,

@@ -908,7 +908,10 @@ fn assert_responses_usage(u: &Value) -> (u64, u64) {
     );
     assert!(input > 0 && output > 0, "{u}");
     assert_eq!(u["total_tokens"].as_u64().unwrap(), input + output, "{u}");
-    assert_eq!(u["input_tokens_details"], json!({"cached_tokens": 0}));
+    assert_eq!(
+        u["input_tokens_details"],
+        json!({"cached_tokens": 0, "cache_write_tokens": 0})
+    );
     assert_eq!(u["output_tokens_details"], json!({"reasoning_tokens": 0}));
     (input, output)
 }
