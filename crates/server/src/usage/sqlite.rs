@@ -763,7 +763,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("usage.db");
         let store = UsageStore::open_sqlite(&path).unwrap();
-        for _ in 1..=5 {
+        for _ in 0..5 {
             store.reserve_call("crash", 10, FAR_FUTURE).await.unwrap();
         }
         drop(store);
