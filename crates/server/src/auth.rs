@@ -572,6 +572,7 @@ mod tests {
                     rest,
                     &l.query,
                     br#"{"model":"m"}"#,
+                    None,
                 );
             }
             // `glued_cut` itself, on any text (not only a value's head).

@@ -604,8 +604,14 @@ async fn relay(
             rest = format!("deployments/{dep}/{}", rest.trim_start_matches('/'));
         }
         let bytes = proxy::read_capped(body, cap).await.map_err(read_error)?;
+        // Two content types: which one a provider reads is its choice.
+        let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
+        let content_type = content_types.next().and_then(|v| v.to_str().ok());
+        if content_types.next().is_some() {
+            return Err(ApiError::InvalidBody);
+        }
         let (new_rest, new_body) =
-            proxy::apply_model_policy(&claims, &parts.method, &rest, &query, &bytes)?;
+            proxy::apply_model_policy(&claims, &parts.method, &rest, &query, &bytes, content_type)?;
         rest = new_rest;
         buffered = Some(new_body.unwrap_or(bytes));
         body = full(Bytes::new());

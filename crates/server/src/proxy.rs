@@ -205,15 +205,19 @@ pub fn needs_model_policy(claims: &Claims) -> bool {
 /// list, and a request that generates (any method but GET, HEAD, DELETE)
 /// must name one — otherwise the provider would pick its own default. A
 /// non-string `model` or an empty body where one is needed is
-/// `invalid_body`. (`rest` is already normalised when it held escapes or dot
-/// segments, see `policy::check_scope`.)
+/// `invalid_body`. A `multipart/form-data` body (audio transcriptions,
+/// image edits) is checked by its `model` field, read strictly
+/// ([`crate::policy::multipart`]). (`rest` is already normalised when it
+/// held escapes or dot segments, see `policy::check_scope`.)
 pub fn apply_model_policy(
     claims: &Claims,
     method: &http::Method,
     rest: &str,
     query: &str,
     body: &[u8],
+    content_type: Option<&str>,
 ) -> Result<(String, Option<Bytes>), ApiError> {
+    use crate::policy::multipart;
     let forced = claims.effective_model();
     let forced = forced.as_deref();
     let query_models = query_models(query);
@@ -227,13 +231,21 @@ pub fn apply_model_policy(
         http::Method::GET | http::Method::HEAD | http::Method::DELETE
     );
     let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
-    if !body.is_empty() {
-        match serde_json::from_slice::<SingleModelObject>(body) {
+    // A form: its boundary and where its `model` value is.
+    let mut form: Option<(&str, Option<std::ops::Range<usize>>)> = None;
+    match content_type.and_then(multipart::form_boundary) {
+        Some(boundary) => {
+            let boundary = boundary.map_err(|_| ApiError::InvalidBody)?;
+            let found = multipart::find_model(body, boundary).map_err(|_| ApiError::InvalidBody)?;
+            form = Some((boundary, found));
+        }
+        None if !body.is_empty() => match serde_json::from_slice::<SingleModelObject>(body) {
             Ok(SingleModelObject(m)) => json = Some(m),
             // A non-object body, or one naming `model` twice (which one a
             // provider reads is its parser's choice), cannot be checked.
             Err(_) => return Err(ApiError::InvalidBody),
-        }
+        },
+        None => {}
     }
     let path_model = path_model_span(rest);
     let body_model = match json.as_ref().and_then(|m| m.get("model")) {
@@ -241,7 +253,14 @@ pub fn apply_model_policy(
         Some(serde_json::Value::String(m)) => Some(m.clone()),
         Some(_) => return Err(ApiError::InvalidBody),
     };
-    if json.is_none() && path_model.is_none() && !reads_only {
+    // `find_model` checked that the value is UTF-8.
+    let body_model = match &form {
+        Some((_, Some(span))) => std::str::from_utf8(&body[span.clone()])
+            .map(str::to_owned)
+            .ok(),
+        _ => body_model,
+    };
+    if json.is_none() && form.is_none() && path_model.is_none() && !reads_only {
         // Nothing to check or to rewrite, yet the call may generate.
         return Err(ApiError::InvalidBody);
     }
@@ -256,6 +275,13 @@ pub fn apply_model_policy(
                     new_body = Some(Bytes::from(
                         serde_json::to_vec(m).map_err(|_| ApiError::Internal)?,
                     ));
+                }
+            }
+            if let Some((boundary, found)) = form {
+                if found.is_some() || path_model.is_none() {
+                    new_body = Some(Bytes::from(multipart::with_model(
+                        body, boundary, found, model,
+                    )));
                 }
             }
             if let Some((s, e)) = path_model {
@@ -743,7 +769,83 @@ mod tests {
     }
 
     fn post(c: &Claims, rest: &str, body: &[u8]) -> Result<(String, Option<Bytes>), ApiError> {
-        apply_model_policy(c, &http::Method::POST, rest, "", body)
+        apply_model_policy(c, &http::Method::POST, rest, "", body, None)
+    }
+
+    /// A transcription form as the SDKs write it: the file, then `model`.
+    fn transcription_form(model: Option<&str>) -> Vec<u8> {
+        let mut body = String::from(
+            "--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF....\r\n",
+        );
+        if let Some(m) = model {
+            body.push_str(&format!(
+                "--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{m}\r\n"
+            ));
+        }
+        body.push_str("--b0undary--\r\n");
+        body.into_bytes()
+    }
+
+    fn post_form(c: &Claims, body: &[u8]) -> Result<(String, Option<Bytes>), ApiError> {
+        let ct = Some("multipart/form-data; boundary=b0undary");
+        apply_model_policy(c, &http::Method::POST, "audio/transcriptions", "", body, ct)
+    }
+
+    #[test]
+    fn a_form_is_checked_and_rewritten_by_its_model_field() {
+        let listed = claims(r#"{"models":["whisper-1"]}"#);
+        assert!(post_form(&listed, &transcription_form(Some("whisper-1"))).is_ok());
+        assert_eq!(
+            post_form(&listed, &transcription_form(Some("gpt-4o-transcribe"))).unwrap_err(),
+            ApiError::ModelNotAllowed
+        );
+        // No model named: the provider would choose.
+        assert_eq!(
+            post_form(&listed, &transcription_form(None)).unwrap_err(),
+            ApiError::ModelNotAllowed
+        );
+        // Unreadable alike by every parser: refused, as a bad JSON body is.
+        let twice = String::from_utf8(transcription_form(Some("whisper-1")))
+            .unwrap()
+            .replace(
+                "--b0undary--",
+                "--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx\r\n--b0undary--",
+            );
+        assert_eq!(
+            post_form(&listed, twice.as_bytes()).unwrap_err(),
+            ApiError::InvalidBody
+        );
+        let bad_boundary = apply_model_policy(
+            &listed,
+            &http::Method::POST,
+            "audio/transcriptions",
+            "",
+            &transcription_form(Some("whisper-1")),
+            Some("multipart/form-data"),
+        );
+        assert_eq!(bad_boundary.unwrap_err(), ApiError::InvalidBody);
+        // A form sent as JSON is no JSON object.
+        let as_json = apply_model_policy(
+            &listed,
+            &http::Method::POST,
+            "audio/transcriptions",
+            "",
+            &transcription_form(Some("whisper-1")),
+            Some("application/json"),
+        );
+        assert_eq!(as_json.unwrap_err(), ApiError::InvalidBody);
+
+        let forced = claims(r#"{"model":"whisper-1"}"#);
+        let (_, body) = post_form(&forced, &transcription_form(Some("gpt-4o-transcribe"))).unwrap();
+        assert_eq!(body.unwrap(), transcription_form(Some("whisper-1")));
+        let original = transcription_form(None);
+        let (_, body) = post_form(&forced, &original).unwrap();
+        let body = body.unwrap();
+        let span = crate::policy::multipart::find_model(&body, "b0undary")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body[span], b"whisper-1");
+        assert!(body.ends_with(&original));
     }
 
     #[test]
@@ -753,7 +855,7 @@ mod tests {
         assert!(post(&c, "v1beta/models/b:generateContent", b"{}").is_ok());
         assert!(post(&c, "deployments/a/chat/completions", br#"{"n":1}"#).is_ok());
         // Listing and looking up models generate nothing.
-        assert!(apply_model_policy(&c, &http::Method::GET, "models", "", b"").is_ok());
+        assert!(apply_model_policy(&c, &http::Method::GET, "models", "", b"", None).is_ok());
         let refused = [
             (
                 "chat/completions",
@@ -806,7 +908,7 @@ mod tests {
             );
         }
         assert_eq!(
-            apply_model_policy(&c, &http::Method::GET, "models/c", "", b"").unwrap_err(),
+            apply_model_policy(&c, &http::Method::GET, "models/c", "", b"", None).unwrap_err(),
             ApiError::ModelNotAllowed
         );
     }
@@ -852,7 +954,7 @@ mod tests {
             let (path, _) = post(&c, "v1beta/models/other:generateContent", b"{}").unwrap();
             assert_eq!(path, format!("v1beta/models/{want}:generateContent"));
             assert_eq!(
-                apply_model_policy(&c, &http::Method::GET, "realtime", "model=other", b"")
+                apply_model_policy(&c, &http::Method::GET, "realtime", "model=other", b"", None)
                     .unwrap_err(),
                 ApiError::ModelNotAllowed,
                 "{ext}"
@@ -888,7 +990,7 @@ mod tests {
     #[test]
     fn a_model_query_parameter_is_checked_too() {
         let get = |c: &Claims, query: &str| {
-            apply_model_policy(c, &http::Method::GET, "realtime", query, b"")
+            apply_model_policy(c, &http::Method::GET, "realtime", query, b"", None)
         };
         let listed = claims(r#"{"models":["a"]}"#);
         assert!(get(&listed, "model=a").is_ok());
@@ -901,8 +1003,16 @@ mod tests {
             );
         }
         // Naming a model in the query is naming one for a generating call.
-        let call =
-            |q: &str| apply_model_policy(&listed, &http::Method::POST, "realtime/calls", q, b"{}");
+        let call = |q: &str| {
+            apply_model_policy(
+                &listed,
+                &http::Method::POST,
+                "realtime/calls",
+                q,
+                b"{}",
+                None,
+            )
+        };
         assert!(call("model=a").is_ok());
         assert_eq!(call("").unwrap_err(), ApiError::ModelNotAllowed);
         // Queries are not rewritten: a different model is refused.

@@ -292,6 +292,68 @@ async fn models_policy_and_forced_model() {
     assert_eq!(v["model"], "forced-model");
 }
 
+/// Audio transcriptions and image edits name their model in a form field:
+/// a `models` token checks it, a forced model replaces it, and a form two
+/// parsers could read differently is refused before anything is counted.
+#[tokio::test]
+async fn a_multipart_form_is_held_to_the_model_policy() {
+    let env = Env::start().await;
+    let form = |model: &str| {
+        format!(
+            "--frm\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+             Content-Type: audio/wav\r\n\r\nRIFF\r\n--frm\r\n\
+             Content-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--frm--\r\n"
+        )
+    };
+    let send = |url: String, body: String| {
+        env.http
+            .post(url)
+            .header("content-type", "multipart/form-data; boundary=frm")
+            .body(body)
+            .send()
+    };
+    let mut claims = env.claims("openai");
+    claims.models = Some(vec!["whisper-1".into()]);
+    let url = format!(
+        "{}{}/echo/audio/transcriptions",
+        env.base(),
+        env.mint(&claims)
+    );
+    let echo: serde_json::Value = send(url.clone(), form("whisper-1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["body"], form("whisper-1"));
+    let (s, c) = error_code(send(url.clone(), form("gpt-4o-transcribe")).await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (403, "model_not_allowed"));
+    // A second model field hidden behind a bare-LF delimiter, which a
+    // lenient parser would read.
+    let smuggled = form("whisper-1").replace(
+        "RIFF",
+        "RIFF\n--frm\nContent-Disposition: form-data; name=\"model\"\n\ngpt-4o-transcribe",
+    );
+    let (s, c) = error_code(send(url, smuggled).await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (400, "invalid_body"));
+
+    let mut claims = env.claims("openai");
+    claims.model = Some("whisper-1".into());
+    let url = format!(
+        "{}{}/echo/audio/transcriptions",
+        env.base(),
+        env.mint(&claims)
+    );
+    let echo: serde_json::Value = send(url, form("gpt-4o-transcribe"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["body"], form("whisper-1"));
+    assert_eq!(echo["body_len"], form("whisper-1").len());
+}
+
 /// `ext_info`'s `rep_m` written with JSON escapes (PHP's `\/`, Python's
 /// `\u00e8`) or named twice was no model to the relay: the token could call
 /// any model, though every SDK reported the forced one.

@@ -19,6 +19,7 @@
 pub mod body_limit;
 pub mod budget;
 pub mod concurrency;
+pub mod multipart;
 pub mod path;
 pub mod rate;
 
