@@ -293,6 +293,26 @@ def test_models_allow_list(relay):
     assert error_code(ei.value) == "model_not_allowed", ei.value.body
 
 
+AUDIO = b"RIFF" + bytes(range(256)) * 8  # any bytes: the mock only counts them
+
+
+def test_audio_transcription_form_is_held_to_the_model_policy(relay):
+    """A multipart form (the SDK's own encoding) is checked by its `model`
+    field, and a forced model replaces it before the provider sees it."""
+    listed = path_client(relay, relay.mint(models=["whisper-1"]))
+    ok = listed.audio.transcriptions.create(model="whisper-1", file=("a.wav", AUDIO, "audio/wav"))
+    assert ok.text == f"Mock transcription (model whisper-1, {len(AUDIO)} bytes of audio)."
+    with pytest.raises(openai.PermissionDeniedError) as ei:
+        listed.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", AUDIO, "audio/wav"))
+    assert error_code(ei.value) == "model_not_allowed", ei.value.body
+
+    forced = path_client(relay, relay.mint(model="whisper-1"))
+    text = forced.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("a.wav", AUDIO, "audio/wav"), response_format="text"
+    )
+    assert "model whisper-1," in str(text), text
+
+
 def test_upstream_error_status_passes_through(client):
     """A provider error reaches the SDK with the provider's status."""
     with pytest.raises(openai.InternalServerError) as ei:

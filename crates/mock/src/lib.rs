@@ -11,7 +11,7 @@
 //!   it on a listener, [`MockServer::start`] spawns it on `127.0.0.1:0` for
 //!   in-process tests of other crates.
 //! - `auth`: where each provider expects the API key and the constant-time check.
-//! - `openai`, `responses` (OpenAI's Responses API), `anthropic`, `gemini`:
+//! - `openai`, `responses` (OpenAI's Responses API), `audio` (transcription forms), `anthropic`, `gemini`:
 //!   one module per wire format.
 //! - `faults`: the per-request fault knobs and the event-stream body that
 //!   applies chunk delays, resets and stalls.
@@ -24,7 +24,7 @@
 //! | Route | Auth |
 //! |---|---|
 //! | `GET /health` | none |
-//! | `POST /v1/chat/completions`, `POST /v1/responses`, `POST /v1/embeddings`, `POST /v1/images/generations`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
+//! | `POST /v1/chat/completions`, `POST /v1/responses`, `POST /v1/embeddings`, `POST /v1/images/generations`, `POST /v1/audio/transcriptions` and `translations`, `GET /v1/models` | `Authorization: Bearer KEY` or `api-key: KEY` |
 //! | `POST /openai/deployments/{deployment}/chat/completions`, `.../embeddings` (Azure) | same as OpenAI |
 //! | `POST /v1/messages` (Anthropic; also needs `anthropic-version`) | `x-api-key: KEY` |
 //! | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent[?alt=sse]` (also under `/v1/`) | `x-goog-api-key: KEY` or `?key=KEY` |
@@ -56,6 +56,7 @@
 //! flight and the peak; `POST /_mock/reset` clears it.
 
 mod anthropic;
+mod audio;
 mod auth;
 mod echo;
 mod faults;
@@ -149,6 +150,8 @@ pub fn router(cfg: MockConfig) -> Router {
         .route("/v1/responses", post(responses::responses))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/images/generations", post(openai::images_generations))
+        .route("/v1/audio/transcriptions", post(audio::transcriptions))
+        .route("/v1/audio/translations", post(audio::transcriptions))
         .route("/v1/models", get(openai::models))
         // Azure OpenAI: same handlers, the deployment names the model.
         .route(

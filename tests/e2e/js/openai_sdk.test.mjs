@@ -15,7 +15,7 @@ import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
-import OpenAI from 'openai';
+import OpenAI, { toFile } from 'openai';
 import { compactDecrypt, CompactEncrypt } from 'jose';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -214,6 +214,26 @@ test('responses.create: output_text, and a stream whose deltas make the final te
   assert.equal(text, 'mock reply to: stream responses');
   assert.equal(completed.output[0].content[0].text, text);
   assert.ok(completed.usage.output_tokens > 0 && completed.usage.total_tokens > completed.usage.output_tokens);
+});
+
+test('audio transcription: the SDK\'s multipart form is held to the model policy', async () => {
+  const audio = Buffer.concat([Buffer.from('RIFF'), randomBytes(2048)]);
+  const listed = pathClient(mint('--models', 'whisper-1'));
+  const ok = await listed.audio.transcriptions.create({
+    model: 'whisper-1',
+    file: await toFile(audio, 'a.wav', { type: 'audio/wav' }),
+  });
+  assert.equal(ok.text, `Mock transcription (model whisper-1, ${audio.length} bytes of audio).`);
+  await assert.rejects(
+    listed.audio.transcriptions.create({ model: 'gpt-4o-transcribe', file: await toFile(audio, 'a.wav') }),
+    (e) => e.status === 403 && e.code === 'model_not_allowed',
+  );
+  const forced = pathClient(mint('--model', 'whisper-1'));
+  const text = await forced.audio.transcriptions.create({
+    model: 'gpt-4o-transcribe',
+    file: await toFile(audio, 'a.wav'),
+  });
+  assert.match(text.text, /model whisper-1,/);
 });
 
 test('token as apiKey with the relay base URL', async () => {
