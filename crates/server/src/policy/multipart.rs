@@ -30,6 +30,12 @@ pub fn form_boundary(content_type: &str) -> Option<Result<&str, Malformed>> {
         let Some((key, value)) = param.split_once('=') else {
             return Some(Err(Malformed));
         };
+        // RFC 2231 parameters (`boundary*=UTF-8''x`, `boundary*0=x`): Go's
+        // `mime.ParseMediaType` and Python's `email` read one as the
+        // boundary, so the form would split at another delimiter there.
+        if key.contains('*') {
+            return Some(Err(Malformed));
+        }
         if !key.trim().eq_ignore_ascii_case("boundary") {
             continue;
         }
@@ -103,11 +109,16 @@ fn model_value(part: &[u8]) -> Result<Option<Range<usize>>, Malformed> {
     let mut name = None;
     let mut has_filename = false;
     let mut other_headers = false;
+    let mut plain_text = true;
     let head = std::str::from_utf8(&part[..head_end]).map_err(|_| Malformed)?;
     for line in head.split("\r\n") {
         // A bare CR or LF ends a line for some parsers; a leading space
         // continues one (obsolete folding) for others.
         if line.contains(['\r', '\n']) || line.starts_with([' ', '\t']) {
+            return Err(Malformed);
+        }
+        // A NUL (or other control byte) ends a name for a C-string parser.
+        if line.chars().any(|c| c.is_ascii_control() && c != '\t') {
             return Err(Malformed);
         }
         let (key, value) = line.split_once(':').ok_or(Malformed)?;
@@ -118,23 +129,49 @@ fn model_value(part: &[u8]) -> Result<Option<Range<usize>>, Malformed> {
             let (n, filename) = disposition(value)?;
             name = Some(n);
             has_filename = filename;
-        } else if !key.eq_ignore_ascii_case("content-type") {
+        } else if key.eq_ignore_ascii_case("content-type") {
+            plain_text &= is_plain_text(value);
+        } else {
             other_headers = true;
         }
     }
     // Every part of a form names its field.
     let name = name.ok_or(Malformed)?;
-    if !name.eq_ignore_ascii_case("model") {
+    if !name.trim().eq_ignore_ascii_case("model") {
         return Ok(None);
     }
     // A file, or a transfer encoding a provider might decode, is not a
-    // model name both sides read alike; nor is a differently cased name.
-    if name != "model" || has_filename || other_headers {
+    // model name both sides read alike; nor is a differently cased or
+    // space-padded name (a provider may fold or trim field names), nor a
+    // content type other than UTF-8 text (`multipart/*` and `message/*`
+    // make the part a container for Python's `email`, so for `cgi`).
+    if name != "model" || has_filename || other_headers || !plain_text {
         return Err(Malformed);
     }
     let value = head_end + 4..part.len();
     std::str::from_utf8(&part[value.clone()]).map_err(|_| Malformed)?;
     Ok(Some(value))
+}
+
+/// `text/plain`, with at most a UTF-8 (or ASCII) `charset`: the model
+/// field's content type, if it has one, as clients that send one write it.
+fn is_plain_text(content_type: &str) -> bool {
+    let mut params = content_type.split(';');
+    let mime = params.next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("text/plain")
+        && params.all(|param| {
+            param.split_once('=').is_some_and(|(key, value)| {
+                let value = value.trim();
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                key.trim().eq_ignore_ascii_case("charset")
+                    && ["utf-8", "us-ascii"]
+                        .iter()
+                        .any(|c| value.eq_ignore_ascii_case(c))
+            })
+        })
 }
 
 /// `form-data; name="…"[; filename="…"]`: the name, and whether there is a
@@ -236,6 +273,11 @@ mod tests {
             "multipart/form-data; boundary=a{b",
             "multipart/form-data; boundary=\"ab \"",
             "multipart/form-data; junk",
+            // Go's mime and Python's email read these as the boundary.
+            "multipart/form-data; boundary=abc; boundary*=UTF-8''xyz",
+            "multipart/form-data; boundary*=UTF-8''xyz; boundary=abc",
+            "multipart/form-data; boundary*0=xyz; boundary=abc",
+            "multipart/form-data; boundary=abc; charset*=UTF-8''utf-8",
         ] {
             assert_eq!(form_boundary(bad), Some(Err(Malformed)), "{bad}");
         }
@@ -296,6 +338,22 @@ mod tests {
             (
                 "a folded header",
                 form(&["Content-Disposition: form-data;\r\n name=\"model\"\r\n\r\nx"]),
+            ),
+            (
+                "a space-padded name",
+                form(&["Content-Disposition: form-data; name=\"model \"\r\n\r\nx", MODEL]),
+            ),
+            (
+                "a NUL in a name",
+                form(&["Content-Disposition: form-data; name=\"model\0\"\r\n\r\nx", MODEL]),
+            ),
+            (
+                "a container type on the model",
+                form(&["Content-Disposition: form-data; name=\"model\"\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\nx"]),
+            ),
+            (
+                "another charset on the model",
+                form(&["Content-Disposition: form-data; name=\"model\"\r\nContent-Type: text/plain; charset=utf-16\r\n\r\nx"]),
             ),
             ("a part without a name", form(&["Content-Type: text/plain\r\n\r\nx"])),
             (
