@@ -104,6 +104,12 @@ def form(*parts: bytes, **kw) -> bytes:
     return assemble(list(parts), **kw)
 
 
+def okhttp_form(model: str) -> bytes:
+    """OkHttp (Android; the Java/Kotlin SDKs) writes a Content-Length per part."""
+    file = part([*FILE_HEADERS, f"Content-Length: {len(AUDIO)}".encode()], AUDIO)
+    return form(file, model_part(model, extra=[f"Content-Length: {len(model)}".encode()]))
+
+
 def sdk_cases() -> list[Case]:
     """What real clients write: the relay must forward all of these."""
     cases = []
@@ -140,6 +146,10 @@ def sdk_cases() -> list[Case]:
         body = form(part(FILE_HEADERS, AUDIO), part(model_headers, ALLOWED.encode()), boundary=boundary,
                     close=b"--" + boundary.encode() + b"--" + tail)  # fmt: skip
         cases.append(Case(who, body, f"multipart/form-data; boundary={boundary}", boundary, sdk=True))
+    cases.append(Case("OkHttp", okhttp_form(ALLOWED), sdk=True))
+    # Apache HttpClient's text body, given UTF-8: an identity transfer encoding.
+    apache_model = model_part(extra=[b"Content-Type: text/plain; charset=UTF-8", b"Content-Transfer-Encoding: 8bit"])
+    cases.append(Case("Apache HttpClient (UTF-8)", form(FILE, apache_model), sdk=True))
     cases.append(Case("quoted boundary param", form(FILE, model_part()), f'multipart/form-data; boundary="{B}"', sdk=True))
     cases.append(Case("charset param first", form(FILE, model_part()), f"multipart/form-data; charset=utf-8; boundary={B}", sdk=True))
     cases.append(Case("model only", form(model_part()), sdk=True))
@@ -563,7 +573,15 @@ def forwarded_body(case: Case, echo: dict) -> bytes:
         start = at + 4
         end = sent.find(d, start)
         if end != -1:
-            candidates.add(sent[:start] + ALLOWED.encode() + sent[end:])
+            replaced = sent[:start] + ALLOWED.encode() + sent[end:]
+            candidates.add(replaced)
+            # The relay also rewrites that part's own Content-Length.
+            head_start = max(0, sent.rfind(b"\r\n--" + case.boundary.encode(), 0, at))
+            old_len = f"Content-Length: {end - start}".encode()
+            if sent.find(old_len, head_start, at) != -1:
+                i = sent.find(old_len, head_start, at)
+                new_len = f"Content-Length: {len(ALLOWED)}".encode()
+                candidates.add(replaced[:i] + new_len + replaced[i + len(old_len) :])
         at = sent.find(b"\r\n\r\n", start)
     matching = [c for c in candidates if len(c) == echo["body_len"] and c.decode("utf-8", "replace") == echo["body"]]
     assert len(matching) == 1, f"{case.name}: cannot tell what was forwarded ({len(matching)} candidates)"
@@ -622,6 +640,8 @@ def test_a_forced_model_is_what_every_parser_reads(relay, go_reader):
     base = [*sdk_cases(), *adversarial_cases()]
     # The same forms, naming another model: the relay replaces it.
     other = [Case(c.name, c.body.replace(ALLOWED.encode(), OTHER.encode()), c.content_type, c.boundary, c.sdk) for c in base]
+    # A client computes its part lengths for the model it names.
+    other = [Case(c.name, okhttp_form(OTHER), sdk=True) if c.name == "OkHttp" else c for c in other]
     without = [Case("no model field", form(FILE), sdk=True)]
     small = SMALL.replace(ALLOWED.encode(), OTHER.encode())
     cases = [*other, *without, *mutation_cases(small, 600, seed=99)]

@@ -232,7 +232,7 @@ pub fn apply_model_policy(
     );
     let mut json: Option<serde_json::Map<String, serde_json::Value>> = None;
     // A form: its boundary and where its `model` value is.
-    let mut form: Option<(&str, Option<std::ops::Range<usize>>)> = None;
+    let mut form: Option<(&str, Option<multipart::ModelField>)> = None;
     match content_type.and_then(multipart::form_boundary) {
         Some(boundary) => {
             let boundary = boundary.map_err(|_| ApiError::InvalidBody)?;
@@ -255,7 +255,7 @@ pub fn apply_model_policy(
     };
     // `find_model` checked that the value is UTF-8.
     let body_model = match &form {
-        Some((_, Some(span))) => std::str::from_utf8(&body[span.clone()])
+        Some((_, Some(field))) => std::str::from_utf8(&body[field.value.clone()])
             .map(str::to_owned)
             .ok(),
         _ => body_model,
@@ -841,10 +841,10 @@ mod tests {
         let original = transcription_form(None);
         let (_, body) = post_form(&forced, &original).unwrap();
         let body = body.unwrap();
-        let span = crate::policy::multipart::find_model(&body, "b0undary")
+        let field = crate::policy::multipart::find_model(&body, "b0undary")
             .unwrap()
             .unwrap();
-        assert_eq!(&body[span], b"whisper-1");
+        assert_eq!(&body[field.value], b"whisper-1");
         assert!(body.ends_with(&original));
     }
 

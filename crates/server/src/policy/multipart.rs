@@ -63,8 +63,18 @@ fn valid_boundary(b: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c))
 }
 
-/// Where the `model` field's value is in `body`, if the form has one.
-pub fn find_model(body: &[u8], boundary: &str) -> Result<Option<Range<usize>>, Malformed> {
+/// Where the `model` field is in a form's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelField {
+    /// The value (the field's whole content).
+    pub value: Range<usize>,
+    /// The digits of the part's own `Content-Length`, if it has one: a
+    /// new value needs a new length.
+    length: Option<Range<usize>>,
+}
+
+/// Where the `model` field is in `body`, if the form has one.
+pub fn find_model(body: &[u8], boundary: &str) -> Result<Option<ModelField>, Malformed> {
     let delimiter = [b"--", boundary.as_bytes()].concat();
     // Every occurrence of the delimiter must be one: at the very start or
     // after CRLF. One after a bare LF (or inside a line) would start a part
@@ -84,13 +94,16 @@ pub fn find_model(body: &[u8], boundary: &str) -> Result<Option<Range<usize>>, M
         let part_start = open + delimiter.len();
         let part = body.get(part_start..next - 2).ok_or(Malformed)?;
         let part = part.strip_prefix(b"\r\n").ok_or(Malformed)?;
-        let value_start = next - 2 - part.len();
-        if let Some(value) = model_value(part)? {
+        let offset = next - 2 - part.len();
+        if let Some(field) = model_value(part)? {
             if model.is_some() {
                 return Err(Malformed);
             }
-            let start = value_start + value.start;
-            model = Some(start..value_start + value.end);
+            let shift = |r: Range<usize>| offset + r.start..offset + r.end;
+            model = Some(ModelField {
+                value: shift(field.value),
+                length: field.length.map(shift),
+            });
         }
     }
     // The last delimiter closes the form; at most a CRLF follows it.
@@ -104,14 +117,18 @@ pub fn find_model(body: &[u8], boundary: &str) -> Result<Option<Range<usize>>, M
 
 /// The value's span within `part` (headers, blank line, content) if the
 /// part is the `model` field; `Ok(None)` for any other well-formed part.
-fn model_value(part: &[u8]) -> Result<Option<Range<usize>>, Malformed> {
+fn model_value(part: &[u8]) -> Result<Option<ModelField>, Malformed> {
     let head_end = memchr::memmem::find(part, b"\r\n\r\n").ok_or(Malformed)?;
     let mut name = None;
     let mut has_filename = false;
     let mut other_headers = false;
     let mut plain_text = true;
+    let mut length = None;
     let head = std::str::from_utf8(&part[..head_end]).map_err(|_| Malformed)?;
+    let mut line_start = 0;
     for line in head.split("\r\n") {
+        let at = line_start;
+        line_start += line.len() + 2;
         // A bare CR or LF ends a line for some parsers; a leading space
         // continues one (obsolete folding) for others.
         if line.contains(['\r', '\n']) || line.starts_with([' ', '\t']) {
@@ -131,6 +148,27 @@ fn model_value(part: &[u8]) -> Result<Option<Range<usize>>, Malformed> {
             has_filename = filename;
         } else if key.eq_ignore_ascii_case("content-type") {
             plain_text &= is_plain_text(value);
+        } else if key.eq_ignore_ascii_case("content-length") {
+            // OkHttp (Android, the Java/Kotlin SDKs) sends one per part. A
+            // parser that honoured a wrong one would read another extent.
+            let declared = value.trim();
+            let content = part.len() - (head_end + 4);
+            if length.is_some()
+                || declared.is_empty()
+                || !declared.bytes().all(|b| b.is_ascii_digit())
+                || declared.parse::<usize>() != Ok(content)
+            {
+                return Err(Malformed);
+            }
+            let start = at + key.len() + 1 + (value.len() - value.trim_start().len());
+            length = Some(start..start + declared.len());
+        } else if key.eq_ignore_ascii_case("content-transfer-encoding") {
+            // Identity encodings (Apache HttpClient writes `8bit`) leave
+            // the bytes as they are; any other is decoded by some parsers.
+            let identity = ["7bit", "8bit", "binary"];
+            other_headers |= !identity
+                .iter()
+                .any(|e| value.trim().eq_ignore_ascii_case(e));
         } else {
             other_headers = true;
         }
@@ -150,7 +188,7 @@ fn model_value(part: &[u8]) -> Result<Option<Range<usize>>, Malformed> {
     }
     let value = head_end + 4..part.len();
     std::str::from_utf8(&part[value.clone()]).map_err(|_| Malformed)?;
-    Ok(Some(value))
+    Ok(Some(ModelField { value, length }))
 }
 
 /// `text/plain`, with at most a UTF-8 (or ASCII) `charset`: the model
@@ -209,16 +247,25 @@ fn disposition(value: &str) -> Result<(&str, bool), Malformed> {
     name.map(|n| (n, filename)).ok_or(Malformed)
 }
 
-/// `body` with the `model` field set to `model`: its value replaced, or a
-/// field added first.
-pub fn with_model(
-    body: &[u8],
-    boundary: &str,
-    found: Option<Range<usize>>,
-    model: &str,
-) -> Vec<u8> {
+/// `body` with the `model` field set to `model`: its value (and the part's
+/// `Content-Length`, if any) replaced, or a field added first.
+pub fn with_model(body: &[u8], boundary: &str, found: Option<ModelField>, model: &str) -> Vec<u8> {
     match found {
-        Some(span) => [&body[..span.start], model.as_bytes(), &body[span.end..]].concat(),
+        Some(ModelField {
+            value,
+            length: Some(length),
+        }) => [
+            &body[..length.start],
+            model.len().to_string().as_bytes(),
+            &body[length.end..value.start],
+            model.as_bytes(),
+            &body[value.end..],
+        ]
+        .concat(),
+        Some(ModelField {
+            value,
+            length: None,
+        }) => [&body[..value.start], model.as_bytes(), &body[value.end..]].concat(),
         None => [
             b"--",
             boundary.as_bytes(),
@@ -248,7 +295,7 @@ mod tests {
     }
 
     fn model_of(body: &[u8]) -> Result<Option<String>, Malformed> {
-        find_model(body, B).map(|r| r.map(|r| String::from_utf8(body[r].to_vec()).unwrap()))
+        find_model(body, B).map(|r| r.map(|f| String::from_utf8(body[f.value].to_vec()).unwrap()))
     }
 
     const FILE: &str = "Content-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\0\x01--not-a-boundary";
@@ -305,6 +352,55 @@ mod tests {
         // An empty value is a value (the policy then refuses it).
         let empty = "Content-Disposition: form-data; name=\"model\"\r\n\r\n";
         assert_eq!(model_of(&form(&[empty])), Ok(Some(String::new())));
+    }
+
+    #[test]
+    fn part_lengths_and_identity_encodings_of_java_clients_are_accepted() {
+        // OkHttp: a Content-Length per part; Apache HttpClient: `8bit`.
+        let okhttp =
+            "Content-Disposition: form-data; name=\"model\"\r\nContent-Length: 9\r\n\r\nwhisper-1";
+        let file = "Content-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\nContent-Length: 4\r\n\r\nRIFF";
+        assert_eq!(
+            model_of(&form(&[file, okhttp])),
+            Ok(Some("whisper-1".into()))
+        );
+        let apache = "Content-Disposition: form-data; name=\"model\"\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nwhisper-1";
+        assert_eq!(model_of(&form(&[apache])), Ok(Some("whisper-1".into())));
+        // A length that is not the part's: another extent for a parser
+        // that honours it (on any part: a long one could swallow `model`).
+        // A forced model keeps the part's length right.
+        let body = form(&[file, okhttp]);
+        let forced = with_model(
+            &body,
+            B,
+            find_model(&body, B).unwrap(),
+            "gpt-4o-mini-transcribe",
+        );
+        let want = form(&[
+            file,
+            &okhttp
+                .replace("Length: 9", "Length: 22")
+                .replace("whisper-1", "gpt-4o-mini-transcribe"),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&forced),
+            String::from_utf8_lossy(&want)
+        );
+        let bad_forms = [
+            form(&[&okhttp.replace("Length: 9", "Length: 8")]),
+            form(&[&okhttp.replace("Length: 9", "Length: +9")]),
+            form(&[&okhttp.replace("Length: 9", "Length:")]),
+            form(&[&file.replace("Length: 4", "Length: 400"), okhttp]),
+            form(&[&apache.replace("8bit", "base64")]),
+        ];
+        for bad in bad_forms {
+            assert_eq!(
+                model_of(&bad),
+                Err(Malformed),
+                "{}",
+                String::from_utf8_lossy(&bad)
+            );
+        }
     }
 
     #[test]
@@ -415,7 +511,7 @@ mod tests {
             }
         }
         for v in variants {
-            if let Ok(Some(span)) = find_model(&v, B) {
+            if let Ok(Some(ModelField { value: span, .. })) = find_model(&v, B) {
                 // Whatever was accepted, the value is a field's whole content.
                 assert!(
                     v[..span.start].ends_with(b"name=\"model\"\r\n\r\n"),
