@@ -175,7 +175,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "The request body is larger than this relay accepts.",
             ApiError::RequestTimeout => "The request body stopped arriving before it was complete.",
             ApiError::HeadersTooLarge => "The request's headers are larger than this relay accepts.",
-            ApiError::InvalidBody => "The request body is not the JSON object this token requires.",
+            ApiError::InvalidBody => "The request body is not one this token's model limit can check: a JSON object, or a plain multipart/form-data form with at most one model field.",
             ApiError::NotFound => "No such route. Relayed requests start with the relay's base path.",
             ApiError::UpstreamUnreachable => "The provider could not be reached.",
             ApiError::UpstreamTimeout => "The provider did not answer in time.",

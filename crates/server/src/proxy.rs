@@ -248,17 +248,14 @@ pub fn apply_model_policy(
         None => {}
     }
     let path_model = path_model_span(rest);
-    let body_model = match json.as_ref().and_then(|m| m.get("model")) {
-        None => None,
-        Some(serde_json::Value::String(m)) => Some(m.clone()),
-        Some(_) => return Err(ApiError::InvalidBody),
-    };
-    // `find_model` checked that the value is UTF-8.
-    let body_model = match &form {
-        Some((_, Some(field))) => std::str::from_utf8(&body[field.value.clone()])
+    let body_model = match (json.as_ref().and_then(|m| m.get("model")), &form) {
+        (Some(serde_json::Value::String(m)), _) => Some(m.clone()),
+        (Some(_), _) => return Err(ApiError::InvalidBody),
+        // `find_model` checked that the value is UTF-8.
+        (None, Some((_, Some(field)))) => std::str::from_utf8(&body[field.value.clone()])
             .map(str::to_owned)
             .ok(),
-        _ => body_model,
+        (None, _) => None,
     };
     if json.is_none() && form.is_none() && path_model.is_none() && !reads_only {
         // Nothing to check or to rewrite, yet the call may generate.
