@@ -201,6 +201,8 @@ def adversarial_cases() -> list[Case]:
                b"Content-Disposition: form-data; name=\"file\"; name*=UTF-8''model",
                b"Content-Disposition: form-data; name=\"model\"; name*=UTF-8''x",
                b"Content-Disposition: form-data; name*0=mo; name*1=del",
+               b"Content-Disposition: form-data; name=\"file\"; name*0=model",
+               b"Content-Disposition: form-data; name=\"file\"; name*0*=UTF-8''model",
                b"Content-Disposition: form-data; Name=\"model\"",
                b"Content-Disposition: form-data; NAME=model",
                b"Content-Disposition: form-data; name = \"model\"",

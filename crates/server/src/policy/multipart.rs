@@ -42,17 +42,21 @@ pub fn form_boundary(content_type: &str) -> Option<Result<&str, Malformed>> {
         if boundary.is_some() {
             return Some(Err(Malformed));
         }
-        let value = value.trim();
-        let value = match value.strip_prefix('"') {
-            Some(quoted) => match quoted.strip_suffix('"') {
-                Some(v) => v,
-                None => return Some(Err(Malformed)),
-            },
-            None => value,
-        };
-        boundary = Some(value);
+        match unquote(value) {
+            Ok(v) => boundary = Some(v),
+            Err(e) => return Some(Err(e)),
+        }
     }
     Some(boundary.filter(|b| valid_boundary(b)).ok_or(Malformed))
+}
+
+/// A parameter's value, trimmed, without its quotes (which must pair).
+fn unquote(value: &str) -> Result<&str, Malformed> {
+    let value = value.trim();
+    match value.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"').ok_or(Malformed),
+        None => Ok(value),
+    }
 }
 
 /// RFC 2046: 1–70 of `bchars`, not ending in a space.
@@ -199,22 +203,20 @@ fn is_plain_text(content_type: &str) -> bool {
     mime.eq_ignore_ascii_case("text/plain")
         && params.all(|param| {
             param.split_once('=').is_some_and(|(key, value)| {
-                let value = value.trim();
-                let value = value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(value);
                 key.trim().eq_ignore_ascii_case("charset")
-                    && ["utf-8", "us-ascii"]
-                        .iter()
-                        .any(|c| value.eq_ignore_ascii_case(c))
+                    && unquote(value).is_ok_and(|v| {
+                        ["utf-8", "us-ascii"]
+                            .iter()
+                            .any(|c| v.eq_ignore_ascii_case(c))
+                    })
             })
         })
 }
 
 /// `form-data; name="…"[; filename="…"]`: the name, and whether there is a
 /// filename. Quoted values may not hold backslashes or quotes (escaping
-/// rules differ); `name*`/`filename*` (RFC 2231) are refused.
+/// rules differ); RFC 2231 parameters (`name*=`, and continuations like
+/// `name*0=`, which Go's `mime` puts over a plain `name`) are refused.
 fn disposition(value: &str) -> Result<(&str, bool), Malformed> {
     let mut params = value.split(';');
     if !params
@@ -228,12 +230,8 @@ fn disposition(value: &str) -> Result<(&str, bool), Malformed> {
     for param in params {
         let (key, v) = param.split_once('=').ok_or(Malformed)?;
         let key = key.trim();
-        let v = v.trim();
-        let v = match v.strip_prefix('"') {
-            Some(q) => q.strip_suffix('"').ok_or(Malformed)?,
-            None => v,
-        };
-        if v.contains(['"', '\\']) || key.ends_with('*') {
+        let v = unquote(v)?;
+        if v.contains(['"', '\\']) || key.contains('*') {
             return Err(Malformed);
         }
         if key.eq_ignore_ascii_case("name") {
@@ -422,6 +420,10 @@ mod tests {
             (
                 "RFC 2231 name",
                 form(&["Content-Disposition: form-data; name*=UTF-8''model\r\n\r\nx"]),
+            ),
+            (
+                "an RFC 2231 continuation over a plain name (Go reads `model`)",
+                form(&["Content-Disposition: form-data; name=\"file\"; name*0=model\r\n\r\nx", MODEL]),
             ),
             (
                 "an escaped quote",
